@@ -1,0 +1,57 @@
+"""Config loading and checks shared by every command.
+
+Configs are Python files with `get_config(arg)` returning a locked `ConfigDict`; the CLI loads
+them with `file.py[:arg]` and applies `--config.key=value` overrides. Here live the checks
+that must fail before any compute, with one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def parse_runlocal(arg: str | None) -> bool:
+    """Config-file argument: empty or `runlocal` (the ~2 minute CPU variant)."""
+    if arg in (None, ""):
+        return False
+    if arg == "runlocal":
+        return True
+    raise ConfigError(f"unknown config argument {arg!r}: use `file.py` or `file.py:runlocal`.")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+    Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+def load_saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a pretraining run wrote into its workdir, locked."""
+    path = Path(workdir, "config.json")
+    if not path.exists():
+        raise ConfigError(
+            f"{workdir} has no config.json: --config.checkpoint must be the --workdir of a "
+            "finished or running `python -m selfsup pretrain`."
+        )
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config.lock()
+    return config
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Loads `get_config(arg)` from a config file, locked (as `--config=path:arg` does)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"selfsup_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.lock()
+    return config

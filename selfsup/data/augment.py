@@ -1,0 +1,256 @@
+"""Image augmentations of the SimCLR recipe, as TensorFlow ops for the host input pipeline.
+
+Each op matches google-research/simclr (`tf2/data_util.py`, impl='simclrv2': multiplicative
+brightness) but draws its randomness from an explicit stateless seed, a shape-[2] int32/int64
+tensor, instead of TF's global random state: the pipeline derives one seed per example from
+(config seed, example index), so an example gets the same augmentation in every run and after
+a resume. Ops that need several random numbers split their seed with
+`tf.random.experimental.stateless_split`. Every op takes a uint8 or float [H, W, 3] image
+(float meaning [0, 1]), returns float32 in [0, 1], and gives identical results eagerly and
+inside `tf.data.Dataset.map`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+Op = Callable[[tf.Tensor], tf.Tensor]
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+    # simclr converts to float [0, 1] before any op (convert_image_dtype divides uint8 by 255).
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num=num))
+
+
+def _apply_with_probability(op: Op, p: float, seed: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """simclr's `random_apply`: `op(image)` with probability `p`, else `image`."""
+    coin = tf.random.stateless_uniform([], seed, minval=0.0, maxval=1.0, dtype=tf.float32)
+    return tf.cond(coin < tf.cast(p, tf.float32), lambda: op(image), lambda: image)
+
+
+def _resize_bicubic(image: tf.Tensor, size: int) -> tf.Tensor:
+    # Bicubic overshoots at edges; clip so the [0, 1] contract holds after every op.
+    resized = tf.image.resize(image[None], [size, size], method=tf.image.ResizeMethod.BICUBIC)[0]
+    return tf.clip_by_value(resized, 0.0, 1.0)
+
+
+def random_resized_crop(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    max_attempts: int = 100,
+) -> tf.Tensor:
+    """A random crop resized to [size, size] (simclr `crop_and_resize`).
+
+    The box comes from `tf.image.stateless_sample_distorted_bounding_box` with the whole image as
+    the object and `min_object_covered=0.1`, exactly as simclr's `distorted_bounding_box_crop`
+    asks (so crops cover at least ~10% of the image even though `area_range` starts at 8%);
+    after `max_attempts` failed draws the whole image is used. Resizing is bicubic.
+    """
+    image = _to_float(image)
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=whole_image,
+        seed=seed,
+        min_object_covered=0.1,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=max_attempts,
+        use_image_if_no_bounding_boxes=True,
+    )
+    offset_y, offset_x, _ = tf.unstack(begin)
+    height, width, _ = tf.unstack(box_size)
+    crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
+    return _resize_bicubic(crop, size)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Left-right mirror with probability 1/2 (simclr `tf.image.random_flip_left_right`)."""
+    return tf.image.stateless_random_flip_left_right(_to_float(image), seed)
+
+
+def _random_brightness(image: tf.Tensor, seed: tf.Tensor, max_delta: float) -> tf.Tensor:
+    """simclr `random_brightness`, impl='simclrv2': multiply by U[max(1 - d, 0), 1 + d]."""
+    factor = tf.random.stateless_uniform(
+        [], seed, minval=max(1.0 - max_delta, 0.0), maxval=1.0 + max_delta, dtype=tf.float32
+    )
+    return image * factor
+
+
+def color_jitter_components(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+    hue: float = 0.0,
+    random_order: bool = True,
+) -> tf.Tensor:
+    """Random brightness, contrast, saturation and hue (simclr `color_jitter_rand`/`_nonrand`).
+
+    Brightness multiplies by U[max(1 - b, 0), 1 + b]; contrast and saturation scale by
+    U[1 - c, 1 + c] and U[1 - s, 1 + s] (`tf.image.stateless_random_contrast`/`_saturation`);
+    hue shifts by U[-h, h] (`tf.image.stateless_random_hue`). A component with strength 0 is
+    skipped. The four ops run in a seeded random permutation (fixed order brightness, contrast,
+    saturation, hue when `random_order=False`), clipping to [0, 1] after each.
+    """
+    image = _to_float(image)
+    order_seed, *op_seeds = _split(seed, 5)
+
+    def skip_if_zero(strength: float, op: Op) -> Op:
+        return (lambda x: x) if strength == 0 else op
+
+    brightness_seed, contrast_seed, saturation_seed, hue_seed = op_seeds
+    ops = [
+        skip_if_zero(brightness, lambda x: _random_brightness(x, brightness_seed, brightness)),
+        skip_if_zero(
+            contrast,
+            lambda x: tf.image.stateless_random_contrast(
+                x, 1.0 - contrast, 1.0 + contrast, contrast_seed
+            ),
+        ),
+        skip_if_zero(
+            saturation,
+            lambda x: tf.image.stateless_random_saturation(
+                x, 1.0 - saturation, 1.0 + saturation, saturation_seed
+            ),
+        ),
+        skip_if_zero(hue, lambda x: tf.image.stateless_random_hue(x, hue, hue_seed)),
+    ]
+    if random_order:
+        order = tf.random.experimental.stateless_shuffle(tf.range(4), order_seed)
+        for position in range(4):
+            branches = [lambda op=op, x=image: op(x) for op in ops]
+            image = tf.switch_case(order[position], branches)
+            image = tf.clip_by_value(image, 0.0, 1.0)
+    else:
+        for op in ops:
+            image = tf.clip_by_value(op(image), 0.0, 1.0)
+    return image
+
+
+def color_jitter(
+    image: tf.Tensor, seed: tf.Tensor, *, strength: float, random_order: bool = True
+) -> tf.Tensor:
+    """simclr `color_jitter`: brightness, contrast, saturation 0.8 * strength, hue 0.2 * strength."""
+    return color_jitter_components(
+        image,
+        seed,
+        brightness=0.8 * strength,
+        contrast=0.8 * strength,
+        saturation=0.8 * strength,
+        hue=0.2 * strength,
+        random_order=random_order,
+    )
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+    """Luma (`tf.image.rgb_to_grayscale`) repeated over three channels (simclr `to_grayscale`)."""
+    return tf.tile(tf.image.rgb_to_grayscale(_to_float(image)), [1, 1, 3])
+
+
+def random_color_distortion(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    strength: float,
+    p_jitter: float = 0.8,
+    p_grayscale: float = 0.2,
+) -> tf.Tensor:
+    """simclr `random_color_jitter`: color jitter with prob. `p_jitter`, then grayscale with
+    prob. `p_grayscale` (independent draws)."""
+    image = _to_float(image)
+    jitter_coin, jitter_seed, grayscale_coin = _split(seed, 3)
+    image = _apply_with_probability(
+        lambda x: color_jitter(x, jitter_seed, strength=strength), p_jitter, jitter_coin, image
+    )
+    return _apply_with_probability(to_grayscale, p_grayscale, grayscale_coin, image)
+
+
+def _blur(image: tf.Tensor, kernel_size: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """simclr `gaussian_blur`: separable Gaussian, zero padding 'SAME' (borders darken, as there)."""
+    radius = kernel_size // 2
+    taps = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    kernel = tf.exp(-(taps**2) / (2.0 * sigma**2))
+    kernel /= tf.reduce_sum(kernel)
+    channels = tf.shape(image)[-1]
+    horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    blurred = tf.nn.depthwise_conv2d(image[None], horizontal, [1, 1, 1, 1], padding="SAME")
+    blurred = tf.nn.depthwise_conv2d(blurred, vertical, [1, 1, 1, 1], padding="SAME")
+    return blurred[0]
+
+
+def gaussian_blur(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    p: float = 0.5,
+    kernel_fraction: float = 0.1,
+    sigma_range: tuple[float, float] = (0.1, 2.0),
+) -> tf.Tensor:
+    """simclr `random_blur` with probability `p`: a Gaussian with sigma ~ U[sigma_range], kernel
+    size `floor(height * kernel_fraction)` rounded up to odd (simclr: height // 10; images under
+    20 px get a 1-tap kernel, i.e. no blur), zero padding 'SAME', then clip to [0, 1]."""
+    image = _to_float(image)
+    coin_seed, sigma_seed = _split(seed, 2)
+    height = tf.cast(tf.shape(image)[0], tf.float64)
+    kernel_size = tf.cast(tf.floor(height * kernel_fraction), tf.int32)
+    sigma = tf.random.stateless_uniform(
+        [], sigma_seed, minval=sigma_range[0], maxval=sigma_range[1], dtype=tf.float32
+    )
+    blurred = _apply_with_probability(lambda x: _blur(x, kernel_size, sigma), p, coin_seed, image)
+    return tf.clip_by_value(blurred, 0.0, 1.0)
+
+
+def center_crop_resize(image: tf.Tensor, *, size: int, crop_fraction: float = 1.0) -> tf.Tensor:
+    """Evaluation preprocessing: the central `crop_fraction` of each side
+    (`tf.image.central_crop`; 1.0 keeps the whole image), bicubic resize to [size, size]."""
+    image = _to_float(image)
+    if crop_fraction != 1.0:
+        image = tf.image.central_crop(image, crop_fraction)
+    return tf.ensure_shape(_resize_bicubic(image, size), [size, size, 3])
+
+
+def simclr_view(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    color_strength: float,
+    crop: bool = True,
+    flip: bool = True,
+    color: bool = True,
+    blur: bool = False,
+) -> tf.Tensor:
+    """One augmented view, float32 [size, size, 3] in [0, 1], in simclr's order
+    (`preprocess_for_train`, then `batch_random_blur`): random resized crop (else a plain
+    resize), flip, color distortion, blur with p=0.5, clip."""
+    crop_seed, flip_seed, color_seed, blur_seed = _split(seed, 4)
+    if crop:
+        image = random_resized_crop(image, crop_seed, size=size)
+    else:
+        image = center_crop_resize(image, size=size)
+    if flip:
+        image = random_flip(image, flip_seed)
+    if color:
+        image = random_color_distortion(image, color_seed, strength=color_strength)
+    if blur:
+        image = gaussian_blur(image, blur_seed)
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
+
+
+def two_views(image: tf.Tensor, seed: tf.Tensor, **view_kwargs) -> tf.Tensor:
+    """Two independent `simclr_view`s of one image from split seeds: float32 [2, size, size, 3]."""
+    return tf.stack([simclr_view(image, view_seed, **view_kwargs) for view_seed in _split(seed, 2)])

@@ -1,0 +1,83 @@
+"""The `evaluate` command: load a pretrained encoder from its workdir, extract frozen features
+of the target data, fit the linear probe, and report it next to a random-init encoder."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import ml_collections
+from flax import nnx
+
+from selfsup import parallel
+from selfsup.config import ConfigError
+from selfsup.data import augment, pipeline
+from selfsup.data.sources import open_source
+from selfsup.evaluate import report
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.linear import linear_probe
+from selfsup.pretext import get_task
+from selfsup.train.checkpoint import load_pretrained_model
+
+PROBE_COLUMNS = ["encoder", "test_accuracy", "minival_accuracy", "train_accuracy", "l2"]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, object]:
+    """Runs the linear probe; writes and returns the flat summary."""
+    if not config.checkpoint:
+        raise ConfigError(
+            "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
+        )
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = parallel.make_mesh()
+    local_batch = parallel.local_batch_size(config.batch_size, mesh)
+    pre_config, step, model = load_pretrained_model(config.checkpoint, mesh)
+    data = config.data or pre_config.data
+    train_split = config.train_split or pre_config.train_split
+    eval_split = config.eval_split or pre_config.eval_split
+    source = open_source(data, data_dir=config.data_dir or pre_config.data_dir or None)
+    preprocess = functools.partial(
+        augment.center_crop_resize, size=pre_config.image_size, crop_fraction=config.crop_fraction
+    )
+
+    def features(encoder, split):
+        ds = pipeline.eval_dataset(source, split, preprocess, local_batch_size=local_batch)
+        return extract_features(encoder, ds, mesh, what=f"{data} split {split!r}")
+
+    encoders = {"pretrained": model.encoder}
+    if config.random_init_baseline:
+        encoders["random_init"] = get_task(pre_config).build_model(nnx.Rngs(config.seed)).encoder
+    summary: dict[str, object] = {
+        "checkpoint": str(config.checkpoint), "checkpoint_step": step, "data": data,
+        "train_split": train_split, "eval_split": eval_split,
+    }
+    rows = []
+    for name, encoder in encoders.items():
+        result = linear_probe(
+            *features(encoder, train_split), *features(encoder, eval_split),
+            num_classes=source.num_classes, l2_grid=list(config.probe.l2_grid),
+            val_fraction=config.probe.val_fraction, seed=config.seed,
+        )
+        row = {"encoder": name, "test_accuracy": result.test_accuracy,
+               "minival_accuracy": result.minival_accuracy,
+               "train_accuracy": result.train_accuracy, "l2": result.l2}
+        rows.append(row)
+        prefix = "" if name == "pretrained" else f"{name}/"
+        summary.update({f"{prefix}linear/{k}": v for k, v in row.items() if k != "encoder"})
+        print(f"linear probe [{name}]: {result.test_accuracy:.2%} on {eval_split!r} "
+              f"(minival {result.minival_accuracy:.2%}, l2 {result.l2:g})", flush=True)
+
+    report.write_summary(workdir, summary)
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": step, **summary}) + "\n")
+    report.plot_accuracy_bars(rows, workdir / "linear_probe.png",
+                              title=f"Linear probe on {data} ({eval_split})")
+    (workdir / "report.md").write_text(
+        f"# Linear probe: {data}, trained on {train_split!r}, tested on {eval_split!r}\n\n"
+        f"Encoder from `{config.checkpoint}` (step {step}). Accuracy on `{eval_split}`; L2 "
+        f"chosen on a {config.probe.val_fraction:.0%} minival split of `{train_split}`.\n\n"
+        + report.markdown_table(rows, PROBE_COLUMNS)
+        + "\n![linear probe](linear_probe.png)\n"
+    )
+    return summary

@@ -1,0 +1,18 @@
+"""Pretext tasks. Each is one module with the same surface: `train_example(image, seed)` (TF
+side), `build_model(rngs)` (an NNX module with an `encoder`), and
+`loss(model, batch, rng) -> (loss, metrics)`. The trainer knows nothing else about them."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from selfsup.config import ConfigError
+
+
+def get_task(config: ml_collections.ConfigDict):
+    from selfsup.pretext import simclr
+
+    tasks = {"simclr": simclr.SimCLR}
+    if config.task not in tasks:
+        raise ConfigError(f"unknown config.task={config.task!r}: use one of {sorted(tasks)}.")
+    return tasks[config.task](config)

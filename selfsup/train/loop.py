@@ -1,0 +1,174 @@
+"""The pretraining loop: a jitted, donated train step over a sharded batch, periodic logging
+with throughput and ETA, checkpoints, and resume from the workdir's latest checkpoint.
+
+It knows nothing about a particular pretext task: the task supplies the training example
+(TF side), the model and the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+from flax import nnx
+
+from selfsup import parallel
+from selfsup.evaluate import report
+from selfsup.evaluate.report import read_metrics
+from selfsup.config import save_config
+from selfsup.data import pipeline
+from selfsup.data.sources import open_source
+from selfsup.pretext import get_task
+from selfsup.train.checkpoint import Checkpointer
+from selfsup.train.optim import make_optimizer
+from selfsup.train.state import TrainState, abstract_train_state, create_train_state
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+def make_train_step(task, graphdef, tx, schedule, *, seed: int):
+    """The pure update `(state, batch) -> (state, metrics)`."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.batch_stats)
+            loss, metrics = task.loss(model, batch, rng)
+            return loss, (metrics, nnx.state(model, nnx.BatchStat).to_pure_dict())
+
+        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+        }
+        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+    return train_step
+
+
+class MetricsLog:
+    """`metrics.jsonl` plus TensorBoard scalars; on resume, drops lines past the restored step."""
+
+    def __init__(self, workdir: Path, *, start_step: int):
+        self.path = workdir / "metrics.jsonl"
+        kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        with self.tensorboard.as_default(step=step):
+            for k, v in metrics.items():
+                tf.summary.scalar(k, v)
+        self.tensorboard.flush()
+
+
+def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
+    """(total steps, warmup steps); `total_steps > 0` overrides `num_epochs`."""
+    total = config.total_steps or max(1, math.ceil(config.num_epochs * num_examples / config.batch_size))
+    warmup = round(config.optim.warmup_epochs * num_examples / config.batch_size)
+    return total, warmup
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s")
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Trains (or resumes) `config` in `workdir`; returns the flat summary it also writes."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = parallel.make_mesh()
+    local_batch = parallel.local_batch_size(config.batch_size, mesh)
+    task = get_task(config)
+    source = open_source(config.data, data_dir=config.data_dir or None)
+    num_examples = source.num_examples(config.train_split)
+    total_steps, warmup_steps = schedule_lengths(config, num_examples)
+    tx, schedule = make_optimizer(
+        config.optim, batch_size=config.batch_size, total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    graphdef, state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        state = checkpointer.restore(start_step, abstract_train_state(task.build_model, tx, mesh=mesh))
+        print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
+    save_config(config, workdir)
+    log = MetricsLog(workdir, start_step=start_step)
+
+    state_sharding = parallel.replicated(mesh)
+    train_step = jax.jit(
+        make_train_step(task, graphdef, tx, schedule, seed=config.seed),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    ds = pipeline.train_dataset(
+        source, config.train_split, task.train_example,
+        local_batch_size=local_batch, seed=config.seed, start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    batches = pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
+    print(f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
+          f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices.")
+
+    last_saved, t0, timed_from = start_step, time.perf_counter(), start_step
+    host_metrics = (read_metrics(log.path) or [{}])[-1]
+    for step in range(start_step + 1, total_steps + 1):
+        with jax.transfer_guard("disallow"):
+            state, metrics = train_step(state, next(batches))
+        is_last = step == total_steps
+        should_log = step % config.log_every_steps == 0 or is_last
+        should_save = step % config.checkpoint_every_steps == 0 or is_last
+        if should_log or should_save:
+            host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(host_metrics["loss"]):
+                checkpointer.close()
+                raise NonFiniteLossError(
+                    f"loss is {host_metrics['loss']} at step {step}; the last good checkpoint is "
+                    f"step {last_saved} in {workdir}/checkpoints. Lower --config.optim.learning_rate "
+                    "or check the data, then re-run to resume from it."
+                )
+        if should_log:
+            elapsed = time.perf_counter() - t0
+            images_per_s = (step - timed_from) * config.batch_size / elapsed
+            host_metrics["images_per_second"] = images_per_s
+            log.write(step, host_metrics)
+            eta = (total_steps - step) * config.batch_size / images_per_s
+            print(f"step {step}/{total_steps}  loss {host_metrics['loss']:.4f}  "
+                  f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}", flush=True)
+            if timed_from == start_step:
+                # Time from the first log on, so compilation does not skew the throughput.
+                t0, timed_from = time.perf_counter(), step
+        if should_save:
+            checkpointer.save(step, state)
+            last_saved = step
+    checkpointer.close()
+
+    summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
+    summary["pretrain/steps"] = total_steps
+    summary["pretrain/examples"] = num_examples
+    report.write_pretrain_report(workdir, config, summary)
+    return summary

@@ -1,0 +1,78 @@
+"""Optimizers and schedules: SGD-momentum and LARS with linear warmup + cosine decay.
+
+Weight decay and LARS trust-ratio scaling skip parameters whose path matches a regex
+(by default BatchNorm scales and all biases, as google-research/simclr excludes
+`batch_normalization` and `bias`). The peak learning rate scales with the batch size
+(`linear`: lr * B / 256, `sqrt`: lr * sqrt(B)), as in SimCLR.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import ml_collections
+import optax
+
+from selfsup.config import ConfigError
+
+
+def param_path(path: tuple) -> str:
+    """A parameter's path as `encoder/stage1/0/conv1/kernel`."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def path_mask(params, regex: str, *, match: bool):
+    """A pytree of bools: whether each parameter path matches `regex` (or does not)."""
+    pattern = re.compile(regex)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(pattern.search(param_path(path))) == match, params
+    )
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict, batch_size: int) -> float:
+    if config.lr_scaling == "linear":
+        return config.learning_rate * batch_size / 256
+    if config.lr_scaling == "sqrt":
+        return config.learning_rate * math.sqrt(batch_size)
+    raise ConfigError(
+        f"unknown config.optim.lr_scaling={config.lr_scaling!r}: use 'linear' or 'sqrt'."
+    )
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    total_steps: int,
+    warmup_steps: int,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer for `config.optim` and its learning-rate schedule."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak_learning_rate(config, batch_size),
+        warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=0.0,
+    )
+    def decay_mask(params):
+        return path_mask(params, config.weight_decay_exclude, match=False)
+
+    if config.name == "lars":
+        tx = optax.lars(
+            schedule,
+            weight_decay=config.weight_decay,
+            weight_decay_mask=decay_mask,
+            trust_coefficient=config.trust_coefficient,
+            trust_ratio_mask=decay_mask,
+            momentum=config.momentum,
+        )
+    elif config.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            optax.sgd(schedule, momentum=config.momentum),
+        )
+    else:
+        raise ConfigError(f"unknown config.optim.name={config.name!r}: use 'lars' or 'sgd'.")
+    return tx, schedule

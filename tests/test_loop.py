@@ -1,0 +1,99 @@
+"""The trainer end to end on a tiny image folder: outputs, resume, NaN handling."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from selfsup.config import load_config_file
+from selfsup.pretext import simclr
+from selfsup.train import loop
+from selfsup.train.checkpoint import Checkpointer, load_pretrained_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        path = root / "train" / f"c{i % 4}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (20, 20, 3), np.uint8)).numpy())
+    return f"folder:{root}"
+
+
+def tiny_config(data: str, **overrides):
+    config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
+    config.data = data
+    config.image_size = 16
+    config.batch_size = 16
+    config.total_steps = 4
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def final_params(workdir):
+    _, step, model = load_pretrained_model(workdir, loop.parallel.make_mesh())
+    from flax import nnx
+
+    return step, jax.device_get(nnx.state(model, nnx.Param).to_pure_dict())
+
+
+def test_pretrain_writes_outputs_and_resumes_exactly(image_folder, tmp_path):
+    config = tiny_config(image_folder)
+    summary = loop.pretrain(config, tmp_path / "full")
+    assert summary["pretrain/steps"] == 4 and np.isfinite(summary["pretrain/loss"])
+    for name in ("summary.json", "metrics.jsonl", "report.md", "loss_curve.png", "config.json"):
+        assert (tmp_path / "full" / name).exists(), name
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[0]["learning_rate"] == pytest.approx(1.0 * 16 / 256)  # No warmup; lr * B/256.
+    assert json.loads((tmp_path / "full" / "summary.json").read_text()) == summary
+
+    # An interrupted run: it stopped after the step-2 checkpoint (later ones never written).
+    loop.pretrain(config, tmp_path / "resumed")
+    checkpointer = Checkpointer(tmp_path / "resumed", keep=3)
+    checkpointer.manager.delete(4)
+    checkpointer.close()
+    loop.pretrain(config, tmp_path / "resumed")
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # Steps 3-4 redone, not duplicated.
+
+    step_full, params_full = final_params(tmp_path / "full")
+    step_resumed, params_resumed = final_params(tmp_path / "resumed")
+    assert step_full == step_resumed == 4
+    for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_resumed)):
+        np.testing.assert_array_equal(a, b)
+
+    # Re-running a finished workdir does no training and keeps its results.
+    again = loop.pretrain(config, tmp_path / "full")
+    assert again["pretrain/loss"] == summary["pretrain/loss"]
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, monkeypatch):
+    def nan_loss(z1, z2, temperature):
+        loss, metrics = nt_xent(z1, z2, temperature)
+        return loss * jnp.nan, metrics
+
+    nt_xent = simclr.nt_xent_loss
+    config = tiny_config(image_folder)
+    loop.pretrain(config, tmp_path)  # A finished run...
+    config.total_steps = 6  # ...extended, and the extension diverges.
+    monkeypatch.setattr(simclr, "nt_xent_loss", nan_loss)
+    with pytest.raises(loop.NonFiniteLossError, match="step 5.*last good checkpoint is step 4"):
+        loop.pretrain(config, tmp_path)
+    assert Checkpointer(tmp_path, keep=3).latest_step() == 4  # Nothing good was lost.
+
+
+def test_batch_size_must_divide_over_devices(image_folder, tmp_path):
+    with pytest.raises(ValueError, match="batch_size=12 does not divide over 8 devices"):
+        loop.pretrain(tiny_config(image_folder, batch_size=12), tmp_path)
