@@ -15,3 +15,8 @@ tempfile.tempdir = None
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices; import jax after conftest"
+
+# Tests build the same tiny models many times; compile each program once per session.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["TMPDIR"], "jax-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

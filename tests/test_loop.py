@@ -45,7 +45,7 @@ def final_params(workdir):
     _, step, model = load_pretrained_model(workdir, loop.parallel.make_mesh())
     from flax import nnx
 
-    return step, jax.device_get(nnx.state(model, nnx.Param).to_pure_dict())
+    return step, jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def test_pretrain_writes_outputs_and_resumes_exactly(image_folder, tmp_path):

@@ -9,6 +9,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from selfsup.pretext.simclr import SimCLRModel, nt_xent_loss
+from selfsup.train.state import split_model
 
 
 def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, temperature: float) -> float:
@@ -42,8 +43,8 @@ def test_nt_xent_identical_views_low_loss_and_full_accuracy():
     z = np.eye(8, dtype=np.float32) * 3  # Orthogonal embeddings: each image its own direction.
     loss, metrics = nt_xent_loss(jnp.asarray(z), jnp.asarray(z), 0.1)
     assert float(metrics["contrast_accuracy"]) == 1.0
-    # Positive logit 10, every negative 0: loss per direction = -10 + log(e^10 + 14).
-    np.testing.assert_allclose(float(loss), 2 * (np.log(np.exp(10) + 14) - 10), rtol=1e-5)
+    # Positive logit 10, 14 negatives at 0: per direction -10 + log(e^10 + 14).
+    np.testing.assert_allclose(float(loss), 2 * np.log1p(14 * np.exp(-10)), atol=1e-6)
 
 
 def _tiny_config():
@@ -55,7 +56,7 @@ def _tiny_config():
 
 def _loss_and_grads(mesh, views):
     model = SimCLRModel(_tiny_config(), rngs=nnx.Rngs(0))
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    graphdef, params, stats = split_model(model)
     replicated = NamedSharding(mesh, P())
     params, stats = jax.device_put((params, stats), replicated)
     views = jax.device_put(views, NamedSharding(mesh, P("data")))
@@ -82,4 +83,4 @@ def test_loss_and_gradients_equal_on_1_and_8_devices():
     flat1, flat8 = jax.tree.leaves(grads1), jax.tree.leaves(grads8)
     assert len(flat1) == len(flat8) > 10
     for g1, g8 in zip(flat1, flat8):
-        np.testing.assert_allclose(g1, g8, rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(g1, g8, rtol=1e-4, atol=1e-5 * np.abs(g1).max())

@@ -45,7 +45,7 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.batch_stats)
             loss, metrics = task.loss(model, batch, rng)
-            return loss, (metrics, nnx.state(model, nnx.BatchStat).to_pure_dict())
+            return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
@@ -55,7 +55,7 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
         }
         return TrainState(state.step + 1, params, batch_stats, opt_state), metrics

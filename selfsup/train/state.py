@@ -29,7 +29,7 @@ class TrainState:
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict, dict]:
     """(graphdef, params, batch_stats) as plain dicts; any other variable kind is an error."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, params.to_pure_dict(), batch_stats.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
 
 
 def _init_fn(build_model, tx, seed) -> Callable[[], TrainState]:

@@ -1,0 +1,71 @@
+"""Small heads that sit on encoder features: the SimCLR projection MLP and a linear classifier.
+
+`ProjectionHead` follows google-research/simclr (`tf2/model.py`, `proj_head_mode="nonlinear"`):
+every layer is a bias-free Dense (N(0, 0.01) init) followed by BatchNorm; middle layers keep the
+BN offset and a ReLU, the final layer has neither, so its output is a BN-normalised linear map.
+BatchNorm mode is an explicit `train` argument, as in the encoder.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM
+
+
+class DenseBN(nnx.Module):
+    """Bias-free Dense then BatchNorm; `center=False` drops the BN offset too."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, center: bool, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(
+            in_dim,
+            out_dim,
+            use_bias=False,
+            kernel_init=jax.nn.initializers.normal(stddev=0.01),
+            rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(
+            out_dim, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_bias=center, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.bn(self.linear(x), use_running_average=not train)
+
+
+class ProjectionHead(nnx.Module):
+    """`num_layers` DenseBN layers, ReLU between them; `num_layers=2` is SimCLR v1's MLP."""
+
+    def __init__(
+        self, in_dim: int, *, hidden_dim: int, out_dim: int, num_layers: int, rngs: nnx.Rngs
+    ):
+        if num_layers < 1:
+            raise ValueError(f"ProjectionHead needs num_layers >= 1, got {num_layers}")
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nnx.List(
+            [
+                DenseBN(dims[i], dims[i + 1], center=i < num_layers - 1, rngs=rngs)
+                for i in range(num_layers)
+            ]
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        for layer in self.layers[:-1]:
+            x = nnx.relu(layer(x, train=train))
+        return self.layers[-1](x, train=train)
+
+
+class LinearClassifier(nnx.Module):
+    """A linear probe; zero-initialised so it starts at uniform predictions."""
+
+    def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(
+            in_dim,
+            num_classes,
+            kernel_init=jax.nn.initializers.zeros,
+            bias_init=jax.nn.initializers.zeros,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear(x)

@@ -1,0 +1,216 @@
+"""ResNet-18/34/50 (v1.5) encoders in Flax NNX, NHWC, for self-supervised pretraining.
+
+Two stems: "cifar" (3x3 stride-1 conv, no max-pool, for 32 px images) and "imagenet" (7x7
+stride-2 conv and a 3x3/2 max-pool). v1.5 puts the bottleneck's stride on its 3x3 conv; strided
+convs pad symmetrically by (k-1)//2 like torchvision and google-research/simclr's fixed
+padding. BatchNorm follows google-research/simclr (momentum 0.9, epsilon 1e-5, last BN of each
+residual block zero-initialised) and its mode is an explicit `train` argument on every call, so
+jit-compiled steps never depend on a mutable train/eval flag. Parameter paths are
+stage-prefixed (`stem/conv/kernel`, `stage3/1/bn2/scale`, `classifier/kernel`) so optimizers
+can freeze or rescale whole stages by regex.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
+STAGE_WIDTHS = (64, 128, 256, 512)
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"); google-research/simclr
+# uses Keras VarianceScaling() (scale 1, fan_in, truncated) instead.
+CONV_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(
+    in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype: Any, rngs: nnx.Rngs
+) -> nnx.Conv:
+    """A bias-free conv padded by (kernel-1)//2 on each side, so stride s divides size by s."""
+    pad = (kernel - 1) // 2
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=CONV_INIT,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def batch_norm(
+    features: int, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs
+) -> nnx.BatchNorm:
+    init = jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones
+    return nnx.BatchNorm(
+        features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale_init=init, dtype=dtype, rngs=rngs
+    )
+
+
+class ConvBN(nnx.Module):
+    """Conv followed by BatchNorm: the stem's first layer and the projection shortcut."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype: Any, rngs: nnx.Rngs
+    ):
+        self.conv = conv(in_ch, out_ch, kernel, stride, dtype=dtype, rngs=rngs)
+        self.bn = batch_norm(out_ch, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.bn(self.conv(x), use_running_average=not train)
+
+
+class BasicBlock(nnx.Module):
+    """Two 3x3 convs (ResNet-18/34); the stride sits on the first."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: int,
+        *,
+        zero_init_residual: bool,
+        dtype: Any,
+        rngs: nnx.Rngs,
+    ):
+        self.conv1 = conv(in_ch, width, 3, stride, dtype=dtype, rngs=rngs)
+        self.bn1 = batch_norm(width, dtype=dtype, rngs=rngs)
+        self.conv2 = conv(width, width, 3, 1, dtype=dtype, rngs=rngs)
+        self.bn2 = batch_norm(width, zero_scale=zero_init_residual, dtype=dtype, rngs=rngs)
+        self.shortcut = projection_shortcut(in_ch, width, stride, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        ura = not train
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = self.bn2(self.conv2(y), use_running_average=ura)
+        shortcut = x if self.shortcut is None else self.shortcut(x, train=train)
+        return nnx.relu(y + shortcut)
+
+
+class Bottleneck(nnx.Module):
+    """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4 (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: int,
+        *,
+        zero_init_residual: bool,
+        dtype: Any,
+        rngs: nnx.Rngs,
+    ):
+        out_ch = width * self.expansion
+        self.conv1 = conv(in_ch, width, 1, 1, dtype=dtype, rngs=rngs)
+        self.bn1 = batch_norm(width, dtype=dtype, rngs=rngs)
+        self.conv2 = conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
+        self.bn2 = batch_norm(width, dtype=dtype, rngs=rngs)
+        self.conv3 = conv(width, out_ch, 1, 1, dtype=dtype, rngs=rngs)
+        self.bn3 = batch_norm(out_ch, zero_scale=zero_init_residual, dtype=dtype, rngs=rngs)
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        ura = not train
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
+        y = self.bn3(self.conv3(y), use_running_average=ura)
+        shortcut = x if self.shortcut is None else self.shortcut(x, train=train)
+        return nnx.relu(y + shortcut)
+
+
+def projection_shortcut(
+    in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs
+) -> ConvBN | None:
+    """1x1 conv + BN where the block changes shape; None (identity) otherwise."""
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return ConvBN(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
+
+
+BLOCKS = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+}
+
+
+class ResNet(nnx.Module):
+    """ResNet v1.5 encoder; `model(x, train=...)` gives pooled features, or logits if
+    `num_classes` is set."""
+
+    def __init__(
+        self,
+        depth: int,
+        *,
+        stem: str = "cifar",
+        width: float = 1.0,
+        num_classes: int | None = None,
+        zero_init_residual: bool = True,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if depth not in BLOCKS:
+            raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS)}, got {depth}")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f'stem must be "cifar" or "imagenet", got {stem!r}')
+        block, counts = BLOCKS[depth]
+        widths = [max(1, round(w * width)) for w in STAGE_WIDTHS]
+        self.max_pool = stem == "imagenet"
+        self.stem = ConvBN(
+            3,
+            widths[0],
+            7 if self.max_pool else 3,
+            2 if self.max_pool else 1,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        in_ch = widths[0]
+        for i, (stage_width, count) in enumerate(zip(widths, counts, strict=True)):
+            blocks = []
+            for j in range(count):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(
+                    block(
+                        in_ch,
+                        stage_width,
+                        stride,
+                        zero_init_residual=zero_init_residual,
+                        dtype=dtype,
+                        rngs=rngs,
+                    )
+                )
+                in_ch = stage_width * block.expansion
+            setattr(self, STAGE_NAMES[i + 1], nnx.List(blocks))
+        self.feature_dim = in_ch
+        self.classifier = (
+            None if num_classes is None else nnx.Linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
+        )
+
+    def features(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        """Feature maps after the stem and after each stage, and the global-average-pooled
+        features ("pooled")."""
+        x = nnx.relu(self.stem(x, train=train))
+        if self.max_pool:
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        out = {"stem": x}
+        for name in STAGE_NAMES[1:]:
+            for block in getattr(self, name):
+                x = block(x, train=train)
+            out[name] = x
+        out["pooled"] = jnp.mean(x, axis=(1, 2))
+        return out
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        pooled = self.features(x, train=train)["pooled"]
+        return pooled if self.classifier is None else self.classifier(pooled)
