@@ -46,12 +46,16 @@ def demo(workdir: Path) -> dict[str, object]:
     table = report.markdown_table(rows, PROBE_COLUMNS)
     report.write_summary(workdir, summary)
     (workdir / "report.md").write_text(
-        "# Demo: SimCLR on builtin:shapes, linear probe vs random init\n\n" + table
+        "# Demo: SimCLR on builtin:shapes, linear probe vs random init\n\n"
+        + table
         + f"\nTotal time: {summary['demo/wall_seconds']:.0f} s.\n\n"
-        "![training loss](pretrain/loss_curve.png)\n![linear probe](linear_probe/linear_probe.png)\n"
+        "![training loss](pretrain/loss_curve.png)\n"
+        "![linear probe](linear_probe/linear_probe.png)\n"
     )
-    print("\n" + table + f"\nWrote {workdir}/summary.json and report.md "
-          f"in {summary['demo/wall_seconds']:.0f} s.")
+    print(
+        "\n" + table + f"\nWrote {workdir}/summary.json and report.md "
+        f"in {summary['demo/wall_seconds']:.0f} s."
+    )
     return summary
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -18,7 +19,7 @@ DATA_AXIS = "data"
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process."""
     return jax.make_mesh(
-            (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+        (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
     )
 
 
@@ -36,8 +37,8 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, *, what: str = "batch_s
     num_devices = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % num_devices:
         raise ValueError(
-                f"config.{what}={global_batch_size} does not divide over {num_devices} devices: "
-                f"set --config.{what} to a positive multiple of {num_devices}."
+            f"config.{what}={global_batch_size} does not divide over {num_devices} devices: "
+            f"set --config.{what} to a positive multiple of {num_devices}."
         )
     return global_batch_size // jax.process_count()
 
@@ -45,6 +46,4 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, *, what: str = "batch_s
 def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles per-process batches into global arrays sharded along the batch axis."""
     sharding = batch_sharding(mesh)
-    return {
-            k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}

@@ -34,20 +34,29 @@ def lax_conv(x, weights, *, stride, padding, dilation):
     if padding in ("valid", "same"):
         lax_padding = padding.upper()
     else:
-        lax_padding = [padding_pair(n, f, stride=stride, padding=padding, dilation=dilation)
-                       for n, f in zip(x.shape[1:3], weights.shape[:2])]
-    return lax.conv_general_dilated(x, weights, (stride, stride), lax_padding,
-                                    rhs_dilation=(dilation, dilation),
-                                    dimension_numbers=DIMENSION_NUMBERS)
+        lax_padding = [
+            padding_pair(n, f, stride=stride, padding=padding, dilation=dilation)
+            for n, f in zip(x.shape[1:3], weights.shape[:2])
+        ]
+    return lax.conv_general_dilated(
+        x,
+        weights,
+        (stride, stride),
+        lax_padding,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=DIMENSION_NUMBERS,
+    )
 
 
-GRID = list(itertools.product(
-    [(7, 10), (10, 8)],  # non-square inputs (H, W)
-    [(3, 3), (2, 4), (1, 3)],  # odd, even and mixed filters (F_h, F_w)
-    [1, 2],  # stride
-    [1, 2],  # dilation
-    ["valid", "same", "half", "full", 1, (0, 2)],
-))
+GRID = list(
+    itertools.product(
+        [(7, 10), (10, 8)],  # non-square inputs (H, W)
+        [(3, 3), (2, 4), (1, 3)],  # odd, even and mixed filters (F_h, F_w)
+        [1, 2],  # stride
+        [1, 2],  # dilation
+        ["valid", "same", "half", "full", 1, (0, 2)],
+    )
+)
 
 
 @pytest.mark.parametrize("spatial,filter_shape,stride,dilation,padding", GRID)
@@ -60,8 +69,9 @@ def test_conv_matrix_and_output_size_match_xla(spatial, filter_shape, stride, di
 
     sizes = [conv_output_size(n, f, **kwargs) for n, f in zip(spatial, filter_shape)]
     assert expected.shape == (2, *sizes, 2)
-    np.testing.assert_allclose(conv2d_via_matmul(x, weights, **kwargs), expected,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        conv2d_via_matmul(x, weights, **kwargs), expected, rtol=1e-12, atol=1e-12
+    )
     matrix = conv_as_matrix(weights, x.shape[1:], **kwargs)
     np.testing.assert_allclose(matrix @ x[0].ravel(), expected[0].ravel(), rtol=1e-12, atol=1e-12)
 
@@ -85,24 +95,39 @@ def test_one_dimensional_conv_matrix_matches_xla(padding):
     x = rng.normal(size=(11, 2))
     weights = rng.normal(size=(4, 2, 3))
     kwargs = {"stride": 2, "padding": padding, "dilation": 2}
-    lax_padding = (padding.upper() if padding in ("valid", "same")
-                   else [padding_pair(11, 4, **kwargs)])
-    expected = lax.conv_general_dilated(x[None], weights, (2,), lax_padding, rhs_dilation=(2,),
-                                        dimension_numbers=("NWC", "WIO", "NWC"))
-    np.testing.assert_allclose(conv_as_matrix(weights, x.shape, **kwargs) @ x.ravel(),
-                               np.ravel(expected), rtol=1e-12, atol=1e-12)
+    lax_padding = (
+        padding.upper() if padding in ("valid", "same") else [padding_pair(11, 4, **kwargs)]
+    )
+    expected = lax.conv_general_dilated(
+        x[None],
+        weights,
+        (2,),
+        lax_padding,
+        rhs_dilation=(2,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+    np.testing.assert_allclose(
+        conv_as_matrix(weights, x.shape, **kwargs) @ x.ravel(),
+        np.ravel(expected),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("input_size", range(1, 12))
-@pytest.mark.parametrize("filter_size,stride,dilation", [(1, 1, 1), (3, 2, 1), (4, 2, 1),
-                                                         (2, 3, 2), (5, 1, 3), (4, 4, 1)])
+@pytest.mark.parametrize(
+    "filter_size,stride,dilation",
+    [(1, 1, 1), (3, 2, 1), (4, 2, 1), (2, 3, 2), (5, 1, 3), (4, 4, 1)],
+)
 def test_same_padding_is_xlas(input_size, filter_size, stride, dilation):
     k_eff = dilation * (filter_size - 1) + 1
     expected = lax.padtype_to_pads((input_size,), (k_eff,), (stride,), "SAME")[0]
-    assert padding_pair(input_size, filter_size, stride=stride, padding="same",
-                        dilation=dilation) == tuple(expected)
-    assert conv_output_size(input_size, filter_size, stride=stride, padding="same",
-                            dilation=dilation) == -(-input_size // stride)
+    assert padding_pair(
+        input_size, filter_size, stride=stride, padding="same", dilation=dilation
+    ) == tuple(expected)
+    assert conv_output_size(
+        input_size, filter_size, stride=stride, padding="same", dilation=dilation
+    ) == -(-input_size // stride)
 
 
 def test_textbook_output_sizes():
@@ -122,13 +147,22 @@ def support_extent(mask):
 
 STACKS = {
     "two_3x3": [ConvLayer(3), ConvLayer(3)],
-    "strided": [ConvLayer(3, stride=2, padding="same"), ConvLayer(3, padding=1),
-                ConvLayer(2, stride=2)],
-    "dilated": [ConvLayer(3, padding="half"), ConvLayer(3, dilation=2, padding="half"),
-                ConvLayer(3, dilation=4, padding="full")],
-    "resnet_stem_like": [ConvLayer(7, stride=2, padding="same"),
-                         ConvLayer(3, stride=2, padding="same"),
-                         ConvLayer(3, padding="same"), ConvLayer(3, stride=2, dilation=2)],
+    "strided": [
+        ConvLayer(3, stride=2, padding="same"),
+        ConvLayer(3, padding=1),
+        ConvLayer(2, stride=2),
+    ],
+    "dilated": [
+        ConvLayer(3, padding="half"),
+        ConvLayer(3, dilation=2, padding="half"),
+        ConvLayer(3, dilation=4, padding="full"),
+    ],
+    "resnet_stem_like": [
+        ConvLayer(7, stride=2, padding="same"),
+        ConvLayer(3, stride=2, padding="same"),
+        ConvLayer(3, padding="same"),
+        ConvLayer(3, stride=2, dilation=2),
+    ],
 }
 
 
@@ -142,8 +176,9 @@ def test_receptive_field_matches_gradient_support(name):
     def stack(x):
         for layer in layers:
             weights = np.ones((layer.filter_size, layer.filter_size, 1, 1))
-            x = lax_conv(x, weights, stride=layer.stride, padding=layer.padding,
-                         dilation=layer.dilation)
+            x = lax_conv(
+                x, weights, stride=layer.stride, padding=layer.padding, dilation=layer.dilation
+            )
         return x
 
     x = np.zeros((1, height, width, 1))
@@ -155,8 +190,10 @@ def test_receptive_field_matches_gradient_support(name):
             first = field.start + i * field.jump
             last = first + field.size - 1
             # Parts of the field that lie in padding have no input to take a gradient of.
-            assert support_extent(np.moveaxis(grad != 0, axis, 0)) == (max(first, 0),
-                                                                       min(last, n - 1))
+            assert support_extent(np.moveaxis(grad != 0, axis, 0)) == (
+                max(first, 0),
+                min(last, n - 1),
+            )
 
 
 def test_receptive_field_numbers():
@@ -171,20 +208,25 @@ def test_receptive_field_numbers():
     assert receptive_field([]).size == 1
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: conv_output_size(4, 3, dilation=2), "filter larger than padded input"),
-    (lambda: conv_output_size(4, 7, padding=1), "filter larger than padded input"),
-    (lambda: conv_output_size(8, 3, stride=0), "stride must be a positive integer"),
-    (lambda: conv_output_size(8, 3, dilation=0), "dilation must be a positive integer"),
-    (lambda: conv_output_size(8, 0), "filter_size must be a positive integer"),
-    (lambda: conv_output_size(8, 3, padding="SAME"), "unknown padding 'SAME'"),
-    (lambda: conv_output_size(8, 3, padding=(1, 2, 3)), "unknown padding"),
-    (lambda: conv_output_size(8, 3, padding=-1), "padding must be non-negative"),
-    (lambda: receptive_field([ConvLayer(3, stride=2, padding="same")]), "pass input_size"),
-    (lambda: receptive_field([ConvLayer(5, stride=2)] * 3, input_size=16),
-     "filter larger than padded input"),
-    (lambda: conv_as_matrix(np.ones((3, 3, 2, 1)), (8, 8, 3)), "do not fit"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: conv_output_size(4, 3, dilation=2), "filter larger than padded input"),
+        (lambda: conv_output_size(4, 7, padding=1), "filter larger than padded input"),
+        (lambda: conv_output_size(8, 3, stride=0), "stride must be a positive integer"),
+        (lambda: conv_output_size(8, 3, dilation=0), "dilation must be a positive integer"),
+        (lambda: conv_output_size(8, 0), "filter_size must be a positive integer"),
+        (lambda: conv_output_size(8, 3, padding="SAME"), "unknown padding 'SAME'"),
+        (lambda: conv_output_size(8, 3, padding=(1, 2, 3)), "unknown padding"),
+        (lambda: conv_output_size(8, 3, padding=-1), "padding must be non-negative"),
+        (lambda: receptive_field([ConvLayer(3, stride=2, padding="same")]), "pass input_size"),
+        (
+            lambda: receptive_field([ConvLayer(5, stride=2)] * 3, input_size=16),
+            "filter larger than padded input",
+        ),
+        (lambda: conv_as_matrix(np.ones((3, 3, 2, 1)), (8, 8, 3)), "do not fit"),
+    ],
+)
 def test_impossible_configurations_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -13,9 +13,16 @@ from selfsup.train.optim import make_optimizer, path_mask, peak_learning_rate
 
 
 def optim_config(**overrides):
-    config = dict(name="lars", learning_rate=0.5, lr_scaling="linear", momentum=0.9,
-                  weight_decay=1e-2, weight_decay_exclude=r"(^|/)(bias|scale)$",
-                  trust_coefficient=0.001, warmup_epochs=0.0)
+    config = dict(
+        name="lars",
+        learning_rate=0.5,
+        lr_scaling="linear",
+        momentum=0.9,
+        weight_decay=1e-2,
+        weight_decay_exclude=r"(^|/)(bias|scale)$",
+        trust_coefficient=0.001,
+        warmup_epochs=0.0,
+    )
     return ml_collections.ConfigDict({**config, **overrides})
 
 
@@ -31,8 +38,10 @@ GRADS = {
 
 def test_weight_decay_mask_excludes_batchnorm_and_biases():
     mask = path_mask(PARAMS, optim_config().weight_decay_exclude, match=False)
-    assert mask == {"encoder": {"conv": {"kernel": True}, "bn": {"scale": False}},
-                    "head": {"bias": False}}
+    assert mask == {
+        "encoder": {"conv": {"kernel": True}, "bn": {"scale": False}},
+        "head": {"bias": False},
+    }
 
 
 def test_lars_step_matches_simclr_definition():
@@ -46,31 +55,35 @@ def test_lars_step_matches_simclr_definition():
     w, g = np.array([3.0, -4.0]), np.array([0.3, 0.4])
     g_decayed = g + 1e-2 * w
     trust = 0.001 * np.linalg.norm(w) / np.linalg.norm(g_decayed)
-    np.testing.assert_allclose(updates["encoder"]["conv"]["kernel"][0], -lr * trust * g_decayed,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        updates["encoder"]["conv"]["kernel"][0], -lr * trust * g_decayed, rtol=1e-5
+    )
     # Excluded parameters: plain momentum SGD, no decay, no trust ratio.
     np.testing.assert_allclose(updates["head"]["bias"], -lr * np.array([0.1, -0.2]), rtol=1e-6)
     np.testing.assert_allclose(updates["encoder"]["bn"]["scale"], [-lr * 0.5], rtol=1e-6)
     # Second step: momentum 0.9 on the (lr-scaled) velocity.
     updates2, _ = tx.update(GRADS, state, PARAMS)
     lr1 = float(schedule(1))
-    np.testing.assert_allclose(updates2["head"]["bias"],
-                               -(0.9 * lr + lr1) * np.array([0.1, -0.2]), rtol=1e-5)
+    np.testing.assert_allclose(
+        updates2["head"]["bias"], -(0.9 * lr + lr1) * np.array([0.1, -0.2]), rtol=1e-5
+    )
 
 
 def test_sgd_step_decays_only_masked_parameters():
-    tx, _ = make_optimizer(optim_config(name="sgd", momentum=0.0), batch_size=256,
-                           total_steps=10, warmup_steps=0)
+    tx, _ = make_optimizer(
+        optim_config(name="sgd", momentum=0.0), batch_size=256, total_steps=10, warmup_steps=0
+    )
     updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
-    np.testing.assert_allclose(updates["encoder"]["conv"]["kernel"][0],
-                               -0.5 * (np.array([0.3, 0.4]) + 1e-2 * np.array([3.0, -4.0])),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        updates["encoder"]["conv"]["kernel"][0],
+        -0.5 * (np.array([0.3, 0.4]) + 1e-2 * np.array([3.0, -4.0])),
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(updates["head"]["bias"], -0.5 * np.array([0.1, -0.2]), rtol=1e-6)
 
 
 def test_warmup_then_cosine_schedule():
-    _, schedule = make_optimizer(optim_config(), batch_size=512, total_steps=110,
-                                 warmup_steps=10)
+    _, schedule = make_optimizer(optim_config(), batch_size=512, total_steps=110, warmup_steps=10)
     peak = 0.5 * 512 / 256
     assert float(schedule(0)) == 0.0
     assert float(schedule(5)) == pytest.approx(peak / 2)

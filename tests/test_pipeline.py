@@ -23,8 +23,7 @@ def make_folder(root: Path, n: int, *, split: str = "train") -> str:
 
 def identify(image, seed):
     """Example id plus a random number drawn from the example's seed."""
-    return {"id": tf.cast(image[0, 0, 0], tf.int32),
-            "noise": tf.random.stateless_uniform([], seed)}
+    return {"id": tf.cast(image[0, 0, 0], tf.int32), "noise": tf.random.stateless_uniform([], seed)}
 
 
 def to_float(image):
@@ -41,7 +40,7 @@ def test_train_stream_is_epochwise_permutation_and_reproducible(tmp_path):
     batches = take(ds, 9)  # Three epochs.
     ids = np.concatenate([b["id"] for b in batches])
     for epoch in range(3):
-        assert sorted(ids[12 * epoch:12 * (epoch + 1)]) == list(range(12))
+        assert sorted(ids[12 * epoch : 12 * (epoch + 1)]) == list(range(12))
     assert not np.array_equal(ids[:12], ids[12:24])  # Reshuffled every epoch.
     again = take(pipeline.train_dataset(source, "train", identify, local_batch_size=4, seed=3), 9)
     for a, b in zip(batches, again):
@@ -55,8 +54,12 @@ def test_train_stream_is_epochwise_permutation_and_reproducible(tmp_path):
 def test_resumed_stream_continues_where_it_left_off(tmp_path, start_step):
     source = open_source(make_folder(tmp_path, 12))
     full = take(pipeline.train_dataset(source, "train", identify, local_batch_size=4, seed=0), 8)
-    resumed = take(pipeline.train_dataset(source, "train", identify, local_batch_size=4, seed=0,
-                                          start_step=start_step), 8 - start_step)
+    resumed = take(
+        pipeline.train_dataset(
+            source, "train", identify, local_batch_size=4, seed=0, start_step=start_step
+        ),
+        8 - start_step,
+    )
     for a, b in zip(full[start_step:], resumed):
         np.testing.assert_array_equal(a["id"], b["id"])
         np.testing.assert_array_equal(a["noise"], b["noise"])  # Same augmentation seeds.
@@ -74,8 +77,12 @@ def test_eval_pass_counts_every_example_once(tmp_path, n, batch, processes):
     seen, num_batches = [], set()
     for index in range(processes):
         ds = pipeline.eval_dataset(
-            source, "test", to_float,
-            local_batch_size=batch, process_index=index, process_count=processes,
+            source,
+            "test",
+            to_float,
+            local_batch_size=batch,
+            process_index=index,
+            process_count=processes,
         )
         batches = list(ds.as_numpy_iterator())
         num_batches.add(len(batches))
@@ -96,7 +103,8 @@ def test_global_batches_are_sharded_and_corrupt_images_reported(tmp_path):
 
     png = (tmp_path / "train" / "c0" / "000.png").read_bytes()
     (tmp_path / "train" / "c0" / "000.png").write_bytes(png[:30])  # Valid header, truncated.
-    ds = pipeline.eval_dataset(open_source(f"folder:{tmp_path}"), "train",
-                               to_float, local_batch_size=8)
+    ds = pipeline.eval_dataset(
+        open_source(f"folder:{tmp_path}"), "train", to_float, local_batch_size=8
+    )
     with pytest.raises(DataError, match="could not decode an image of my data"):
         list(pipeline.global_batches(ds, mesh, what="my data"))

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from selfsup.pretext.simclr import SimCLRModel, nt_xent_loss
 from selfsup.train.state import split_model
@@ -74,8 +75,9 @@ def _loss_and_grads(mesh, views):
 
 def test_loss_and_gradients_equal_on_1_and_8_devices():
     views = np.random.default_rng(1).uniform(size=(16, 2, 16, 16, 3)).astype(np.float32)
-    mesh1 = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                          devices=jax.devices()[:1])
+    mesh1 = jax.make_mesh(
+        (1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1]
+    )
     mesh8 = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     loss1, grads1 = _loss_and_grads(mesh1, views)
     loss8, grads8 = _loss_and_grads(mesh8, views)

@@ -44,8 +44,16 @@ def test_folder_source_on_cifar10_sample():
 
 
 def test_folder_classes_and_unlabeled_images(tmp_path):
-    write_images(tmp_path, ["train/cat/a.png", "train/dog/b.png", "train/dog/c.png",
-                            "test/dog/d.png", "unlabeled/x.png"])
+    write_images(
+        tmp_path,
+        [
+            "train/cat/a.png",
+            "train/dog/b.png",
+            "train/dog/c.png",
+            "test/dog/d.png",
+            "unlabeled/x.png",
+        ],
+    )
     source = open_source(f"folder:{tmp_path}")
     assert source.num_classes == 2
     assert labels_of(source, "train") == [0, 1, 1]

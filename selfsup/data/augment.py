@@ -143,7 +143,7 @@ def color_jitter_components(
 def color_jitter(
     image: tf.Tensor, seed: tf.Tensor, *, strength: float, random_order: bool = True
 ) -> tf.Tensor:
-    """simclr `color_jitter`: brightness, contrast, saturation 0.8 * strength, hue 0.2 * strength."""
+    """simclr `color_jitter`: brightness/contrast/saturation 0.8 * strength, hue 0.2 * strength."""
     return color_jitter_components(
         image,
         seed,
@@ -179,7 +179,7 @@ def random_color_distortion(
 
 
 def _blur(image: tf.Tensor, kernel_size: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
-    """simclr `gaussian_blur`: separable Gaussian, zero padding 'SAME' (borders darken, as there)."""
+    """simclr `gaussian_blur`: separable Gaussian, zero 'SAME' padding (so borders darken)."""
     radius = kernel_size // 2
     taps = tf.cast(tf.range(-radius, radius + 1), tf.float32)
     kernel = tf.exp(-(taps**2) / (2.0 * sigma**2))

@@ -64,7 +64,7 @@ def open_source(spec: str, *, data_dir: str | None = None) -> Source:
         if not builder.is_prepared():
             check_network()
             builder.download_and_prepare()
-    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all mean "not available".
+    except Exception as e:
         raise DataError(
             f"TFDS could not find, fetch or prepare {arg!r} ({type(e).__name__}: "
             f"{str(e)[:200]}). Offline, prepare it on a connected machine into "
@@ -102,7 +102,9 @@ def _folder_source(spec: str, root: Path) -> Source:
         raise DataError(f"{spec}: folder {root} does not exist; point folder: at an image root.")
     splits = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not splits:
-        raise DataError(f"{spec}: no split folders in {root}; expected {root}/<split>/<class>/<image>.")
+        raise DataError(
+            f"{spec}: no split folders in {root}; expected {root}/<split>/<class>/<image>."
+        )
     class_names = sorted({c.name for s in splits for c in (root / s).iterdir() if c.is_dir()})
     class_index = {name: i for i, name in enumerate(class_names)}
     files = {split: _list_images(spec, root / split, class_index) for split in splits}

@@ -9,7 +9,6 @@ import tensorflow as tf
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from selfsup import parallel
 from selfsup.data import pipeline
 
 
@@ -25,8 +24,11 @@ def extract_features(
 
     features, labels = [], []
     for batch in pipeline.global_batches(ds, mesh, what=what):
-        out = {"features": forward(state, batch["image"]), "label": batch["label"],
-               "mask": batch["mask"]}
+        out = {
+            "features": forward(state, batch["image"]),
+            "label": batch["label"],
+            "mask": batch["mask"],
+        }
         out = multihost_utils.process_allgather(out, tiled=True)
         features.append(out["features"][out["mask"]])
         labels.append(out["label"][out["mask"]])

@@ -50,29 +50,43 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     if config.random_init_baseline:
         encoders["random_init"] = get_task(pre_config).build_model(nnx.Rngs(config.seed)).encoder
     summary: dict[str, object] = {
-        "checkpoint": str(config.checkpoint), "checkpoint_step": step, "data": data,
-        "train_split": train_split, "eval_split": eval_split,
+        "checkpoint": str(config.checkpoint),
+        "checkpoint_step": step,
+        "data": data,
+        "train_split": train_split,
+        "eval_split": eval_split,
     }
     rows = []
     for name, encoder in encoders.items():
         result = linear_probe(
-            *features(encoder, train_split), *features(encoder, eval_split),
-            num_classes=source.num_classes, l2_grid=list(config.probe.l2_grid),
-            val_fraction=config.probe.val_fraction, seed=config.seed,
+            *features(encoder, train_split),
+            *features(encoder, eval_split),
+            num_classes=source.num_classes,
+            l2_grid=list(config.probe.l2_grid),
+            val_fraction=config.probe.val_fraction,
+            seed=config.seed,
         )
-        row = {"encoder": name, "test_accuracy": result.test_accuracy,
-               "minival_accuracy": result.minival_accuracy,
-               "train_accuracy": result.train_accuracy, "l2": result.l2}
+        row = {
+            "encoder": name,
+            "test_accuracy": result.test_accuracy,
+            "minival_accuracy": result.minival_accuracy,
+            "train_accuracy": result.train_accuracy,
+            "l2": result.l2,
+        }
         rows.append(row)
         prefix = "" if name == "pretrained" else f"{name}/"
         summary.update({f"{prefix}linear/{k}": v for k, v in row.items() if k != "encoder"})
-        print(f"linear probe [{name}]: {result.test_accuracy:.2%} on {eval_split!r} "
-              f"(minival {result.minival_accuracy:.2%}, l2 {result.l2:g})", flush=True)
+        print(
+            f"linear probe [{name}]: {result.test_accuracy:.2%} on {eval_split!r} "
+            f"(minival {result.minival_accuracy:.2%}, l2 {result.l2:g})",
+            flush=True,
+        )
 
     report.write_summary(workdir, summary)
     (workdir / "metrics.jsonl").write_text(json.dumps({"step": step, **summary}) + "\n")
-    report.plot_accuracy_bars(rows, workdir / "linear_probe.png",
-                              title=f"Linear probe on {data} ({eval_split})")
+    report.plot_accuracy_bars(
+        rows, workdir / "linear_probe.png", title=f"Linear probe on {data} ({eval_split})"
+    )
     (workdir / "report.md").write_text(
         f"# Linear probe: {data}, trained on {train_split!r}, tested on {eval_split!r}\n\n"
         f"Encoder from `{config.checkpoint}` (step {step}). Accuracy on `{eval_split}`; L2 "

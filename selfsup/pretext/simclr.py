@@ -67,8 +67,9 @@ class SimCLRModel(nnx.Module):
         """views [N, 2, H, W, C] -> projections of view 1 and view 2, each [N, D]."""
         n = views.shape[0]
         # [N, 2] -> [2N] keeps each device's rows local (no resharding of the batch axis).
-        z = self.projection(self.encoder(views.reshape((2 * n, *views.shape[2:])), train=train),
-                            train=train)
+        z = self.projection(
+            self.encoder(views.reshape((2 * n, *views.shape[2:])), train=train), train=train
+        )
         z = z.reshape((n, 2, -1))
         return z[:, 0], z[:, 1]
 

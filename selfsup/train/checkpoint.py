@@ -38,7 +38,7 @@ class Checkpointer:
 
 
 def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
-    """(pretraining config, checkpoint step, model with that step's weights) of a pretrain workdir."""
+    """(pretraining config, latest checkpoint step, model with its weights) of a workdir."""
     from selfsup.pretext import get_task  # Imports TF; only needed here.
     from selfsup.train.optim import make_optimizer
 
@@ -52,7 +52,9 @@ def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
             f"--workdir={workdir} first (or wait for its first checkpoint)."
         )
     # The optimizer only shapes the abstract state; its schedule values do not matter here.
-    tx, _ = make_optimizer(config.optim, batch_size=config.batch_size, total_steps=1, warmup_steps=0)
+    tx, _ = make_optimizer(
+        config.optim, batch_size=config.batch_size, total_steps=1, warmup_steps=0
+    )
     state = checkpointer.restore(step, abstract_train_state(task.build_model, tx, mesh=mesh))
     checkpointer.close()
     graphdef = split_model(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))[0]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -21,11 +20,11 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.evaluate import report
-from selfsup.evaluate.report import read_metrics
 from selfsup.config import save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
+from selfsup.evaluate import report
+from selfsup.evaluate.report import read_metrics
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import Checkpointer
 from selfsup.train.optim import make_optimizer
@@ -83,15 +82,20 @@ class MetricsLog:
 
 def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
     """(total steps, warmup steps); `total_steps > 0` overrides `num_epochs`."""
-    total = config.total_steps or max(1, math.ceil(config.num_epochs * num_examples / config.batch_size))
+    total = config.total_steps or max(
+        1, math.ceil(config.num_epochs * num_examples / config.batch_size)
+    )
     warmup = round(config.optim.warmup_epochs * num_examples / config.batch_size)
     return total, warmup
 
 
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (
-        f"{seconds // 60}m{seconds % 60:02d}s")
+    return (
+        f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s")
+    )
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
@@ -105,7 +109,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     num_examples = source.num_examples(config.train_split)
     total_steps, warmup_steps = schedule_lengths(config, num_examples)
     tx, schedule = make_optimizer(
-        config.optim, batch_size=config.batch_size, total_steps=total_steps,
+        config.optim,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
         warmup_steps=warmup_steps,
     )
 
@@ -113,7 +119,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     graphdef, state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
     start_step = checkpointer.latest_step() or 0
     if start_step:
-        state = checkpointer.restore(start_step, abstract_train_state(task.build_model, tx, mesh=mesh))
+        state = checkpointer.restore(
+            start_step, abstract_train_state(task.build_model, tx, mesh=mesh)
+        )
         print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
     save_config(config, workdir)
     log = MetricsLog(workdir, start_step=start_step)
@@ -126,13 +134,20 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         donate_argnums=0,
     )
     ds = pipeline.train_dataset(
-        source, config.train_split, task.train_example,
-        local_batch_size=local_batch, seed=config.seed, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        source,
+        config.train_split,
+        task.train_example,
+        local_batch_size=local_batch,
+        seed=config.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     batches = pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
-    print(f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
-          f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices.")
+    print(
+        f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
+        f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
+    )
 
     last_saved, t0, timed_from = start_step, time.perf_counter(), start_step
     host_metrics = (read_metrics(log.path) or [{}])[-1]
@@ -148,8 +163,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
                 checkpointer.close()
                 raise NonFiniteLossError(
                     f"loss is {host_metrics['loss']} at step {step}; the last good checkpoint is "
-                    f"step {last_saved} in {workdir}/checkpoints. Lower --config.optim.learning_rate "
-                    "or check the data, then re-run to resume from it."
+                    f"step {last_saved} in {workdir}/checkpoints. Lower "
+                    "--config.optim.learning_rate or check the data, then re-run to resume from it."
                 )
         if should_log:
             elapsed = time.perf_counter() - t0
@@ -157,8 +172,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
             host_metrics["images_per_second"] = images_per_s
             log.write(step, host_metrics)
             eta = (total_steps - step) * config.batch_size / images_per_s
-            print(f"step {step}/{total_steps}  loss {host_metrics['loss']:.4f}  "
-                  f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}", flush=True)
+            print(
+                f"step {step}/{total_steps}  loss {host_metrics['loss']:.4f}  "
+                f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}",
+                flush=True,
+            )
             if timed_from == start_step:
                 # Time from the first log on, so compilation does not skew the throughput.
                 t0, timed_from = time.perf_counter(), step

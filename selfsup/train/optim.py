@@ -56,6 +56,7 @@ def make_optimizer(
         decay_steps=max(total_steps, warmup_steps + 1),
         end_value=0.0,
     )
+
     def decay_mask(params):
         return path_mask(params, config.weight_decay_exclude, match=False)
 
