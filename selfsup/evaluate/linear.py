@@ -60,7 +60,10 @@ def _minimize(x, y, l2, max_iter, tol, *, num_classes: int):
 
     solver = optax.lbfgs()  # zoom line search by default
     value_and_grad = optax.value_and_grad_from_state(objective)
-    params = (jnp.zeros((x.shape[1], num_classes), jnp.float32), jnp.zeros(num_classes, jnp.float32))
+    params = (
+        jnp.zeros((x.shape[1], num_classes), jnp.float32),
+        jnp.zeros(num_classes, jnp.float32),
+    )
     initial_grad_norm = optax.tree.norm(jax.grad(objective)(params))
     threshold = tol * jnp.maximum(1.0, initial_grad_norm)
 
@@ -102,8 +105,12 @@ def fit_logistic_regression(
     if not (np.isfinite(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
     W, b, num_iter, converged = _minimize(
-        jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32), jnp.float32(l2),
-        jnp.int32(max_iter), jnp.float32(tol), num_classes=num_classes,
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(y, jnp.int32),
+        jnp.float32(l2),
+        jnp.int32(max_iter),
+        jnp.float32(tol),
+        num_classes=num_classes,
     )
     return LogisticRegressionParams(W=W, b=b, converged=bool(converged), num_iter=int(num_iter))
 

@@ -1,0 +1,240 @@
+"""Linear probe: the L-BFGS logistic regression against scikit-learn's on standardised digits
+(objective in float64 NumPy, weights, test accuracy), optimality at the solution, limiting
+cases of the penalty, the stratified minival split, l2 selection and input errors."""
+
+import functools
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp, softmax
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+
+from selfsup.evaluate import linear
+
+
+@functools.cache
+def digits():
+    """Standardised (with training statistics) digits: train 1347 x 64, test 450 x 64."""
+    data = load_digits()
+    train_x, test_x, train_y, test_y = train_test_split(
+        data.data, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    std[std == 0] = 1.0
+    return (train_x - mean) / std, train_y, (test_x - mean) / std, test_y
+
+
+def objective(W, b, x, y, l2) -> float:
+    """Mean cross-entropy + (l2 / 2) ||W||^2 in float64."""
+    logits = x @ W + b
+    return np.mean(logsumexp(logits, axis=1) - logits[np.arange(len(y)), y]) + 0.5 * l2 * np.sum(
+        W * W
+    )
+
+
+def gradient(W, b, x, y, l2):
+    residual = softmax(x @ W + b, axis=1) - np.eye(W.shape[1])[y]
+    return x.T @ residual / len(y) + l2 * W, residual.mean(axis=0)
+
+
+def as_float64(params):
+    return np.asarray(params.W, np.float64), np.asarray(params.b, np.float64)
+
+
+def blobs(num_per_class=20, num_classes=3, dim=5, spread=0.1, seed=0):
+    """Well separated Gaussian blobs around scaled one-hot centres."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(num_classes), num_per_class)
+    x = 5.0 * np.eye(num_classes, dim)[y] + spread * rng.normal(size=(len(y), dim))
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1e-2, 1e-1])
+def test_matches_sklearn_on_digits(l2):
+    train_x, train_y, test_x, test_y = digits()
+    params = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=l2)
+    # sklearn minimises C * sum(CE) + ||W||^2 / 2, i.e. ours times C * N for C = 1 / (l2 * N).
+    reference = LogisticRegression(C=1 / (l2 * len(train_y)), max_iter=5000, tol=1e-8)
+    reference.fit(train_x, train_y)
+
+    W, b = as_float64(params)
+    ours = objective(W, b, train_x, train_y, l2)
+    theirs = objective(reference.coef_.T, reference.intercept_, train_x, train_y, l2)
+    assert params.converged
+    assert abs(ours - theirs) / theirs < 1e-5
+    np.testing.assert_allclose(W, reference.coef_.T, atol=2e-3)
+    # Both solutions' biases are defined up to a shared shift; compare them centred.
+    np.testing.assert_allclose(
+        b - b.mean(), reference.intercept_ - reference.intercept_.mean(), atol=2e-3
+    )
+    assert abs(linear.accuracy(params, test_x, test_y) - reference.score(test_x, test_y)) <= 0.005
+
+
+def test_gradient_vanishes_and_every_perturbation_is_worse():
+    train_x, train_y, _, _ = digits()
+    l2 = 1e-2
+    params = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=l2)
+    W, b = as_float64(params)
+    grad_W, grad_b = gradient(W, b, train_x, train_y, l2)
+    assert np.sqrt(np.sum(grad_W**2) + np.sum(grad_b**2)) < 1e-5
+
+    best = objective(W, b, train_x, train_y, l2)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        dW, db = rng.normal(size=W.shape), rng.normal(size=b.shape)
+        scale = 1e-2 / np.sqrt(np.sum(dW**2) + np.sum(db**2))
+        assert objective(W + scale * dW, b + scale * db, train_x, train_y, l2) > best
+
+
+def test_separable_data_is_fit_exactly_with_tiny_l2():
+    x, y = blobs()
+    params = linear.fit_logistic_regression(x, y, num_classes=3, l2=1e-6)
+    assert linear.accuracy(params, x, y) == 1.0
+    np.testing.assert_array_equal(linear.predict(params, x), y)
+
+
+def test_strong_l2_drives_weights_to_zero():
+    x, y = blobs()
+    norms = [
+        float(np.linalg.norm(linear.fit_logistic_regression(x, y, num_classes=3, l2=l2).W))
+        for l2 in [1e-2, 1.0, 1e2, 1e4]
+    ]
+    assert all(a > b for a, b in zip(norms, norms[1:])), norms
+    # At the optimum W = -grad(CE) / l2 and ||grad(CE)|| <= sqrt(2) * max ||x_i||.
+    assert norms[-1] <= np.sqrt(2) * np.linalg.norm(x, axis=1).max() / 1e4
+    assert norms[-1] < 1e-3
+
+
+def test_max_iter_bounds_the_solver_and_reports_no_convergence():
+    train_x, train_y, _, _ = digits()
+    params = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=1e-3, max_iter=3)
+    assert (params.converged, params.num_iter) == (False, 3)
+
+
+def test_one_compilation_serves_the_l2_sweep():
+    x, y = blobs(num_per_class=7)
+    linear.fit_logistic_regression(x, y, num_classes=3, l2=1.0)
+    compiled = linear._minimize._cache_size()
+    for l2 in [0.0, 1e-3, 1e3]:
+        linear.fit_logistic_regression(x, y, num_classes=3, l2=l2)
+    assert linear._minimize._cache_size() == compiled
+
+
+def test_stratified_split_is_balanced_disjoint_and_seeded():
+    labels = np.repeat(np.arange(4), [10, 20, 35, 3])
+    np.random.default_rng(0).shuffle(labels)
+    fit, val = linear.stratified_split(labels, num_classes=4, val_fraction=0.2, seed=3)
+    # round(0.2 * [10, 20, 35, 3]) = [2, 4, 7, 1] (35 * 0.2 = 7; 3 * 0.2 rounds to 1).
+    np.testing.assert_array_equal(np.bincount(labels[val], minlength=4), [2, 4, 7, 1])
+    assert np.intersect1d(fit, val).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([fit, val])), np.arange(len(labels)))
+
+    again = linear.stratified_split(labels, num_classes=4, val_fraction=0.2, seed=3)
+    np.testing.assert_array_equal(again[1], val)
+    other = linear.stratified_split(labels, num_classes=4, val_fraction=0.2, seed=4)
+    assert not np.array_equal(other[1], val)
+
+
+def test_stratified_split_keeps_one_example_per_class_on_each_side():
+    labels = np.array([0, 0, 1, 1, 1])
+    fit, val = linear.stratified_split(labels, num_classes=2, val_fraction=0.9, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[fit], minlength=2), [1, 1])
+    np.testing.assert_array_equal(np.bincount(labels[val], minlength=2), [1, 2])
+
+
+def test_probe_on_digits_picks_the_argmax_of_the_sweep():
+    train_x, train_y, test_x, test_y = digits()
+    grid = [1e-4, 1e-2, 1.0, 10.0]
+    result = linear.linear_probe(
+        train_x, train_y, test_x, test_y, num_classes=10, l2_grid=grid, val_fraction=0.2, seed=1
+    )
+    assert sorted(result.l2_sweep) == grid
+    best = max(result.l2_sweep.values())
+    assert result.l2 == max(l2 for l2, acc in result.l2_sweep.items() if acc == best)
+    assert result.minival_accuracy == result.l2_sweep[result.l2]
+    # A strong penalty underfits digits; the weak ones should not be beaten by it.
+    assert result.l2 < 10.0
+    for value in [result.train_accuracy, result.minival_accuracy, result.test_accuracy]:
+        assert isinstance(value, float) and 0.0 <= value <= 1.0
+    assert result.test_accuracy > 0.93 and result.train_accuracy > result.test_accuracy
+    assert result.converged and result.num_iter > 0
+
+    # The refit equals a fit on all (already standardised) training features with that l2.
+    refit = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=result.l2)
+    assert abs(result.test_accuracy - linear.accuracy(refit, test_x, test_y)) <= 1 / len(test_y)
+
+
+def test_ties_go_to_the_larger_l2():
+    x, y = blobs(num_per_class=20)
+    result = linear.linear_probe(x, y, x, y, num_classes=3, l2_grid=[1e-1, 1e-3, 1e-2])
+    assert result.l2_sweep == {1e-3: 1.0, 1e-2: 1.0, 1e-1: 1.0}
+    assert result.l2 == 1e-1
+
+
+def test_probe_is_invariant_to_per_feature_affine_scaling_and_constant_features():
+    x, y = blobs(num_per_class=20, spread=2.0, seed=1)
+    test_x, test_y = blobs(num_per_class=20, spread=2.0, seed=2)
+    x[:, -1] = test_x[:, -1] = 0.0
+    scale = np.array([1e-3, 1.0, 50.0, 1e3, 0.0], np.float32)
+    shift = np.array([5.0, -2.0, 0.0, 1e2, 4.0], np.float32)
+    kwargs = dict(num_classes=3, l2_grid=[1e-2, 1.0])
+    plain = linear.linear_probe(x, y, test_x, test_y, **kwargs)
+    # The constant last column (0 or 4) must neither matter nor produce NaNs.
+    scaled = linear.linear_probe(x * scale + shift, y, test_x * scale + shift, test_y, **kwargs)
+    assert plain.test_accuracy < 1.0  # overlapping blobs: the comparison is not trivial
+    assert scaled.l2_sweep == plain.l2_sweep
+    assert (scaled.test_accuracy, scaled.l2) == (plain.test_accuracy, plain.l2)
+
+
+def probe(train_x, train_y, test_x=None, test_y=None, **overrides):
+    kwargs = dict(num_classes=3, l2_grid=[1e-2])
+    kwargs.update(overrides)
+    test_x = train_x if test_x is None else test_x
+    test_y = train_y if test_y is None else test_y
+    return linear.linear_probe(train_x, train_y, test_x, test_y, **kwargs)
+
+
+def test_errors_name_the_problem():
+    x, y = blobs(num_per_class=5)
+    with pytest.raises(ValueError, match="train features have 15 rows but there are 14 labels"):
+        probe(x, y[:-1])
+    with pytest.raises(ValueError, match="test features have 3 rows but there are 15 labels"):
+        probe(x, y, test_x=x[:3])
+    with pytest.raises(ValueError, match="train features have 5 dimensions, test features 2"):
+        probe(x, y, test_x=x[:, :2])
+    with pytest.raises(ValueError, match="train features are empty"):
+        probe(x[:0], y[:0])
+    with pytest.raises(ValueError, match="x features are empty"):
+        linear.fit_logistic_regression(x[:, :0], y, num_classes=3, l2=1.0)
+    with pytest.raises(ValueError, match=r"classes \[2\] have fewer than 2 training examples"):
+        probe(x[:11], y[:11])
+    with pytest.raises(ValueError, match="l2_grid is empty"):
+        probe(x, y, l2_grid=[])
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
+        probe(x, y, val_fraction=1.0)
+
+
+def test_labels_outside_the_classes_are_rejected():
+    x, y = blobs(num_per_class=5)
+    bad = y.copy()
+    bad[[0, 4]] = [3, -1]
+    with pytest.raises(ValueError, match=r"2 train labels lie outside \[0, 3\)"):
+        probe(x, bad)
+    bad = y.copy()
+    bad[-1] = 7
+    with pytest.raises(ValueError, match=r"1 test labels lie outside \[0, 3\), e.g. 7"):
+        probe(x, y, test_y=bad)
+
+
+def test_non_finite_features_are_counted_by_row():
+    x, y = blobs(num_per_class=5)
+    bad = x.copy()
+    bad[[1, 3], 0] = np.nan
+    bad[3, 2] = np.inf  # a second bad value in row 3: still one row
+    bad[7, 1] = -np.inf
+    with pytest.raises(ValueError, match="3 of 15 train feature rows contain NaN or inf"):
+        probe(bad, y)
+    with pytest.raises(ValueError, match="3 of 15 test feature rows contain NaN or inf"):
+        probe(x, y, test_x=bad)
