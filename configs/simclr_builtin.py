@@ -24,13 +24,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.image_size = 32
     config.batch_size = 256
-    config.num_epochs = 10.0
+    config.num_epochs = 6.0
     config.total_steps = 0  # > 0 overrides num_epochs.
-    config.model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=0.25))
+    config.model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=0.125))
     config.simclr = ml_collections.ConfigDict(
         dict(
             temperature=0.2,
-            proj_hidden_dim=128,
+            proj_hidden_dim=64,
             proj_out_dim=64,
             proj_layers=2,
             color_strength=1.0,

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from selfsup.config import ConfigError, load_config_file
@@ -68,6 +68,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m selfsup {{{','.join(COMMANDS)}}} [--flags]")
     command = argv[1]
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     from selfsup.data.sources import DataError  # Imports TF: not before flags are parsed.
     from selfsup.train.loop import NonFiniteLossError
 
@@ -75,19 +76,40 @@ def main(argv: list[str]) -> None:
         if command == "demo":
             demo(Path(_WORKDIR.value or "runs/demo"))
             return
-        if _CONFIG.value is None or _WORKDIR.value is None:
+        config = _CONFIG.value
+        try:
+            if config is not None:
+                config.to_dict()  # config_flags defers a missing file's error to first use.
+        except OSError as e:
+            raise ConfigError(f"cannot load --config: {str(e).splitlines()[-1].strip()}") from None
+        if config is None or _WORKDIR.value is None:
             raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
         if command == "pretrain":
             from selfsup.train.loop import pretrain
 
-            pretrain(_CONFIG.value, _WORKDIR.value)
+            pretrain(config, _WORKDIR.value)
         else:
             from selfsup.evaluate.run import evaluate
 
-            evaluate(_CONFIG.value, _WORKDIR.value)
+            evaluate(config, _WORKDIR.value)
     except (ConfigError, DataError, NonFiniteLossError) as e:
         sys.exit(f"error: {e}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a bad flag or config key reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        text = str(e).replace("\\n", "\n").replace("\\'", "'")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # A config file that raised: its own error is the last line of the quoted traceback.
+        message = lines[-1] if "Traceback" in text else " ".join(lines)
+        if isinstance(e, (KeyError, AttributeError)):
+            key, *rest = (line.strip("'") for line in lines)
+            message = f"unknown config key {key!r}. {' '.join(rest)}"
+        sys.exit(f"error: {message}")
+
+
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
