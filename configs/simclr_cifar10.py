@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             proj_layers=3,
             color_strength=0.5,
             crop=True,
+            min_crop_area=0.08,
             flip=True,
             color=True,
             blur=False,

@@ -6,6 +6,7 @@ names the problem and the fix, instead of a stack trace.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def demo(workdir: Path) -> dict[str, object]:
     ]
     table = report.markdown_table(rows, PROBE_COLUMNS)
     report.write_summary(workdir, summary)
+    (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
     (workdir / "report.md").write_text(
         "# Demo: SimCLR on builtin:shapes, linear probe vs random init\n\n"
         + table
@@ -69,8 +71,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m selfsup {{{','.join(COMMANDS)}}} [--flags]")
     command = argv[1]
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    from selfsup.data.sources import DataError  # Imports TF: not before flags are parsed.
-    from selfsup.train.loop import NonFiniteLossError
+    from selfsup.train.loop import NonFiniteLossError  # Imports TF: not before flags parse.
 
     try:
         if command == "demo":
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> None:
             from selfsup.evaluate.run import evaluate
 
             evaluate(config, _WORKDIR.value)
-    except (ConfigError, DataError, NonFiniteLossError) as e:
+    except (ValueError, NonFiniteLossError) as e:  # ConfigError and DataError included.
         sys.exit(f"error: {e}")
 
 

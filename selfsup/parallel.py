@@ -13,6 +13,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from selfsup.config import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -36,7 +38,7 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, *, what: str = "batch_s
     """This process's share of a global batch; errors if it does not divide over devices."""
     num_devices = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"config.{what}={global_batch_size} does not divide over {num_devices} devices: "
             f"set --config.{what} to a positive multiple of {num_devices}."
         )

@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def selfsup(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run([sys.executable, "-m", "selfsup", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "selfsup", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +45,26 @@ def image_root(tmp_path_factory) -> Path:
 def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
     config = ROOT / "configs" / "simclr_cifar10.py"
     data = [f"--config.data=folder:{image_root}", "--config.eval_split=val"]
-    run = selfsup("pretrain", f"--config={config}:runlocal", f"--workdir={tmp_path / 'pre'}",
-                  *data, "--config.batch_size=16", "--config.total_steps=6",
-                  "--config.image_size=16", cwd=tmp_path)
+    run = selfsup(
+        "pretrain",
+        f"--config={config}:runlocal",
+        f"--workdir={tmp_path / 'pre'}",
+        *data,
+        "--config.batch_size=16",
+        "--config.total_steps=6",
+        "--config.image_size=16",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "step 6/6" in run.stdout and "images/s" in run.stdout and "ETA" in run.stdout
-    run = selfsup("evaluate", f"--config={ROOT / 'configs' / 'linear_probe.py'}:runlocal",
-                  f"--workdir={tmp_path / 'probe'}", f"--config.checkpoint={tmp_path / 'pre'}",
-                  "--config.batch_size=16", cwd=tmp_path)
+    run = selfsup(
+        "evaluate",
+        f"--config={ROOT / 'configs' / 'linear_probe.py'}:runlocal",
+        f"--workdir={tmp_path / 'probe'}",
+        f"--config.checkpoint={tmp_path / 'pre'}",
+        "--config.batch_size=16",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "probe" / "summary.json").read_text())
     assert summary["checkpoint_step"] == 6 and summary["eval_split"] == "val"
@@ -60,12 +78,18 @@ def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
     "args, message",
     [
         (["pretrain", "--config=CONFIG", "--workdir=W", "--config.batch_sise=8"], "batch_sise"),
-        (["pretrain", "--config=CONFIG", "--workdir=W", "--config.data=s3:x"],
-         "unknown data spec 's3:x'"),
-        (["pretrain", "--config=CONFIG", "--workdir=W", "--config.data=folder:/no/such/dir"],
-         "does not exist"),
-        (["evaluate", f"--config={ROOT / 'configs' / 'linear_probe.py'}", "--workdir=W"],
-         "--config.checkpoint=PRETRAIN_WORKDIR"),
+        (
+            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.data=s3:x"],
+            "unknown data spec 's3:x'",
+        ),
+        (
+            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.data=folder:/no/such/dir"],
+            "does not exist",
+        ),
+        (
+            ["evaluate", f"--config={ROOT / 'configs' / 'linear_probe.py'}", "--workdir=W"],
+            "--config.checkpoint=PRETRAIN_WORKDIR",
+        ),
         (["pretrain", "--workdir=W"], "needs --config"),
     ],
 )

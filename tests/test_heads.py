@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from selfsup.models.heads import LinearClassifier, ProjectionHead
+from selfsup.models.heads import ProjectionHead
 from selfsup.models.resnet import BN_EPSILON
 
 
@@ -101,12 +101,3 @@ def test_train_mode_updates_running_averages_and_eval_mode_uses_them():
 def test_rejects_zero_layers():
     with pytest.raises(ValueError, match="num_layers"):
         head(0)
-
-
-def test_linear_classifier_starts_at_uniform_predictions():
-    probe = LinearClassifier(12, 5, rngs=nnx.Rngs(0))
-    assert param_paths(probe) == {"linear/kernel", "linear/bias"}
-    logits = probe(features())
-    assert logits.shape == (16, 5)
-    np.testing.assert_array_equal(logits, 0.0)
-    np.testing.assert_allclose(jax.nn.softmax(logits), 0.2)

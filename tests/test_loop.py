@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, mo
     loop.pretrain(config, tmp_path)  # A finished run...
     config.total_steps = 6  # ...extended, and the extension diverges.
     monkeypatch.setattr(simclr, "nt_xent_loss", nan_loss)
-    with pytest.raises(loop.NonFiniteLossError, match="step 5.*last good checkpoint is step 4"):
+    with pytest.raises(loop.NonFiniteLossError, match="by step 5.*last good checkpoint is step 4"):
         loop.pretrain(config, tmp_path)
     assert Checkpointer(tmp_path, keep=3).latest_step() == 4  # Nothing good was lost.
 

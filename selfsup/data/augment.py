@@ -230,6 +230,7 @@ def simclr_view(
     size: int,
     color_strength: float,
     crop: bool = True,
+    min_crop_area: float = 0.08,
     flip: bool = True,
     color: bool = True,
     blur: bool = False,
@@ -239,7 +240,7 @@ def simclr_view(
     resize), flip, color distortion, blur with p=0.5, clip."""
     crop_seed, flip_seed, color_seed, blur_seed = _split(seed, 4)
     if crop:
-        image = random_resized_crop(image, crop_seed, size=size)
+        image = random_resized_crop(image, crop_seed, size=size, area_range=(min_crop_area, 1.0))
     else:
         image = center_crop_resize(image, size=size)
     if flip:

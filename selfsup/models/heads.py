@@ -1,4 +1,4 @@
-"""Small heads that sit on encoder features: the SimCLR projection MLP and a linear classifier.
+"""Heads that sit on encoder features: the SimCLR projection MLP.
 
 `ProjectionHead` follows google-research/simclr (`tf2/model.py`, `proj_head_mode="nonlinear"`):
 every layer is a bias-free Dense (N(0, 0.01) init) followed by BatchNorm; middle layers keep the
@@ -53,19 +53,3 @@ class ProjectionHead(nnx.Module):
         for layer in self.layers[:-1]:
             x = nnx.relu(layer(x, train=train))
         return self.layers[-1](x, train=train)
-
-
-class LinearClassifier(nnx.Module):
-    """A linear probe; zero-initialised so it starts at uniform predictions."""
-
-    def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(
-            in_dim,
-            num_classes,
-            kernel_init=jax.nn.initializers.zeros,
-            bias_init=jax.nn.initializers.zeros,
-            rngs=rngs,
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear(x)

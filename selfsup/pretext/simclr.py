@@ -88,6 +88,7 @@ class SimCLR:
             size=self.config.image_size,
             color_strength=c.color_strength,
             crop=c.crop,
+            min_crop_area=c.min_crop_area,
             flip=c.flip,
             color=c.color,
             blur=c.blur,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -151,18 +152,22 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
 
     last_saved, t0, timed_from = start_step, time.perf_counter(), start_step
     host_metrics = (read_metrics(log.path) or [{}])[-1]
+    window, window_steps = None, 0  # Device-side metric sums since the last log.
     for step in range(start_step + 1, total_steps + 1):
         with jax.transfer_guard("disallow"):
             state, metrics = train_step(state, next(batches))
+        window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+        window_steps += 1
         is_last = step == total_steps
         should_log = step % config.log_every_steps == 0 or is_last
         should_save = step % config.checkpoint_every_steps == 0 or is_last
         if should_log or should_save:
-            host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            # Means since the last log; a NaN anywhere in the window shows in the mean.
+            host_metrics = {k: float(v) / window_steps for k, v in jax.device_get(window).items()}
             if not np.isfinite(host_metrics["loss"]):
                 checkpointer.close()
                 raise NonFiniteLossError(
-                    f"loss is {host_metrics['loss']} at step {step}; the last good checkpoint is "
+                    f"loss is {host_metrics['loss']} by step {step}; the last good checkpoint is "
                     f"step {last_saved} in {workdir}/checkpoints. Lower "
                     "--config.optim.learning_rate or check the data, then re-run to resume from it."
                 )
@@ -177,6 +182,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
                 f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}",
                 flush=True,
             )
+            window, window_steps = None, 0
             if timed_from == start_step:
                 # Time from the first log on, so compilation does not skew the throughput.
                 t0, timed_from = time.perf_counter(), step
