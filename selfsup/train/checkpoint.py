@@ -13,7 +13,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from selfsup.config import ConfigError, load_saved_config
-from selfsup.train.state import TrainState, abstract_train_state, split_model
+from selfsup.pretext import get_task
+from selfsup.train.optim import make_optimizer
+from selfsup.train.state import TrainState, abstract_train_state, model_graphdef
 
 
 class Checkpointer:
@@ -39,9 +41,6 @@ class Checkpointer:
 
 def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
     """(pretraining config, latest checkpoint step, model with its weights) of a workdir."""
-    from selfsup.pretext import get_task  # Imports TF; only needed here.
-    from selfsup.train.optim import make_optimizer
-
     config = load_saved_config(workdir)
     task = get_task(config)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -57,5 +56,8 @@ def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
     )
     state = checkpointer.restore(step, abstract_train_state(task.build_model, tx, mesh=mesh))
     checkpointer.close()
-    graphdef = split_model(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))[0]
-    return config, step, nnx.merge(graphdef, state.params, state.batch_stats)
+    return (
+        config,
+        step,
+        nnx.merge(model_graphdef(task.build_model), state.params, state.batch_stats),
+    )

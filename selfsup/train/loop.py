@@ -29,7 +29,12 @@ from selfsup.evaluate.report import read_metrics
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import Checkpointer
 from selfsup.train.optim import make_optimizer
-from selfsup.train.state import TrainState, abstract_train_state, create_train_state
+from selfsup.train.state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    model_graphdef,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -117,19 +122,20 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     )
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    graphdef, state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
     start_step = checkpointer.latest_step() or 0
     if start_step:
         state = checkpointer.restore(
             start_step, abstract_train_state(task.build_model, tx, mesh=mesh)
         )
         print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
+    else:
+        state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
     save_config(config, workdir)
     log = MetricsLog(workdir, start_step=start_step)
 
     state_sharding = parallel.replicated(mesh)
     train_step = jax.jit(
-        make_train_step(task, graphdef, tx, schedule, seed=config.seed),
+        make_train_step(task, model_graphdef(task.build_model), tx, schedule, seed=config.seed),
         in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,

@@ -40,17 +40,20 @@ def _init_fn(build_model, tx, seed) -> Callable[[], TrainState]:
     return init
 
 
+def model_graphdef(build_model: Callable[[nnx.Rngs], nnx.Module]) -> nnx.GraphDef:
+    """The model's static structure, without allocating its weights."""
+    return split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(0))))[0]
+
+
 def create_train_state(
     build_model: Callable[[nnx.Rngs], nnx.Module],
     tx: optax.GradientTransformation,
     *,
     seed: int,
     mesh: jax.sharding.Mesh,
-) -> tuple[nnx.GraphDef, TrainState]:
+) -> TrainState:
     """Initialises the model and optimizer directly into replicated device memory."""
-    graphdef = split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(seed))))[0]
-    init = _init_fn(build_model, tx, seed)
-    return graphdef, jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    return jax.jit(_init_fn(build_model, tx, seed), out_shardings=parallel.replicated(mesh))()
 
 
 def abstract_train_state(
