@@ -3,8 +3,9 @@ PNG plots in a workdir."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -30,19 +31,26 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str])
     return "\n".join(lines) + "\n"
 
 
-def plot_loss_curve(metrics: Sequence[Mapping[str, float]], path: Path, *, title: str) -> None:
+@contextlib.contextmanager
+def _figure(path: Path, *, figsize: tuple[float, float]) -> Iterator:
+    """Axes to draw on; saved as a PNG at `path` on exit."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # Files only: works without a display.
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics])
-    ax.set(xlabel="step", ylabel="training loss", title=title)
-    ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=figsize)
+    yield ax
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_loss_curve(metrics: Sequence[Mapping[str, float]], path: Path, *, title: str) -> None:
+    with _figure(path, figsize=(6, 4)) as ax:
+        ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics])
+        ax.set(xlabel="step", ylabel="training loss (mean since previous point)", title=title)
+        ax.grid(alpha=0.3)
 
 
 def write_pretrain_report(
@@ -60,17 +68,9 @@ def write_pretrain_report(
 
 
 def plot_accuracy_bars(rows: Sequence[Mapping[str, object]], path: Path, *, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    names = [r["encoder"] for r in rows]
-    accuracies = [100 * r["test_accuracy"] for r in rows]
-    bars = ax.bar(names, accuracies, color=["tab:blue", "tab:gray"][: len(rows)])
-    ax.bar_label(bars, fmt="%.1f%%")
-    ax.set(ylabel="test accuracy (%)", title=title, ylim=(0, 100))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with _figure(path, figsize=(5, 3.5)) as ax:
+        names = [r["encoder"] for r in rows]
+        accuracies = [100 * r["test_accuracy"] for r in rows]
+        bars = ax.bar(names, accuracies, color=["tab:blue", "tab:gray"][: len(rows)])
+        ax.bar_label(bars, fmt="%.1f%%")
+        ax.set(ylabel="test accuracy (%)", title=title, ylim=(0, 100))
