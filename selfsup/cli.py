@@ -11,31 +11,37 @@ import sys
 import time
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from selfsup.config import ConfigError, load_config_file
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = CONFIGS_DIR / "simclr_builtin.py"
 COMMANDS = ("demo", "pretrain", "evaluate")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, `configs/X.py` or `configs/X.py:runlocal`.", lock_config=True
+    "config",
+    None,
+    "Config file, `configs/X.py` or `configs/X.py:runlocal` (demo: configs/simclr_builtin.py).",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory; re-running pretrain on it resumes its latest checkpoint."
 )
 
 
-def demo(workdir: Path) -> dict[str, object]:
-    """SimCLR on the built-in dataset, then a linear probe next to a random-init encoder."""
+def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
+    """SimCLR pretraining (`config`: the built-in dataset's by default), then a linear probe
+    next to a random-init encoder."""
     from selfsup.evaluate import report
     from selfsup.evaluate.run import PROBE_COLUMNS, evaluate
     from selfsup.train.loop import pretrain
 
     start = time.perf_counter()
     pretrain_dir = workdir / "pretrain"
-    pretrain_summary = pretrain(load_config_file(CONFIGS_DIR / "simclr_builtin.py"), pretrain_dir)
+    pretrain_summary = pretrain(config, pretrain_dir)
     probe_config = load_config_file(CONFIGS_DIR / "linear_probe.py")
     probe_config.checkpoint = str(pretrain_dir)
     summary = {**pretrain_summary, **evaluate(probe_config, workdir / "linear_probe")}
@@ -48,7 +54,7 @@ def demo(workdir: Path) -> dict[str, object]:
     report.write_summary(workdir, summary)
     (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
     (workdir / "report.md").write_text(
-        "# Demo: SimCLR on builtin:shapes, linear probe vs random init\n\n"
+        f"# Demo: SimCLR on {config.data}, linear probe vs random init\n\n"
         + table
         + f"\nTotal time: {summary['demo/wall_seconds']:.0f} s.\n\n"
         "![training loss](pretrain/loss_curve.png)\n"
@@ -74,15 +80,16 @@ def main(argv: list[str]) -> None:
     from selfsup.train.loop import NonFiniteLossError  # Imports TF: not before flags parse.
 
     try:
-        if command == "demo":
-            demo(Path(_WORKDIR.value or "runs/demo"))
-            return
         config = _CONFIG.value
         try:
             if config is not None:
                 config.to_dict()  # config_flags defers a missing file's error to first use.
         except OSError as e:
             raise ConfigError(f"cannot load --config: {str(e).splitlines()[-1].strip()}") from None
+        if command == "demo":
+            config = load_config_file(DEMO_CONFIG) if config is None else config
+            demo(config, Path(_WORKDIR.value or "runs/demo"))
+            return
         if config is None or _WORKDIR.value is None:
             raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
         if command == "pretrain":

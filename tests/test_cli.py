@@ -74,6 +74,26 @@ def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
     assert "| pretrained |" in (tmp_path / "probe" / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
+    run = selfsup(
+        "demo",
+        f"--config={ROOT / 'configs' / 'simclr_builtin.py'}:runlocal",
+        f"--config.data_dir={tmp_path / 'tfds'}",
+        f"--workdir={tmp_path / 'demo'}",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["pretrain/steps"] == 60 and summary["data"] == "builtin:shapes"
+    for key in ("linear/test_accuracy", "random_init/linear/test_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| SimCLR pretrained |" in report and "| random init |" in report
+    assert (tmp_path / "demo" / "pretrain" / "loss_curve.png").exists()
+    assert "| SimCLR pretrained |" in run.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
