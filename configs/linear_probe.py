@@ -1,4 +1,4 @@
-"""Linear probe of a pretrained encoder on frozen features, next to a random-init encoder.
+"""Linear probe and k-NN of a pretrained encoder's frozen features, next to a random-init encoder.
 
   python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/probe \
       --config.checkpoint=runs/simclr_cifar10
@@ -29,7 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.probe = ml_collections.ConfigDict(
         dict(l2_grid=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], val_fraction=0.1)
     )
+    # Weighted k-NN on the same frozen features (Wu et al. 2018; DINO's defaults).
+    config.knn = ml_collections.ConfigDict(dict(ks=[20, 200], temperature=0.07))
     if runlocal:
         config.batch_size = 64
         config.probe.l2_grid = [1e-4, 1e-2]
+        config.knn.ks = [5, 20]
     return config

@@ -70,7 +70,7 @@ def write_pretrain_report(
 def plot_accuracy_bars(rows: Sequence[Mapping[str, object]], path: Path, *, title: str) -> None:
     with _figure(path, figsize=(5, 3.5)) as ax:
         names = [r["encoder"] for r in rows]
-        accuracies = [100 * r["test_accuracy"] for r in rows]
+        accuracies = [100 * r["linear/test_accuracy"] for r in rows]
         bars = ax.bar(names, accuracies, color=["tab:blue", "tab:gray"][: len(rows)])
         ax.bar_label(bars, fmt="%.1f%%")
         ax.set(ylabel="test accuracy (%)", title=title, ylim=(0, 100))

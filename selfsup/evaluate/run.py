@@ -16,15 +16,16 @@ from selfsup.data import augment, pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate import report
 from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import load_pretrained_model
 
-PROBE_COLUMNS = ["encoder", "test_accuracy", "minival_accuracy", "train_accuracy", "l2"]
 
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, object]:
-    """Runs the linear probe; writes and returns the flat summary."""
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path
+) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """Linear probe and k-NN per encoder; writes and returns the flat summary and table rows."""
     if not config.checkpoint:
         raise ConfigError(
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
@@ -58,29 +59,34 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     }
     rows = []
     for name, encoder in encoders.items():
+        train_x, train_y = features(encoder, train_split)
+        test_x, test_y = features(encoder, eval_split)
         result = linear_probe(
-            *features(encoder, train_split),
-            *features(encoder, eval_split),
+            train_x, train_y, test_x, test_y,
             num_classes=source.num_classes,
             l2_grid=list(config.probe.l2_grid),
             val_fraction=config.probe.val_fraction,
             seed=config.seed,
-        )
+        )  # fmt: skip
         row = {
             "encoder": name,
-            "test_accuracy": result.test_accuracy,
-            "minival_accuracy": result.minival_accuracy,
-            "train_accuracy": result.train_accuracy,
-            "l2": result.l2,
+            "linear/test_accuracy": result.test_accuracy,
+            "linear/minival_accuracy": result.minival_accuracy,
+            "linear/train_accuracy": result.train_accuracy,
+            "linear/l2": result.l2,
         }
+        for k in config.knn.ks:
+            row[f"knn/k{k}/test_accuracy"] = knn_accuracy(
+                train_x, train_y, test_x, test_y,
+                num_classes=source.num_classes, k=k, temperature=config.knn.temperature,
+            )  # fmt: skip
         rows.append(row)
         prefix = "" if name == "pretrained" else f"{name}/"
-        summary.update({f"{prefix}linear/{k}": v for k, v in row.items() if k != "encoder"})
-        print(
-            f"linear probe [{name}]: {result.test_accuracy:.2%} on {eval_split!r} "
-            f"(minival {result.minival_accuracy:.2%}, l2 {result.l2:g})",
-            flush=True,
-        )
+        summary.update({prefix + key: value for key, value in row.items() if key != "encoder"})
+        print(f"{name} on {eval_split!r}: " + ", ".join(
+            f"{key} {value:.4g}" for key, value in row.items() if key.endswith("accuracy")
+        ), flush=True)  # fmt: skip
+    summary["knn/temperature"] = config.knn.temperature
 
     report.write_summary(workdir, summary)
     (workdir / "metrics.jsonl").write_text(json.dumps({"step": step, **summary}) + "\n")
@@ -88,10 +94,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         rows, workdir / "linear_probe.png", title=f"Linear probe on {data} ({eval_split})"
     )
     (workdir / "report.md").write_text(
-        f"# Linear probe: {data}, trained on {train_split!r}, tested on {eval_split!r}\n\n"
-        f"Encoder from `{config.checkpoint}` (step {step}). Accuracy on `{eval_split}`; L2 "
-        f"chosen on a {config.probe.val_fraction:.0%} minival split of `{train_split}`.\n\n"
-        + report.markdown_table(rows, PROBE_COLUMNS)
+        f"# Frozen features: {data}, trained on {train_split!r}, tested on {eval_split!r}\n\n"
+        f"Encoder from `{config.checkpoint}` (step {step}). Accuracies on `{eval_split}`. "
+        f"Linear probe: L2 chosen on a {config.probe.val_fraction:.0%} minival split of "
+        f"`{train_split}`. k-NN: cosine similarity, votes weighted by exp(s / "
+        f"{config.knn.temperature:g}).\n\n"
+        + report.markdown_table(rows, list(rows[0]))
         + "\n![linear probe](linear_probe.png)\n"
     )
-    return summary
+    return summary, rows

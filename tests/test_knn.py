@@ -1,0 +1,52 @@
+"""Weighted kNN against a brute-force NumPy implementation."""
+
+import numpy as np
+import pytest
+
+from selfsup.evaluate.knn import knn_accuracy, knn_predict
+
+
+def knn_reference(train_x, train_y, test_x, *, num_classes, k, temperature):
+    """Loops over test rows in float64: cosine similarity, k best, exp(s/T)-weighted votes."""
+    train = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    predictions = []
+    for row in test_x.astype(np.float64):
+        similarity = train @ (row / np.linalg.norm(row))
+        nearest = np.argsort(-similarity, kind="stable")[:k]
+        scores = np.zeros(num_classes)
+        for j in nearest:
+            scores[train_y[j]] += np.exp(similarity[j] / temperature)
+        predictions.append(np.argmax(scores))
+    return np.array(predictions)
+
+
+@pytest.mark.parametrize("k, temperature", [(1, 0.07), (5, 0.07), (20, 0.5), (60, 1.0)])
+def test_knn_equals_brute_force(k, temperature):
+    rng = np.random.default_rng(k)
+    centers = rng.normal(size=(4, 16))
+    train_y, test_y = rng.integers(0, 4, 60), rng.integers(0, 4, 37)
+    train_x = centers[train_y] + rng.normal(scale=1.5, size=(60, 16))
+    test_x = centers[test_y] + rng.normal(scale=1.5, size=(37, 16))
+    expected = knn_reference(train_x, train_y, test_x, num_classes=4, k=k, temperature=temperature)
+    got = knn_predict(
+        train_x, train_y, test_x, num_classes=4, k=k, temperature=temperature, chunk_size=16
+    )  # Several chunks, the last one partial.
+    np.testing.assert_array_equal(got, expected)
+    assert knn_accuracy(
+        train_x, train_y, test_x, test_y, num_classes=4, k=k, temperature=temperature
+    ) == np.mean(expected == test_y)
+
+
+def test_knn_is_scale_invariant_and_k1_recovers_training_labels():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 8)), rng.integers(0, 3, 30)
+    np.testing.assert_array_equal(knn_predict(x, y, 5 * x, num_classes=3, k=1, temperature=0.1), y)
+
+
+@pytest.mark.parametrize(
+    "k, temperature, message", [(0, 0.1, "0 < k"), (11, 0.1, "k=11"), (3, 0.0, "temperature")]
+)
+def test_knn_rejects_bad_settings(k, temperature, message):
+    x = np.ones((10, 4))
+    with pytest.raises(ValueError, match=message):
+        knn_predict(x, np.zeros(10, int), x, num_classes=2, k=k, temperature=temperature)
