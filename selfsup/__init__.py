@@ -1,0 +1,1 @@
+"""selfsup: self-supervised visual pretraining and transfer evaluation in JAX/Flax."""

@@ -20,6 +20,8 @@ from selfsup.config import ConfigError, load_config_file
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "simclr_builtin.py"
 COMMANDS = ("demo", "pretrain", "evaluate")
+# Stopped by SIGTERM after checkpointing: 128 + 15, what schedulers expect of a SIGTERM'd job.
+EXIT_PREEMPTED = 143
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m selfsup {{{','.join(COMMANDS)}}} [--flags]")
     command = argv[1]
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    from selfsup.train.loop import NonFiniteLossError  # Imports TF: not before flags parse.
+    from selfsup.train.loop import NonFiniteLossError, PreemptedError  # Imports TF.
 
     try:
         config = _CONFIG.value
@@ -94,6 +96,9 @@ def main(argv: list[str]) -> None:
             evaluate(config, _WORKDIR.value)
     except (ValueError, NonFiniteLossError) as e:  # ConfigError and DataError included.
         sys.exit(f"error: {e}")
+    except PreemptedError as e:
+        print(e, file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

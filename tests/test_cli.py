@@ -3,6 +3,8 @@ one-line errors for bad input."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +123,36 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path):
     assert run.returncode != 0
     assert message in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(image_root, tmp_path):
+    command = [
+        sys.executable, "-m", "selfsup", "pretrain",
+        f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
+        f"--workdir={tmp_path / 'run'}", f"--config.data=folder:{image_root}",
+        "--config.eval_split=val", "--config.batch_size=16", "--config.image_size=16",
+        "--config.total_steps=400", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1000",
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    for line in process.stdout:  # Training is under way once steps are logged.
+        if line.startswith("step 3/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    match = re.search(r"SIGTERM: saved a checkpoint at step (\d+)/400", stderr)
+    assert match, stderr[-2000:]
+    saved = int(match.group(1))
+    assert 3 <= saved < 400
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [str(saved)]  # fmt: skip
+
+    rerun = selfsup(*command[3:-3], "--config.total_steps=" + str(saved + 2),
+                    "--config.log_every_steps=1", cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"Resuming from checkpoint at step {saved}/" in rerun.stdout
+    assert f"step {saved + 2}/{saved + 2}" in rerun.stdout

@@ -91,14 +91,12 @@ def eval_dataset(
     base = source.dataset(split, process_index=process_index, process_count=process_count)
     per_process = math.ceil(source.num_examples(split) / process_count)
     num_batches = math.ceil(per_process / local_batch_size)
-    ds = base.map(
-        lambda ex: {
-            "image": preprocess_fn(decode_image(ex["image"])),
-            "label": ex["label"],
-            "mask": tf.constant(True),
-        },
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+
+    def preprocess(ex):
+        image = preprocess_fn(decode_image(ex["image"]))
+        return {"image": image, "label": ex["label"], "mask": tf.constant(True)}
+
+    ds = base.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     padding = tf.data.Dataset.from_tensors(
         tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
     ).repeat()

@@ -3,13 +3,14 @@
 A source yields, per split and per process, a deterministic `tf.data.Dataset` of
 `{"image": encoded image bytes, "label": int64}`. Decoding is left to the pipeline so that
 skipping examples on resume costs no decode. Each process reads its own disjoint shard
-(`tfds.split_for_jax_process` for TFDS, a strided slice of the sorted file list for folders).
+(`tfds.even_splits` for TFDS, a strided slice of the sorted file list for folders).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -35,7 +36,9 @@ class Source:
     spec: str
     num_classes: int
     split_sizes: dict[str, int]
-    _reader: object = dataclasses.field(repr=False, compare=False)
+    _reader: Callable[[str, int, int], tf.data.Dataset] = dataclasses.field(
+        repr=False, compare=False
+    )
 
     def num_examples(self, split: str) -> int:
         if split not in self.split_sizes:
@@ -89,12 +92,20 @@ def _tfds_source(spec: str, builder: tfds.core.DatasetBuilder) -> Source:
             decoders={"image": tfds.decode.SkipDecoding()},
             read_config=tfds.ReadConfig(add_tfds_id=False),
         )
-        return ds.map(lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int64)})
+        return ds.map(_encoded_example)
 
     sizes = {name: split.num_examples for name, split in info.splits.items()}
     if not sizes:  # No split metadata (e.g. under tfds.testing.mock_data): count the data.
         sizes = {name: int(read(name, 0, 1).cardinality()) for name in ("train", "test")}
     return Source(spec, label.num_classes, sizes, read)
+
+
+def _encoded_example(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {"image": ex["image"], "label": tf.cast(ex["label"], tf.int64)}
+
+
+def _read_file_example(path: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
+    return {"image": tf.io.read_file(path), "label": tf.cast(label, tf.int64)}
 
 
 def _folder_source(spec: str, root: Path) -> Source:
@@ -112,7 +123,7 @@ def _folder_source(spec: str, root: Path) -> Source:
     def read(split, process_index, process_count):
         paths, labels = zip(*files[split][process_index::process_count])
         ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
-        return ds.map(lambda p, y: {"image": tf.io.read_file(p), "label": tf.cast(y, tf.int64)})
+        return ds.map(_read_file_example)
 
     sizes = {split: len(f) for split, f in files.items()}
     return Source(spec, len(class_names), sizes, read)

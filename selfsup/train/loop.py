@@ -7,9 +7,13 @@ It knows nothing about a particular pretext task: the task supplies the training
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -41,6 +45,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last checkpoint."""
 
 
+class PreemptedError(RuntimeError):
+    """SIGTERM arrived; a checkpoint of the current step was saved before stopping."""
+
+
+@contextlib.contextmanager
+def sigterm_requests() -> Iterator[threading.Event]:
+    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) sets while the
+    block runs, so the loop can checkpoint and stop between steps; restores the old handler."""
+    requested = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def make_train_step(task, graphdef, tx, schedule, *, seed: int):
     """The pure update `(state, batch) -> (state, metrics)`."""
 
@@ -69,21 +89,38 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
 
 
 class MetricsLog:
-    """`metrics.jsonl` plus TensorBoard scalars; on resume, drops lines past the restored step."""
+    """`metrics.jsonl`, TensorBoard scalars and the progress line (loss, images/s, ETA); on
+    resume, drops the lines past the restored step."""
 
-    def __init__(self, workdir: Path, *, start_step: int):
+    def __init__(self, workdir: Path, *, start_step: int, total_steps: int, batch_size: int):
         self.path = workdir / "metrics.jsonl"
         kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+        self.total_steps, self.batch_size = total_steps, batch_size
+        self.timer = (time.perf_counter(), start_step)  # Throughput is measured from here.
+        self.first_write = True
 
-    def write(self, step: int, metrics: dict[str, float]) -> None:
+    def write(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Logs `metrics` plus throughput; returns what it logged."""
+        start_time, start_step = self.timer
+        images_per_s = (step - start_step) * self.batch_size / (time.perf_counter() - start_time)
+        if self.first_write:  # From the first write on, compilation no longer skews throughput.
+            self.timer, self.first_write = (time.perf_counter(), step), False
+        metrics = {**metrics, "images_per_second": images_per_s}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         with self.tensorboard.as_default(step=step):
             for k, v in metrics.items():
                 tf.summary.scalar(k, v)
         self.tensorboard.flush()
+        eta = (self.total_steps - step) * self.batch_size / images_per_s
+        print(
+            f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  "
+            f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}",
+            flush=True,
+        )
+        return metrics
 
 
 def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
@@ -131,7 +168,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     else:
         state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
     save_config(config, workdir)
-    log = MetricsLog(workdir, start_step=start_step)
+    log = MetricsLog(
+        workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size
+    )
 
     state_sharding = parallel.replicated(mesh)
     train_step = jax.jit(
@@ -156,45 +195,42 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
     )
 
-    last_saved, t0, timed_from = start_step, time.perf_counter(), start_step
+    last_saved = start_step
     host_metrics = (read_metrics(log.path) or [{}])[-1]
     window, window_steps = None, 0  # Device-side metric sums since the last log.
-    for step in range(start_step + 1, total_steps + 1):
-        with jax.transfer_guard("disallow"):
-            state, metrics = train_step(state, next(batches))
-        window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
-        window_steps += 1
-        is_last = step == total_steps
-        should_log = step % config.log_every_steps == 0 or is_last
-        should_save = step % config.checkpoint_every_steps == 0 or is_last
-        if should_log or should_save:
-            # Means since the last log; a NaN anywhere in the window shows in the mean.
-            host_metrics = {k: float(v) / window_steps for k, v in jax.device_get(window).items()}
-            if not np.isfinite(host_metrics["loss"]):
+    with sigterm_requests() as preempted:
+        for step in range(start_step + 1, total_steps + 1):
+            with jax.transfer_guard("disallow"):
+                state, metrics = train_step(state, next(batches))
+            window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+            window_steps += 1
+            is_last = step == total_steps
+            should_log = step % config.log_every_steps == 0 or is_last
+            should_save = step % config.checkpoint_every_steps == 0 or is_last
+            if should_log or should_save or preempted.is_set():
+                # Means since the last log; a NaN anywhere in the window shows in the mean.
+                host_metrics = {
+                    k: float(v) / window_steps for k, v in jax.device_get(window).items()
+                }
+                if not np.isfinite(host_metrics["loss"]):
+                    checkpointer.close()
+                    raise NonFiniteLossError(
+                        f"loss is {host_metrics['loss']} by step {step}; the last good checkpoint"
+                        f" is step {last_saved} in {workdir}/checkpoints. Lower --config.optim."
+                        "learning_rate or check the data, then re-run to resume from it."
+                    )
+            if should_log:
+                host_metrics = log.write(step, host_metrics)
+                window, window_steps = None, 0
+            if should_save or preempted.is_set():
+                checkpointer.save(step, state)
+                last_saved = step
+            if preempted.is_set():
                 checkpointer.close()
-                raise NonFiniteLossError(
-                    f"loss is {host_metrics['loss']} by step {step}; the last good checkpoint is "
-                    f"step {last_saved} in {workdir}/checkpoints. Lower "
-                    "--config.optim.learning_rate or check the data, then re-run to resume from it."
+                raise PreemptedError(
+                    f"SIGTERM: saved a checkpoint at step {step}/{total_steps} in "
+                    f"{workdir}/checkpoints; re-run the same command to resume from it."
                 )
-        if should_log:
-            elapsed = time.perf_counter() - t0
-            images_per_s = (step - timed_from) * config.batch_size / elapsed
-            host_metrics["images_per_second"] = images_per_s
-            log.write(step, host_metrics)
-            eta = (total_steps - step) * config.batch_size / images_per_s
-            print(
-                f"step {step}/{total_steps}  loss {host_metrics['loss']:.4f}  "
-                f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}",
-                flush=True,
-            )
-            window, window_steps = None, 0
-            if timed_from == start_step:
-                # Time from the first log on, so compilation does not skew the throughput.
-                t0, timed_from = time.perf_counter(), step
-        if should_save:
-            checkpointer.save(step, state)
-            last_saved = step
     checkpointer.close()
 
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
