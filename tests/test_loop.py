@@ -97,3 +97,30 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, mo
 def test_batch_size_must_divide_over_devices(image_folder, tmp_path):
     with pytest.raises(ValueError, match="batch_size=12 does not divide over 8 devices"):
         loop.pretrain(tiny_config(image_folder, batch_size=12), tmp_path)
+
+
+def test_unreadable_checkpoint_falls_back_to_the_previous_one(image_folder, tmp_path, capsys):
+    config = tiny_config(image_folder)
+    loop.pretrain(config, tmp_path)
+    _, params_before = final_params(tmp_path)
+    for path in (tmp_path / "checkpoints" / "4").rglob("*"):
+        if path.is_file():  # A damaged copy: every file cut to half its size.
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    loop.pretrain(config, tmp_path)
+    out = capsys.readouterr().out
+    assert "Checkpoint at step 4 is unreadable" in out
+    assert "Resuming from checkpoint at step 2/4" in out
+    assert (tmp_path / "checkpoints" / "4.unreadable").is_dir()  # Kept for inspection.
+    step, params_after = final_params(tmp_path)  # Steps 3-4 redone from step 2.
+    assert step == 4
+    for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params_after)):
+        np.testing.assert_array_equal(a, b)
+
+    for path in (tmp_path / "checkpoints").iterdir():
+        if path.name.isdigit():
+            for file in path.rglob("*"):
+                if file.is_file():
+                    file.write_bytes(b"")
+    with pytest.raises(ValueError, match="no readable checkpoint"):
+        loop.pretrain(config, tmp_path)

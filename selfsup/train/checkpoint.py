@@ -20,9 +20,9 @@ from selfsup.train.state import TrainState, abstract_train_state, model_graphdef
 
 class Checkpointer:
     def __init__(self, workdir: str | Path, *, keep: int):
+        self.directory = Path(workdir).absolute() / "checkpoints"
         self.manager = ocp.CheckpointManager(
-            Path(workdir).absolute() / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
 
     def latest_step(self) -> int | None:
@@ -34,9 +34,38 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: TrainState) -> TrainState:
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
+    def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState]:
+        """The newest checkpoint that restores. An unreadable one (truncated or damaged files)
+        is moved aside to `checkpoints/<step>.unreadable[.n]`, never deleted, and the next older one
+        is tried; if none restores, that is an error rather than a silent fresh start."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, self.restore(step, abstract_state)
+            except Exception as e:  # Orbax and tensorstore raise many kinds.
+                aside = _unused_path(self.directory / f"{step}.unreadable")
+                (self.directory / str(step)).rename(aside)
+                self.manager.reload()
+                print(
+                    f"Checkpoint at step {step} is unreadable ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:150]}); moved it to {aside}, trying an older one."
+                )
+        raise ConfigError(
+            f"no readable checkpoint in {self.directory} (unreadable ones were moved to "
+            "<step>.unreadable): move the checkpoints folder away to start over."
+        )
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _unused_path(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
@@ -44,8 +73,7 @@ def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
     config = load_saved_config(workdir)
     task = get_task(config)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    step = checkpointer.latest_step()
-    if step is None:
+    if checkpointer.latest_step() is None:
         raise ConfigError(
             f"{workdir} has no checkpoint yet: run `python -m selfsup pretrain` with "
             f"--workdir={workdir} first (or wait for its first checkpoint)."
@@ -54,7 +82,7 @@ def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
     tx, _ = make_optimizer(
         config.optim, batch_size=config.batch_size, total_steps=1, warmup_steps=0
     )
-    state = checkpointer.restore(step, abstract_train_state(task.build_model, tx, mesh=mesh))
+    step, state = checkpointer.restore_latest(abstract_train_state(task.build_model, tx, mesh=mesh))
     checkpointer.close()
     return (
         config,

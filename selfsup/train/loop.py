@@ -159,14 +159,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     )
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    start_step = checkpointer.latest_step() or 0
-    if start_step:
-        state = checkpointer.restore(
-            start_step, abstract_train_state(task.build_model, tx, mesh=mesh)
+    if checkpointer.latest_step() is None:
+        start_step = 0
+        state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
+    else:
+        start_step, state = checkpointer.restore_latest(
+            abstract_train_state(task.build_model, tx, mesh=mesh)
         )
         print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
-    else:
-        state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
     save_config(config, workdir)
     log = MetricsLog(
         workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size
