@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 256
     config.crop_fraction = 1.0  # Central crop before resizing (0.875 for ImageNet-size images).
+    # "image": features of the whole image; "patches": the mean of the features of a patch
+    # task's 3x3 evaluation patches (Revisiting-SSL's evaluation of patch-based models).
+    config.features = "image"
     config.random_init_baseline = True
     config.probe = ml_collections.ConfigDict(
         dict(l2_grid=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], val_fraction=0.1)

@@ -42,5 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.warmup_epochs = 1.0
     config.log_every_steps = 50
     config.checkpoint_every_steps = 250
+    config.eval_every_steps = 250
     config.keep_checkpoints = 2
     return config

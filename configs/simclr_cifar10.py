@@ -60,9 +60,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             weight_decay_exclude=r"(^|/)(bias|scale)$",
             trust_coefficient=0.001,
             warmup_epochs=10.0,
+            schedule="cosine",
+            decay_epochs=[],  # Piecewise schedule only.
+            decay_factor=0.1,
         )
     )
     config.log_every_steps = 100
+    # Held-out pretext metrics (loss, contrastive accuracy on eval_split views); 0 = never.
+    config.eval_every_steps = 5000
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 3
     if runlocal:
@@ -73,4 +78,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.warmup_epochs = 0.0
         config.log_every_steps = 10
         config.checkpoint_every_steps = 30
+        config.eval_every_steps = 30
     return config

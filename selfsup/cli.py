@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from selfsup.config import ConfigError, load_config_file
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-DEMO_CONFIG = CONFIGS_DIR / "simclr_builtin.py"
+DEMO_CONFIG = CONFIGS_DIR / "demo.py"
 COMMANDS = ("demo", "pretrain", "evaluate")
 # Stopped by SIGTERM after checkpointing: 128 + 15, what schedulers expect of a SIGTERM'd job.
 EXIT_PREEMPTED = 143
@@ -26,7 +26,7 @@ EXIT_PREEMPTED = 143
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Config file, `configs/X.py` or `configs/X.py:runlocal` (demo: configs/simclr_builtin.py).",
+    "Config file, `configs/X.py` or `configs/X.py:runlocal` (demo: configs/demo.py).",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -35,29 +35,56 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
-    """SimCLR pretraining (`config`: the built-in dataset's by default), then a linear probe and
-    k-NN of its frozen features next to a random-init encoder."""
+    """Pretrains each of `config.tasks` on the built-in dataset, then probes its frozen encoder
+    next to a random-init one; one table of all of them."""
     from selfsup.evaluate import report
     from selfsup.evaluate.run import evaluate
     from selfsup.train.loop import pretrain
 
     start = time.perf_counter()
-    pretrain_dir = workdir / "pretrain"
-    pretrain_summary = pretrain(config, pretrain_dir)
-    probe_config = load_config_file(CONFIGS_DIR / "linear_probe.py")
-    probe_config.checkpoint = str(pretrain_dir)
-    probe_summary, rows = evaluate(probe_config, workdir / "linear_probe")
-    summary = {**pretrain_summary, **probe_summary}
+    summary: dict[str, object] = {}
+    rows = []
+    for name, task in config.tasks.items():
+        pretrain_dir, probe_dir = workdir / name / "pretrain", workdir / name / "linear_probe"
+        if config.data_dir:
+            task.pretrain.data_dir = config.data_dir
+        pretrain_summary = pretrain(task.pretrain, pretrain_dir)
+        task.probe.checkpoint = str(pretrain_dir)
+        probe_summary, probe_rows = evaluate(task.probe, probe_dir)
+        summary.update({f"{name}/{k}": v for k, v in {**pretrain_summary, **probe_summary}.items()})
+        # The pretext task's own accuracy on held-out images (8-way position, or contrastive).
+        heldout = next(
+            v
+            for k, v in pretrain_summary.items()
+            if k.startswith("pretrain/heldout/") and k.endswith("accuracy")
+        )
+        for row in probe_rows:
+            pretrained = row["encoder"] == "pretrained"
+            rows.append(
+                {
+                    "encoder": name if pretrained else "random init",
+                    "features": task.probe.features,
+                    **{k: v for k, v in row.items() if k != "encoder"},
+                    "held-out pretext accuracy": heldout if pretrained else "",
+                }
+            )
     summary["demo/wall_seconds"] = time.perf_counter() - start
-    table = report.markdown_table(rows, list(rows[0]))
+    columns = ["encoder", "features", "linear/test_accuracy"]
+    columns += [k for k in rows[0] if k.startswith("knn/")] + ["held-out pretext accuracy"]
+    table = report.markdown_table(rows, columns)
     report.write_summary(workdir, summary)
     (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
+    figures = "".join(
+        f"![{name} training loss]({name}/pretrain/loss_curve.png)\n"
+        f"![{name} linear probe]({name}/linear_probe/linear_probe.png)\n"
+        for name in config.tasks
+    )
     (workdir / "report.md").write_text(
-        f"# Demo: SimCLR on {config.data}; frozen features vs a random-init encoder\n\n"
+        f"# Demo: {', '.join(config.tasks)} on the built-in dataset; frozen features vs a "
+        "random-init encoder\n\n"
         + table
         + f"\nTotal time: {summary['demo/wall_seconds']:.0f} s.\n\n"
-        "![training loss](pretrain/loss_curve.png)\n"
-        "![linear probe](linear_probe/linear_probe.png)\n"
+        + figures
     )
     print(
         "\n" + table + f"\nWrote {workdir}/summary.json and report.md "

@@ -82,20 +82,25 @@ def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
 def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
     run = selfsup(
         "demo",
-        f"--config={ROOT / 'configs' / 'simclr_builtin.py'}:runlocal",
+        f"--config={ROOT / 'configs' / 'demo.py'}:runlocal",
         f"--config.data_dir={tmp_path / 'tfds'}",
         f"--workdir={tmp_path / 'demo'}",
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["pretrain/steps"] == 60 and summary["data"] == "builtin:shapes"
-    for key in ("linear/test_accuracy", "random_init/linear/test_accuracy"):
-        assert 0.0 <= summary[key] <= 1.0
+    for task, heldout in (("simclr", "contrast_accuracy"), ("relpatch", "pretext_accuracy")):
+        assert (
+            summary[f"{task}/pretrain/steps"] == 60 and summary[f"{task}/data"] == "builtin:shapes"
+        )
+        for key in ("linear/test_accuracy", "random_init/linear/test_accuracy"):
+            assert 0.0 <= summary[f"{task}/{key}"] <= 1.0
+        assert 0.0 <= summary[f"{task}/pretrain/heldout/{heldout}"] <= 1.0
+        assert (tmp_path / "demo" / task / "pretrain" / "loss_curve.png").exists()
+    assert summary["relpatch/features"] == "patches" and summary["simclr/features"] == "image"
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| pretrained |" in report and "| random_init |" in report
-    assert (tmp_path / "demo" / "pretrain" / "loss_curve.png").exists()
-    assert "| pretrained |" in run.stdout
+    for row in ("| simclr | image |", "| relpatch | patches |", "| random init | patches |"):
+        assert row in report and row in run.stdout
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ def tiny_config(data: str, **overrides):
     config.total_steps = 4
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
+    config.eval_every_steps = 0  # The folder has no held-out split.
     for key, value in overrides.items():
         config[key] = value
     return config

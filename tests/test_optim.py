@@ -22,6 +22,9 @@ def optim_config(**overrides):
         weight_decay_exclude=r"(^|/)(bias|scale)$",
         trust_coefficient=0.001,
         warmup_epochs=0.0,
+        schedule="cosine",
+        decay_epochs=[],
+        decay_factor=0.1,
     )
     return ml_collections.ConfigDict({**config, **overrides})
 
@@ -98,3 +101,24 @@ def test_learning_rate_scaling_and_unknown_names():
         peak_learning_rate(optim_config(lr_scaling="cubic"), 256)
     with pytest.raises(ConfigError, match="optim.name='adam'"):
         make_optimizer(optim_config(name="adam"), batch_size=256, total_steps=1, warmup_steps=0)
+
+
+def test_piecewise_schedule_matches_revisiting_get_lr():
+    """Revisiting's trainer.get_lr: step * peak / warmup_steps during warmup, then the peak times
+    0.1**i after the i-th of decay_epochs (counted from step 0)."""
+    config = optim_config(
+        name="sgd", learning_rate=0.1, schedule="piecewise", decay_epochs=[15, 25], warmup_epochs=5
+    )
+    steps_per_epoch = 10.0
+    _, schedule = make_optimizer(
+        config, batch_size=512, total_steps=350, warmup_steps=50, steps_per_epoch=steps_per_epoch
+    )
+    peak = 0.1 * 512 / 256
+
+    def get_lr(step):
+        if step < 5 * steps_per_epoch:
+            return step * peak / (5 * steps_per_epoch)
+        return peak * 0.1 ** sum(step >= e * steps_per_epoch for e in (15, 25))
+
+    for step in [0, 1, 25, 49, 50, 51, 149, 150, 151, 249, 250, 349]:
+        assert float(schedule(step)) == pytest.approx(get_lr(step), rel=1e-5, abs=1e-9), step

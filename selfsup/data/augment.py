@@ -19,16 +19,16 @@ import tensorflow as tf
 Op = Callable[[tf.Tensor], tf.Tensor]
 
 
-def _to_float(image: tf.Tensor) -> tf.Tensor:
+def to_float(image: tf.Tensor) -> tf.Tensor:
     # simclr converts to float [0, 1] before any op (convert_image_dtype divides uint8 by 255).
     return tf.image.convert_image_dtype(image, tf.float32)
 
 
-def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
+def split_seed(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, num=num))
 
 
-def _apply_with_probability(op: Op, p: float, seed: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+def apply_with_probability(op: Op, p: float, seed: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
     """simclr's `random_apply`: `op(image)` with probability `p`, else `image`."""
     coin = tf.random.stateless_uniform([], seed, minval=0.0, maxval=1.0, dtype=tf.float32)
     return tf.cond(coin < tf.cast(p, tf.float32), lambda: op(image), lambda: image)
@@ -56,7 +56,7 @@ def random_resized_crop(
     asks (so crops cover at least ~10% of the image even though `area_range` starts at 8%);
     after `max_attempts` failed draws the whole image is used. Resizing is bicubic.
     """
-    image = _to_float(image)
+    image = to_float(image)
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
     begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
@@ -76,7 +76,7 @@ def random_resized_crop(
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Left-right mirror with probability 1/2 (simclr `tf.image.random_flip_left_right`)."""
-    return tf.image.stateless_random_flip_left_right(_to_float(image), seed)
+    return tf.image.stateless_random_flip_left_right(to_float(image), seed)
 
 
 def _random_brightness(image: tf.Tensor, seed: tf.Tensor, max_delta: float) -> tf.Tensor:
@@ -105,8 +105,8 @@ def color_jitter_components(
     skipped. The four ops run in a seeded random permutation (fixed order brightness, contrast,
     saturation, hue when `random_order=False`), clipping to [0, 1] after each.
     """
-    image = _to_float(image)
-    order_seed, *op_seeds = _split(seed, 5)
+    image = to_float(image)
+    order_seed, *op_seeds = split_seed(seed, 5)
 
     def skip_if_zero(strength: float, op: Op) -> Op:
         return (lambda x: x) if strength == 0 else op
@@ -157,7 +157,7 @@ def color_jitter(
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
     """Luma (`tf.image.rgb_to_grayscale`) repeated over three channels (simclr `to_grayscale`)."""
-    return tf.tile(tf.image.rgb_to_grayscale(_to_float(image)), [1, 1, 3])
+    return tf.tile(tf.image.rgb_to_grayscale(to_float(image)), [1, 1, 3])
 
 
 def random_color_distortion(
@@ -170,12 +170,12 @@ def random_color_distortion(
 ) -> tf.Tensor:
     """simclr `random_color_jitter`: color jitter with prob. `p_jitter`, then grayscale with
     prob. `p_grayscale` (independent draws)."""
-    image = _to_float(image)
-    jitter_coin, jitter_seed, grayscale_coin = _split(seed, 3)
-    image = _apply_with_probability(
+    image = to_float(image)
+    jitter_coin, jitter_seed, grayscale_coin = split_seed(seed, 3)
+    image = apply_with_probability(
         lambda x: color_jitter(x, jitter_seed, strength=strength), p_jitter, jitter_coin, image
     )
-    return _apply_with_probability(to_grayscale, p_grayscale, grayscale_coin, image)
+    return apply_with_probability(to_grayscale, p_grayscale, grayscale_coin, image)
 
 
 def _blur(image: tf.Tensor, kernel_size: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
@@ -203,21 +203,21 @@ def gaussian_blur(
     """simclr `random_blur` with probability `p`: a Gaussian with sigma ~ U[sigma_range], kernel
     size `floor(height * kernel_fraction)` rounded up to odd (simclr: height // 10; images under
     20 px get a 1-tap kernel, i.e. no blur), zero padding 'SAME', then clip to [0, 1]."""
-    image = _to_float(image)
-    coin_seed, sigma_seed = _split(seed, 2)
+    image = to_float(image)
+    coin_seed, sigma_seed = split_seed(seed, 2)
     height = tf.cast(tf.shape(image)[0], tf.float64)
     kernel_size = tf.cast(tf.floor(height * kernel_fraction), tf.int32)
     sigma = tf.random.stateless_uniform(
         [], sigma_seed, minval=sigma_range[0], maxval=sigma_range[1], dtype=tf.float32
     )
-    blurred = _apply_with_probability(lambda x: _blur(x, kernel_size, sigma), p, coin_seed, image)
+    blurred = apply_with_probability(lambda x: _blur(x, kernel_size, sigma), p, coin_seed, image)
     return tf.clip_by_value(blurred, 0.0, 1.0)
 
 
 def center_crop_resize(image: tf.Tensor, *, size: int, crop_fraction: float = 1.0) -> tf.Tensor:
     """Evaluation preprocessing: the central `crop_fraction` of each side
     (`tf.image.central_crop`; 1.0 keeps the whole image), bicubic resize to [size, size]."""
-    image = _to_float(image)
+    image = to_float(image)
     if crop_fraction != 1.0:
         image = tf.image.central_crop(image, crop_fraction)
     return tf.ensure_shape(_resize_bicubic(image, size), [size, size, 3])
@@ -238,7 +238,7 @@ def simclr_view(
     """One augmented view, float32 [size, size, 3] in [0, 1], in simclr's order
     (`preprocess_for_train`, then `batch_random_blur`): random resized crop (else a plain
     resize), flip, color distortion, blur with p=0.5, clip."""
-    crop_seed, flip_seed, color_seed, blur_seed = _split(seed, 4)
+    crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
     if crop:
         image = random_resized_crop(image, crop_seed, size=size, area_range=(min_crop_area, 1.0))
     else:
@@ -254,4 +254,6 @@ def simclr_view(
 
 def two_views(image: tf.Tensor, seed: tf.Tensor, **view_kwargs) -> tf.Tensor:
     """Two independent `simclr_view`s of one image from split seeds: float32 [2, size, size, 3]."""
-    return tf.stack([simclr_view(image, view_seed, **view_kwargs) for view_seed in _split(seed, 2)])
+    return tf.stack(
+        [simclr_view(image, view_seed, **view_kwargs) for view_seed in split_seed(seed, 2)]
+    )

@@ -78,6 +78,39 @@ def train_dataset(
     return ds.with_options(_deterministic_options())
 
 
+def heldout_dataset(
+    source: Source,
+    split: str,
+    example_fn: ExampleFn,
+    *,
+    local_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """One pass of whole batches of `example_fn(image, seed)` over a held-out split, the same
+    examples and augmentations every time (for pretext metrics on images never trained on).
+    Every process yields the same number of batches; the remainder of the split is left out."""
+    base = source.dataset(split, process_index=process_index, process_count=process_count)
+    num_batches = source.num_examples(split) // process_count // local_batch_size
+    if num_batches == 0:
+        raise DataError(
+            f"{source.spec} split {split!r} has {source.num_examples(split)} images, fewer than "
+            f"one batch ({local_batch_size} per process) for held-out pretext metrics: point "
+            "--config.eval_split at a larger split, or set --config.eval_every_steps=0."
+        )
+    stream_seed = tf.constant([seed, 1_000_003 + process_index], tf.int64)
+
+    def make_example(index, ex):
+        example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
+        return example_fn(decode_image(ex["image"]), example_seed)
+
+    ds = base.take(num_batches * local_batch_size).enumerate()
+    ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_deterministic_options())
+
+
 def eval_dataset(
     source: Source,
     split: str,

@@ -1,5 +1,7 @@
 """Frozen-feature extraction: the encoder in inference mode over sharded, padded, masked eval
-batches, gathered to the host with padding rows removed (no example dropped or doubled)."""
+batches, gathered to the host with padding rows removed (no example dropped or doubled).
+Examples that are several patches ([P, h, w, C] each) get the mean of their patches' features,
+as Revisiting-SSL evaluates patch-based models (`combine_patches=avg_pool`)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,12 @@ def extract_features(
 
     @jax.jit
     def forward(state, images):
-        return nnx.merge(graphdef, state)(images, train=False)
+        encoder = nnx.merge(graphdef, state)
+        if images.ndim == 4:
+            return encoder(images, train=False)
+        n, p = images.shape[:2]
+        features = encoder(images.reshape((n * p, *images.shape[2:])), train=False)
+        return features.reshape((n, p, -1)).mean(axis=1)
 
     features, labels = [], []
     for batch in pipeline.global_batches(ds, mesh, what=what):

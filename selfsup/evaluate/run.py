@@ -12,7 +12,7 @@ from flax import nnx
 
 from selfsup import parallel
 from selfsup.config import ConfigError
-from selfsup.data import augment, pipeline
+from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate import report
 from selfsup.evaluate.features import extract_features
@@ -26,6 +26,8 @@ def evaluate(
     config: ml_collections.ConfigDict, workdir: str | Path
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
     """Linear probe and k-NN per encoder; writes and returns the flat summary and table rows."""
+    if config.features not in ("image", "patches"):
+        raise ConfigError(f"unknown config.features={config.features!r}: use 'image' or 'patches'.")
     if not config.checkpoint:
         raise ConfigError(
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
@@ -39,8 +41,9 @@ def evaluate(
     train_split = config.train_split or pre_config.train_split
     eval_split = config.eval_split or pre_config.eval_split
     source = open_source(data, data_dir=config.data_dir or pre_config.data_dir or None)
+    task = get_task(pre_config)
     preprocess = functools.partial(
-        augment.center_crop_resize, size=pre_config.image_size, crop_fraction=config.crop_fraction
+        task.eval_input, crop_fraction=config.crop_fraction, patches=config.features == "patches"
     )
 
     def features(encoder, split):
@@ -49,13 +52,14 @@ def evaluate(
 
     encoders = {"pretrained": model.encoder}
     if config.random_init_baseline:
-        encoders["random_init"] = get_task(pre_config).build_model(nnx.Rngs(config.seed)).encoder
+        encoders["random_init"] = task.build_model(nnx.Rngs(config.seed)).encoder
     summary: dict[str, object] = {
         "checkpoint": str(config.checkpoint),
         "checkpoint_step": step,
         "data": data,
         "train_split": train_split,
         "eval_split": eval_split,
+        "features": config.features,
     }
     rows = []
     for name, encoder in encoders.items():

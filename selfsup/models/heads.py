@@ -1,14 +1,19 @@
-"""Heads that sit on encoder features: the SimCLR projection MLP.
+"""Heads that sit on encoder features: the SimCLR projection MLP and the relative-patch fusion
+head.
 
 `ProjectionHead` follows google-research/simclr (`tf2/model.py`, `proj_head_mode="nonlinear"`):
 every layer is a bias-free Dense (N(0, 0.01) init) followed by BatchNorm; middle layers keep the
 BN offset and a ReLU, the final layer has neither, so its output is a BN-normalised linear map.
-BatchNorm mode is an explicit `train` argument, as in the encoder.
+`PatchPairHead` follows google/revisiting-self-supervised (`patch_utils.fully_connected`, copied
+there from AlexNet's fc7-fc8): Dense (N(0, 0.005) init, bias 0.1), BatchNorm, ReLU, dropout,
+Dense to the classes (N(0, 0.005) init, bias 0). BatchNorm mode is an explicit `train` argument,
+as in the encoder.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM
@@ -53,3 +58,33 @@ class ProjectionHead(nnx.Module):
         for layer in self.layers[:-1]:
             x = nnx.relu(layer(x, train=train))
         return self.layers[-1](x, train=train)
+
+
+class PatchPairHead(nnx.Module):
+    """Classifies concatenated patch-pair embeddings [..., in_dim] -> logits [..., num_classes]."""
+
+    def __init__(
+        self, in_dim: int, *, hidden_dim: int, num_classes: int, dropout: float, rngs: nnx.Rngs
+    ):
+        init = jax.nn.initializers.truncated_normal(stddev=0.005)
+        self.hidden = nnx.Linear(
+            in_dim,
+            hidden_dim,
+            kernel_init=init,
+            bias_init=jax.nn.initializers.constant(0.1),
+            rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(hidden_dim, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.out = nnx.Linear(hidden_dim, num_classes, kernel_init=init, rngs=rngs)
+        self.dropout = dropout
+
+    def __call__(
+        self, x: jax.Array, *, train: bool, dropout_rng: jax.Array | None = None
+    ) -> jax.Array:
+        """`dropout_rng` is required in training when dropout > 0 (explicit, so the jitted step
+        draws it from the step's key rather than from hidden module state)."""
+        x = nnx.relu(self.bn(self.hidden(x), use_running_average=not train))
+        if train and self.dropout > 0:
+            keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+        return self.out(x)

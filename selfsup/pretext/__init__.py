@@ -1,6 +1,7 @@
 """Pretext tasks. Each is one module with the same surface: `train_example(image, seed)` (TF
-side), `build_model(rngs)` (an NNX module with an `encoder`), and
-`loss(model, batch, rng) -> (loss, metrics)`. The trainer knows nothing else about them."""
+side), `eval_input(image, crop_fraction=, patches=)` (what transfer evaluators feed the encoder),
+`build_model(rngs)` (an NNX module with an `encoder`), and
+`loss(model, batch, rng, train=) -> (loss, metrics)`. The trainer knows nothing else about them."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from selfsup.config import ConfigError
 
 
 def get_task(config: ml_collections.ConfigDict):
-    from selfsup.pretext import simclr
+    from selfsup.pretext import relpatch, simclr
 
-    tasks = {"simclr": simclr.SimCLR}
+    tasks = {"simclr": simclr.SimCLR, "relpatch": relpatch.RelativePatchPosition}
     if config.task not in tasks:
         raise ConfigError(f"unknown config.task={config.task!r}: use one of {sorted(tasks)}.")
     return tasks[config.task](config)

@@ -17,6 +17,7 @@ import optax
 import tensorflow as tf
 from flax import nnx
 
+from selfsup.config import ConfigError
 from selfsup.data import augment
 from selfsup.models.heads import ProjectionHead
 from selfsup.models.resnet import ResNet
@@ -95,12 +96,23 @@ class SimCLR:
         )
         return {"views": views}
 
+    def eval_input(self, image: tf.Tensor, *, crop_fraction: float, patches: bool) -> tf.Tensor:
+        """What transfer evaluators feed the encoder: the central `crop_fraction`, resized."""
+        if patches:
+            raise ConfigError(
+                "features='patches' averages the features of a patch task's 3x3 grid; SimCLR "
+                "has no patches: use --config.features=image."
+            )
+        return augment.center_crop_resize(
+            image, size=self.config.image_size, crop_fraction=crop_fraction
+        )
+
     def build_model(self, rngs: nnx.Rngs) -> SimCLRModel:
         return SimCLRModel(self.config, rngs=rngs)
 
     def loss(
-        self, model: SimCLRModel, batch: dict[str, jax.Array], rng: jax.Array
+        self, model: SimCLRModel, batch: dict[str, jax.Array], rng: jax.Array, *, train: bool
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         del rng  # Augmentation randomness lives in the input pipeline.
-        z1, z2 = model(batch["views"], train=True)
+        z1, z2 = model(batch["views"], train=train)
         return nt_xent_loss(z1, z2, self.config.simclr.temperature)

@@ -80,7 +80,11 @@ def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
         )
     # The optimizer only shapes the abstract state; its schedule values do not matter here.
     tx, _ = make_optimizer(
-        config.optim, batch_size=config.batch_size, total_steps=1, warmup_steps=0
+        config.optim,
+        batch_size=config.batch_size,
+        total_steps=1,
+        warmup_steps=0,
+        steps_per_epoch=1.0,
     )
     step, state = checkpointer.restore_latest(abstract_train_state(task.build_model, tx, mesh=mesh))
     checkpointer.close()

@@ -69,7 +69,7 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.batch_stats)
-            loss, metrics = task.loss(model, batch, rng)
+            loss, metrics = task.loss(model, batch, rng, train=True)
             return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -88,6 +88,28 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
     return train_step
 
 
+def make_heldout_step(task, graphdef, *, seed: int):
+    """`(state, batch) -> metrics` of the pretext loss in inference mode (running BatchNorm
+    statistics, no dropout), for held-out images."""
+
+    def heldout_step(state: TrainState, batch: dict[str, jax.Array]):
+        model = nnx.merge(graphdef, state.params, state.batch_stats)
+        loss, metrics = task.loss(model, batch, jax.random.key(seed), train=False)
+        return {**metrics, "loss": loss}
+
+    return heldout_step
+
+
+def heldout_metrics(heldout_step, state: TrainState, batches) -> dict[str, float]:
+    """Means of the pretext metrics over every held-out batch, as `heldout/<name>`."""
+    total, count = None, 0
+    for batch in batches:
+        metrics = heldout_step(state, batch)
+        total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+        count += 1
+    return {f"heldout/{k}": float(v) / count for k, v in jax.device_get(total).items()}
+
+
 class MetricsLog:
     """`metrics.jsonl`, TensorBoard scalars and the progress line (loss, images/s, ETA); on
     resume, drops the lines past the restored step."""
@@ -100,6 +122,11 @@ class MetricsLog:
         self.total_steps, self.batch_size = total_steps, batch_size
         self.timer = (time.perf_counter(), start_step)  # Throughput is measured from here.
         self.first_write = True
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves `seconds` of non-training work (held-out evaluation) out of the throughput."""
+        start_time, start_step = self.timer
+        self.timer = (start_time + seconds, start_step)
 
     def write(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """Logs `metrics` plus throughput; returns what it logged."""
@@ -115,8 +142,9 @@ class MetricsLog:
                 tf.summary.scalar(k, v)
         self.tensorboard.flush()
         eta = (self.total_steps - step) * self.batch_size / images_per_s
+        heldout = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.startswith("heldout/"))
         print(
-            f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  "
+            f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}{heldout}  "
             f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}",
             flush=True,
         )
@@ -156,6 +184,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         batch_size=config.batch_size,
         total_steps=total_steps,
         warmup_steps=warmup_steps,
+        steps_per_epoch=num_examples / config.batch_size,
     )
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -190,6 +219,21 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         process_count=jax.process_count(),
     )
     batches = pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
+    if config.eval_every_steps:
+        heldout_step = jax.jit(
+            make_heldout_step(task, model_graphdef(task.build_model), seed=config.seed),
+            in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+            out_shardings=parallel.replicated(mesh),
+        )
+        heldout_ds = pipeline.heldout_dataset(
+            source,
+            config.eval_split,
+            task.train_example,
+            local_batch_size=local_batch,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     print(
         f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
         f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
@@ -205,7 +249,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
             window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
             window_steps += 1
             is_last = step == total_steps
-            should_log = step % config.log_every_steps == 0 or is_last
+            should_eval = bool(config.eval_every_steps) and (
+                step % config.eval_every_steps == 0 or is_last
+            )
+            should_log = step % config.log_every_steps == 0 or is_last or should_eval
             should_save = step % config.checkpoint_every_steps == 0 or is_last
             if should_log or should_save or preempted.is_set():
                 # Means since the last log; a NaN anywhere in the window shows in the mean.
@@ -219,6 +266,16 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
                         f" is step {last_saved} in {workdir}/checkpoints. Lower --config.optim."
                         "learning_rate or check the data, then re-run to resume from it."
                     )
+            if should_eval:
+                start = time.perf_counter()
+                host_metrics |= heldout_metrics(
+                    heldout_step,
+                    state,
+                    pipeline.global_batches(
+                        heldout_ds, mesh, what=f"{config.data} split {config.eval_split!r}"
+                    ),
+                )
+                log.exclude(time.perf_counter() - start)
             if should_log:
                 host_metrics = log.write(step, host_metrics)
                 window, window_steps = None, 0

@@ -1,4 +1,6 @@
-"""Optimizers and schedules: SGD-momentum and LARS with linear warmup + cosine decay.
+"""Optimizers and schedules: SGD-momentum and LARS; linear warmup, then cosine decay to zero
+(SimCLR) or piecewise-constant steps (`decay_factor` at each of `decay_epochs`, as
+Revisiting-SSL trains its patch models).
 
 Weight decay and LARS trust-ratio scaling skip parameters whose path matches a regex
 (by default BatchNorm scales and all biases, as google-research/simclr excludes
@@ -41,20 +43,57 @@ def peak_learning_rate(config: ml_collections.ConfigDict, batch_size: int) -> fl
     )
 
 
+def make_schedule(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    total_steps: int,
+    warmup_steps: int,
+    steps_per_epoch: float | None,
+) -> optax.Schedule:
+    peak = peak_learning_rate(config, batch_size)
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup_steps,
+            decay_steps=max(total_steps, warmup_steps + 1),
+            end_value=0.0,
+        )
+    if config.schedule == "piecewise":
+        # Revisiting's get_lr: linear warmup from 0, then the peak times decay_factor**i after
+        # the i-th boundary (boundaries count from step 0, not from the end of warmup).
+        boundaries = {round(e * steps_per_epoch): config.decay_factor for e in config.decay_epochs}
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
+                lambda step: optax.piecewise_constant_schedule(peak, boundaries)(
+                    step + warmup_steps
+                ),
+            ],
+            [warmup_steps],
+        )
+    raise ConfigError(
+        f"unknown config.optim.schedule={config.schedule!r}: use 'cosine' or 'piecewise'."
+    )
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict,
     *,
     batch_size: int,
     total_steps: int,
     warmup_steps: int,
+    steps_per_epoch: float | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer for `config.optim` and its learning-rate schedule."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=peak_learning_rate(config, batch_size),
+    """The optimizer for `config.optim` and its learning-rate schedule (`steps_per_epoch` places
+    the piecewise schedule's `decay_epochs`)."""
+    schedule = make_schedule(
+        config,
+        batch_size=batch_size,
+        total_steps=total_steps,
         warmup_steps=warmup_steps,
-        decay_steps=max(total_steps, warmup_steps + 1),
-        end_value=0.0,
+        steps_per_epoch=steps_per_epoch,
     )
 
     def decay_mask(params):

@@ -1,0 +1,88 @@
+"""Relative patch position on ImageNet with ResNet-50, the Revisiting-SSL recipe.
+
+Kolesnikov, Zhai, Beyer 2019, google/revisiting-self-supervised
+`config/relative_patch_location/imagenet.sh`, checked against its `preprocess.py`,
+`self_supervision/patch_model_preprocess.py`, `patch_utils.py` and `trainer.py`:
+  --preprocessing resize,to_gray,crop,crop_patches,standardization --resize_size 292,292
+  --crop_size 255 --grayscale_probability 0.66 --splits_per_side 3 --patch_jitter 21
+  --embed_dim 1000 --architecture resnet50 --filters_factor 8 --batch_size 128 --lr 0.1
+  --lr_scale_batch_size 256 --decay_epochs 15,25 --epochs 35 --warmup_epochs 5
+i.e. 85 px cells with a random 64 px patch in each, grey (mean of RGB) with p=0.66, every patch
+standardised; ResNet-50 at twice the standard width (filters_factor 8 = 2 x 4) embeds each
+patch into 1000-d; the fusion head is Dense 4096 + BN + ReLU + dropout 0.5 + Dense 8; momentum
+SGD 0.9, weight decay 1e-4, lr 0.1 x batch/256 with 5 warmup epochs and x0.1 at epochs 15 and
+25. Differences, all small: our ResNet is v1.5 (stride on the 3x3 conv; Revisiting uses v1),
+BatchNorm momentum is 0.9 (Revisiting's TF default 0.997), and the fusion head shares the
+encoder's weight decay (Revisiting: 5e-4 on the head). An accelerator run:
+
+  python -m selfsup pretrain --config=configs/relpatch_imagenet.py --workdir=runs/relpatch_in1k
+
+ImageNet must already be prepared in `--config.data_dir` (TFDS cannot download it).
+Transfer as Revisiting evaluates patch models (mean of the 9 patches' features):
+  python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/relpatch_probe \
+      --config.checkpoint=runs/relpatch_in1k --config.features=patches
+"""
+
+import ml_collections
+
+from selfsup.config import parse_runlocal
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    runlocal = parse_runlocal(arg)
+    config = ml_collections.ConfigDict()
+    config.task = "relpatch"
+    config.data = "tfds:imagenet2012"
+    config.data_dir = ""  # Where TFDS/builtin datasets are prepared; "" = TFDS's default.
+    config.train_split = "train"
+    config.eval_split = "validation"
+    config.seed = 0
+    config.batch_size = 128  # Images; each gives 9 patches and all 8 (neighbour, centre) pairs.
+    config.num_epochs = 35.0
+    config.total_steps = 0  # > 0 overrides num_epochs.
+    config.model = ml_collections.ConfigDict(dict(depth=50, stem="imagenet", width=2.0))
+    config.relpatch = ml_collections.ConfigDict(
+        dict(
+            resize_size=292,
+            crop_size=255,  # 3 x 85 px cells.
+            patch_size=64,  # 85 - patch_jitter 21.
+            min_gap=0,  # Revisiting relies on the jitter alone; Doersch used a gap.
+            grayscale_probability=0.66,
+            chromatic="none",  # Or Doersch's "color_drop" / "project" (green-magenta).
+            embed_dim=1000,
+            fusion_hidden_dim=4096,
+            dropout=0.5,
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            lr_scaling="linear",
+            momentum=0.9,
+            weight_decay=1e-4,
+            weight_decay_exclude=r"(^|/)(bias|scale)$",
+            trust_coefficient=0.001,  # LARS only.
+            warmup_epochs=5.0,
+            schedule="piecewise",
+            decay_epochs=[15, 25],
+            decay_factor=0.1,
+        )
+    )
+    config.log_every_steps = 100
+    # Held-out pretext metrics (loss, 8-way accuracy on eval_split patches); 0 = never.
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 5000
+    config.keep_checkpoints = 3
+    if runlocal:
+        config.model.update(depth=18, width=0.125)
+        config.relpatch.update(
+            resize_size=80, crop_size=72, patch_size=16, embed_dim=64, fusion_hidden_dim=128
+        )
+        config.batch_size = 32
+        config.total_steps = 60
+        config.optim.warmup_epochs = 0.0
+        config.log_every_steps = 10
+        config.checkpoint_every_steps = 30
+        config.eval_every_steps = 30
+    return config
