@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_epochs = 8.0
     config.model.width = 0.125
     config.relpatch.update(embed_dim=64, fusion_hidden_dim=256)
-    config.optim.update(warmup_epochs=1.0, decay_epochs=[5, 7])
+    config.optim.update(warmup_epochs=1.0, decay_epochs=(5, 7))
     config.log_every_steps = 50
     config.eval_every_steps = 250
     config.checkpoint_every_steps = 250

@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return config
     config.model.width = 1.0
     config.num_epochs = 200.0
-    config.optim.decay_epochs = [120, 160]
+    config.optim.decay_epochs = (120, 160)
     config.eval_every_steps = 2000
     config.checkpoint_every_steps = 2000
     return config

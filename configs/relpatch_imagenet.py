@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             trust_coefficient=0.001,  # LARS only.
             warmup_epochs=5.0,
             schedule="piecewise",
-            decay_epochs=[15, 25],
+            decay_epochs=(15, 25),
             decay_factor=0.1,
         )
     )

@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             trust_coefficient=0.001,
             warmup_epochs=10.0,
             schedule="cosine",
-            decay_epochs=[],  # Piecewise schedule only.
+            decay_epochs=(),  # Piecewise schedule only.
             decay_factor=0.1,
         )
     )
