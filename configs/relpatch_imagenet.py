@@ -69,6 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             decay_factor=0.1,
         )
     )
+    # A linear classifier on stop-gradient features (mean over the 9 patches) trained alongside,
+    # logged as online_probe/*: -1 = the data's class count, 0 = off. Not part of Revisiting.
+    config.online_probe_classes = -1
     config.log_every_steps = 100
     # Held-out pretext metrics (loss, 8-way accuracy on eval_split patches); 0 = never.
     config.eval_every_steps = 5000

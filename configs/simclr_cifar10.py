@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             decay_factor=0.1,
         )
     )
+    # A linear classifier on stop-gradient features trained alongside (simclr's
+    # lineareval_while_pretraining), logged as online_probe/*: -1 = the data's class count,
+    # 0 = off. Never the reported linear probe, which `evaluate` fits offline.
+    config.online_probe_classes = -1
     config.log_every_steps = 100
     # Held-out pretext metrics (loss, contrastive accuracy on eval_split views); 0 = never.
     config.eval_every_steps = 5000

@@ -1,12 +1,14 @@
 """Heads: the SimCLR projection MLP against a NumPy re-implementation of google-research/simclr's
-layer recipe, its BatchNorm modes, and the zero-initialised linear classifier."""
+layer recipe, its BatchNorm modes, and the online probe's masked, stop-gradient loss."""
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from selfsup.models.heads import ProjectionHead
+from selfsup.models.heads import ProjectionHead, online_probe_head, online_probe_loss
 from selfsup.models.resnet import BN_EPSILON
 
 
@@ -101,3 +103,28 @@ def test_train_mode_updates_running_averages_and_eval_mode_uses_them():
 def test_rejects_zero_layers():
     with pytest.raises(ValueError, match="num_layers"):
         head(0)
+
+
+def test_online_probe_loss_is_masked_cross_entropy_that_never_reaches_the_features():
+    config = ml_collections.ConfigDict(dict(online_probe_classes=3))
+    probe = online_probe_head(4, config, rngs=nnx.Rngs(0))
+    features = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4)), jnp.float32)
+    labels = jnp.array([0, 2, -1, 1, -1])  # -1: unlabeled, left out.
+
+    loss, metrics = online_probe_loss(probe, features, labels)
+    logits = np.asarray(probe(features))
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    labelled = [0, 1, 3]
+    np.testing.assert_allclose(
+        float(loss), -np.mean([log_p[i, int(labels[i])] for i in labelled]), rtol=1e-5
+    )
+    expected_accuracy = np.mean([logits[i].argmax() == labels[i] for i in labelled])
+    assert float(metrics["online_probe/accuracy"]) == pytest.approx(expected_accuracy)
+    grad = jax.grad(lambda f: online_probe_loss(probe, f, labels)[0])(features)
+    np.testing.assert_array_equal(grad, 0.0)  # stop_gradient: the encoder is not trained by it.
+    assert (
+        online_probe_head(
+            4, ml_collections.ConfigDict(dict(online_probe_classes=0)), rngs=nnx.Rngs(0)
+        )
+        is None
+    )

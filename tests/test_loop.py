@@ -37,6 +37,7 @@ def tiny_config(data: str, **overrides):
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
     config.eval_every_steps = 0  # The folder has no held-out split.
+    config.online_probe_classes = 0
     for key, value in overrides.items():
         config[key] = value
     return config
@@ -125,3 +126,20 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_one(image_folder, tmp_
                     file.write_bytes(b"")
     with pytest.raises(ValueError, match="no readable checkpoint"):
         loop.pretrain(config, tmp_path)
+
+
+def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder, tmp_path):
+    with_probe = tiny_config(image_folder, online_probe_classes=-1)
+    summary = loop.pretrain(with_probe, tmp_path / "probe")
+    saved = json.loads((tmp_path / "probe" / "config.json").read_text())
+    assert saved["online_probe_classes"] == 4  # Resolved from the data (classes c0..c3).
+    assert 0.0 <= summary["pretrain/online_probe/accuracy"] <= 1.0
+    assert "linear/test_accuracy" not in summary  # The offline probe is evaluate's, never this.
+    loop.pretrain(tiny_config(image_folder), tmp_path / "plain")
+    _, probed = final_params(tmp_path / "probe")
+    _, plain = final_params(tmp_path / "plain")
+    assert "online_probe" in probed and "online_probe" not in plain
+    for a, b in zip(jax.tree.leaves(probed["encoder"]), jax.tree.leaves(plain["encoder"])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="online_probe_classes=7 but .* has 4 classes"):
+        loop.pretrain(tiny_config(image_folder, online_probe_classes=7), tmp_path / "bad")

@@ -172,7 +172,7 @@ def _loss_and_grads(mesh, patches):
     @jax.jit
     def loss_fn(params, stats, patches):
         def f(params):
-            logits = nnx.merge(graphdef, params, stats)(
+            logits, _ = nnx.merge(graphdef, params, stats)(
                 patches, train=True, dropout_rng=jax.random.key(3)
             )
             return relpatch.relpatch_loss(logits)[0]

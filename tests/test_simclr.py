@@ -52,6 +52,7 @@ def _tiny_config():
     config = ml_collections.ConfigDict()
     config.model = dict(depth=18, stem="cifar", width=0.125)
     config.simclr = dict(temperature=0.5, proj_hidden_dim=32, proj_out_dim=16, proj_layers=2)
+    config.online_probe_classes = 0
     return config
 
 
@@ -65,7 +66,7 @@ def _loss_and_grads(mesh, views):
     @jax.jit
     def loss_fn(params, stats, views):
         def f(params):
-            z1, z2 = nnx.merge(graphdef, params, stats)(views, train=True)
+            z1, z2, _ = nnx.merge(graphdef, params, stats)(views, train=True)
             return nt_xent_loss(z1, z2, 0.5)[0]
 
         return jax.value_and_grad(f)(params)

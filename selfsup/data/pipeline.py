@@ -51,7 +51,8 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
 ) -> tf.data.Dataset:
-    """Endless batches of `example_fn(image, seed)`, starting at `start_step`."""
+    """Endless batches of `example_fn(image, seed)` plus each image's `label` (-1 if unlabeled,
+    for the online probe), starting at `start_step`."""
     base = source.dataset(split, process_index=process_index, process_count=process_count)
     n = _local_size(base)
     if n < local_batch_size:
@@ -70,7 +71,7 @@ def train_dataset(
 
     def make_example(index, ex):
         example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
-        return example_fn(decode_image(ex["image"]), example_seed)
+        return {**example_fn(decode_image(ex["image"]), example_seed), "label": ex["label"]}
 
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch).skip(offset)
     ds = ds.enumerate(start).map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -103,7 +104,7 @@ def heldout_dataset(
 
     def make_example(index, ex):
         example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
-        return example_fn(decode_image(ex["image"]), example_seed)
+        return {**example_fn(decode_image(ex["image"]), example_seed), "label": ex["label"]}
 
     ds = base.take(num_batches * local_batch_size).enumerate()
     ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE)

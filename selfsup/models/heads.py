@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import optax
 from flax import nnx
 
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM
@@ -88,3 +90,34 @@ class PatchPairHead(nnx.Module):
             keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, x.shape)
             x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
         return self.out(x)
+
+
+def online_probe_head(
+    feature_dim: int, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs
+) -> nnx.Linear | None:
+    """The linear classifier a pretext model trains on its stop-gradient encoder features while
+    pretraining (SimCLR's `lineareval_while_pretraining`), if `config.online_probe_classes` > 0."""
+    if config.online_probe_classes <= 0:
+        return None
+    return nnx.Linear(
+        feature_dim,
+        config.online_probe_classes,
+        kernel_init=jax.nn.initializers.normal(0.01),
+        rngs=rngs,
+    )
+
+
+def online_probe_loss(
+    probe: nnx.Linear | None, features: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Cross-entropy and accuracy of the online probe on `stop_gradient(features)` (so it never
+    changes the encoder) over the labelled images (label >= 0); (0, {}) without a probe."""
+    if probe is None:
+        return jnp.zeros(()), {}
+    logits = probe(jax.lax.stop_gradient(features))
+    labelled = labels >= 0
+    count = jnp.maximum(labelled.sum(), 1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    loss = jnp.where(labelled, ce, 0.0).sum() / count
+    correct = jnp.where(labelled, jnp.argmax(logits, axis=-1) == labels, False)
+    return loss, {"online_probe/loss": loss, "online_probe/accuracy": correct.sum() / count}

@@ -1,7 +1,9 @@
 """Pretext tasks. Each is one module with the same surface: `train_example(image, seed)` (TF
 side), `eval_input(image, crop_fraction=, patches=)` (what transfer evaluators feed the encoder),
-`build_model(rngs)` (an NNX module with an `encoder`), and
-`loss(model, batch, rng, train=) -> (loss, metrics)`. The trainer knows nothing else about them."""
+`build_model(rngs)` (an NNX module with an `encoder` and an `online_probe`), and
+`loss(model, batch, rng, train=) -> (loss, metrics, features)`, `features` being the encoder's
+features of each image, which the trainer's online probe classifies. The trainer knows nothing
+else about them."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from flax import nnx
 
 from selfsup.config import ConfigError
 from selfsup.data import augment
-from selfsup.models.heads import PatchPairHead
+from selfsup.models.heads import PatchPairHead, online_probe_head
 from selfsup.models.resnet import ResNet
 
 GRID = 3
@@ -173,16 +173,19 @@ class RelPatchModel(nnx.Module):
             dropout=c.dropout,
             rngs=rngs,
         )
+        self.online_probe = online_probe_head(self.encoder.feature_dim, config, rngs=rngs)
 
     def __call__(
         self, patches: jax.Array, *, train: bool, dropout_rng: jax.Array | None = None
-    ) -> jax.Array:
-        """patches [N, 9, h, w, C] -> logits [N, 8, 8] for the pairs (NEIGHBOURS[i], centre)."""
+    ) -> tuple[jax.Array, jax.Array]:
+        """patches [N, 9, h, w, C] -> logits [N, 8, 8] for the pairs (NEIGHBOURS[i], centre),
+        and the encoder features of each image (mean over its 9 patches) [N, F]."""
         n, p = patches.shape[:2]
         # [N, 9] -> [9N] keeps each device's rows local, like SimCLR's two views.
         x = self.encoder(patches.reshape((n * p, *patches.shape[2:])), train=train)
         pairs = pair_embeddings(self.embed(x).reshape((n, p, -1)))
-        return self.head(pairs, train=train, dropout_rng=dropout_rng)
+        logits = self.head(pairs, train=train, dropout_rng=dropout_rng)
+        return logits, x.reshape((n, p, -1)).mean(axis=1)
 
 
 def pair_embeddings(e: jax.Array) -> jax.Array:
@@ -226,6 +229,6 @@ class RelativePatchPosition:
 
     def loss(
         self, model: RelPatchModel, batch: dict[str, jax.Array], rng: jax.Array, *, train: bool
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        logits = model(batch["patches"], train=train, dropout_rng=rng if train else None)
-        return relpatch_loss(logits)
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+        logits, features = model(batch["patches"], train=train, dropout_rng=rng if train else None)
+        return *relpatch_loss(logits), features

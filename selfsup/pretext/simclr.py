@@ -19,7 +19,7 @@ from flax import nnx
 
 from selfsup.config import ConfigError
 from selfsup.data import augment
-from selfsup.models.heads import ProjectionHead
+from selfsup.models.heads import ProjectionHead, online_probe_head
 from selfsup.models.resnet import ResNet
 
 
@@ -63,16 +63,16 @@ class SimCLRModel(nnx.Module):
             num_layers=simclr.proj_layers,
             rngs=rngs,
         )
+        self.online_probe = online_probe_head(self.encoder.feature_dim, config, rngs=rngs)
 
-    def __call__(self, views: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        """views [N, 2, H, W, C] -> projections of view 1 and view 2, each [N, D]."""
+    def __call__(self, views: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """views [N, 2, H, W, C] -> projections of view 1 and view 2, each [N, D], and the
+        encoder features of each image (mean over its two views) [N, F]."""
         n = views.shape[0]
         # [N, 2] -> [2N] keeps each device's rows local (no resharding of the batch axis).
-        z = self.projection(
-            self.encoder(views.reshape((2 * n, *views.shape[2:])), train=train), train=train
-        )
-        z = z.reshape((n, 2, -1))
-        return z[:, 0], z[:, 1]
+        h = self.encoder(views.reshape((2 * n, *views.shape[2:])), train=train)
+        z = self.projection(h, train=train).reshape((n, 2, -1))
+        return z[:, 0], z[:, 1], h.reshape((n, 2, -1)).mean(axis=1)
 
 
 class SimCLR:
@@ -112,7 +112,7 @@ class SimCLR:
 
     def loss(
         self, model: SimCLRModel, batch: dict[str, jax.Array], rng: jax.Array, *, train: bool
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
         del rng  # Augmentation randomness lives in the input pipeline.
-        z1, z2 = model(batch["views"], train=train)
-        return nt_xent_loss(z1, z2, self.config.simclr.temperature)
+        z1, z2, features = model(batch["views"], train=train)
+        return *nt_xent_loss(z1, z2, self.config.simclr.temperature), features

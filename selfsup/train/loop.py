@@ -25,11 +25,12 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.config import save_config
+from selfsup.config import ConfigError, save_config
 from selfsup.data import pipeline
-from selfsup.data.sources import open_source
+from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
 from selfsup.evaluate.report import read_metrics
+from selfsup.models.heads import online_probe_loss
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import Checkpointer
 from selfsup.train.optim import make_optimizer
@@ -69,10 +70,14 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.batch_stats)
-            loss, metrics = task.loss(model, batch, rng, train=True)
-            return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+            loss, metrics, features = task.loss(model, batch, rng, train=True)
+            probe_loss, probe_metrics = online_probe_loss(
+                model.online_probe, features, batch["label"]
+            )
+            batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            return loss + probe_loss, (loss, {**metrics, **probe_metrics}, batch_stats)
 
-        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (_, (loss, metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -89,13 +94,14 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
 
 
 def make_heldout_step(task, graphdef, *, seed: int):
-    """`(state, batch) -> metrics` of the pretext loss in inference mode (running BatchNorm
-    statistics, no dropout), for held-out images."""
+    """`(state, batch) -> metrics` of the pretext loss and the online probe in inference mode
+    (running BatchNorm statistics, no dropout), for held-out images."""
 
     def heldout_step(state: TrainState, batch: dict[str, jax.Array]):
         model = nnx.merge(graphdef, state.params, state.batch_stats)
-        loss, metrics = task.loss(model, batch, jax.random.key(seed), train=False)
-        return {**metrics, "loss": loss}
+        loss, metrics, features = task.loss(model, batch, jax.random.key(seed), train=False)
+        _, probe_metrics = online_probe_loss(model.online_probe, features, batch["label"])
+        return {**metrics, **probe_metrics, "loss": loss}
 
     return heldout_step
 
@@ -151,6 +157,19 @@ class MetricsLog:
         return metrics
 
 
+def resolve_online_probe(config: ml_collections.ConfigDict, source: Source) -> None:
+    """`online_probe_classes=-1` becomes the data's class count (0, no probe, for unlabeled
+    data); the resolved value is what config.json records, so the model can be rebuilt."""
+    if config.online_probe_classes == -1:
+        config.online_probe_classes = source.num_classes
+    elif config.online_probe_classes not in (0, source.num_classes):
+        raise ConfigError(
+            f"config.online_probe_classes={config.online_probe_classes} but {config.data} has "
+            f"{source.num_classes} classes: set --config.online_probe_classes=-1 (the data's "
+            "count) or 0 (no online probe)."
+        )
+
+
 def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
     """(total steps, warmup steps); `total_steps > 0` overrides `num_epochs`."""
     total = config.total_steps or max(
@@ -175,8 +194,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
-    task = get_task(config)
     source = open_source(config.data, data_dir=config.data_dir or None)
+    resolve_online_probe(config, source)
+    task = get_task(config)
     num_examples = source.num_examples(config.train_split)
     total_steps, warmup_steps = schedule_lengths(config, num_examples)
     tx, schedule = make_optimizer(
