@@ -52,12 +52,14 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
         task.probe.checkpoint = str(pretrain_dir)
         probe_summary, probe_rows = evaluate(task.probe, probe_dir)
         summary.update({f"{name}/{k}": v for k, v in {**pretrain_summary, **probe_summary}.items()})
-        # The pretext task's own accuracy on held-out images (8-way position, or contrastive).
-        heldout = next(
-            v
+        # The pretext task's own accuracy on held-out images (8-way position, or contrastive),
+        # and the online probe's, which trained alongside on stop-gradient features.
+        heldout = {
+            k.removeprefix("pretrain/heldout/"): v
             for k, v in pretrain_summary.items()
             if k.startswith("pretrain/heldout/") and k.endswith("accuracy")
-        )
+        }
+        online = heldout.pop("online_probe/accuracy", "")
         for row in probe_rows:
             pretrained = row["encoder"] == "pretrained"
             rows.append(
@@ -65,12 +67,14 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
                     "encoder": name if pretrained else "random init",
                     "features": task.probe.features,
                     **{k: v for k, v in row.items() if k != "encoder"},
-                    "held-out pretext accuracy": heldout if pretrained else "",
+                    "held-out pretext accuracy": next(iter(heldout.values())) if pretrained else "",
+                    "online probe (held-out)": online if pretrained else "",
                 }
             )
     summary["demo/wall_seconds"] = time.perf_counter() - start
     columns = ["encoder", "features", "linear/test_accuracy"]
-    columns += [k for k in rows[0] if k.startswith("knn/")] + ["held-out pretext accuracy"]
+    columns += [k for k in rows[0] if k.startswith("knn/")]
+    columns += ["held-out pretext accuracy", "online probe (held-out)"]
     table = report.markdown_table(rows, columns)
     report.write_summary(workdir, summary)
     (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
