@@ -1,15 +1,23 @@
 """Optimizers against hand-computed updates: LARS as google-research/simclr defines it,
-weight-decay masks, warmup + cosine schedule, batch-size scaling."""
+weight-decay masks, warmup + cosine schedule, batch-size scaling, learning-rate multiplier
+groups and frozen groups."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from selfsup.config import ConfigError
-from selfsup.train.optim import make_optimizer, path_mask, peak_learning_rate
+from selfsup.train.optim import (
+    lr_multipliers,
+    make_optimizer,
+    path_mask,
+    peak_learning_rate,
+    with_lr_multipliers,
+)
 
 
 def optim_config(**overrides):
@@ -122,3 +130,41 @@ def test_piecewise_schedule_matches_revisiting_get_lr():
 
     for step in [0, 1, 25, 49, 50, 51, 149, 150, 151, 249, 250, 349]:
         assert float(schedule(step)) == pytest.approx(get_lr(step), rel=1e-5, abs=1e-9), step
+
+
+def test_lr_multipliers_take_the_first_matching_rule_else_one():
+    rules = [(r"^encoder/bn/", 0.0), (r"^encoder/", 0.1), (r"bias$", 3.0)]
+    assert lr_multipliers(PARAMS, rules) == {
+        "encoder": {"conv": {"kernel": 0.1}, "bn": {"scale": 0.0}},
+        "head": {"bias": 3.0},
+    }
+    assert lr_multipliers(PARAMS, []) == jax.tree.map(lambda _: 1.0, PARAMS)
+    with pytest.raises(ConfigError, match="multipliers must be >= 0"):
+        lr_multipliers(PARAMS, [("head", -1.0)])
+
+
+def test_one_sgd_step_scales_each_group_by_its_multiplier_and_freezes_zero():
+    """SGD's first step is -lr * (g + wd * w) (the momentum buffer starts at zero); each
+    group's update is that times its multiplier, and the frozen group's is exactly zero."""
+    config = optim_config(name="sgd", weight_decay=1e-2)
+    base, schedule = make_optimizer(config, batch_size=256, total_steps=100, warmup_steps=0)
+    multipliers = {
+        "encoder": {"conv": {"kernel": 0.1}, "bn": {"scale": 0.0}},
+        "head": {"bias": 2.0},
+    }
+    tx = with_lr_multipliers(base, multipliers)
+    state = tx.init(PARAMS)
+    updates, state = tx.update(GRADS, state, PARAMS)
+    lr = float(schedule(0))
+    kernel = np.array([[3.0, -4.0]]), np.array([[0.3, 0.4]])
+    np.testing.assert_allclose(
+        updates["encoder"]["conv"]["kernel"], -lr * 0.1 * (kernel[1] + 1e-2 * kernel[0]), rtol=1e-6
+    )
+    # Biases are excluded from weight decay: -lr * 2 * g.
+    np.testing.assert_allclose(
+        updates["head"]["bias"], -lr * 2.0 * np.array([0.1, -0.2]), rtol=1e-6
+    )
+    assert np.all(np.asarray(updates["encoder"]["bn"]["scale"]) == 0)
+    # The frozen group holds no optimizer state (no momentum buffer for it).
+    frozen_state = [leaf for leaf in jax.tree.leaves(state) if getattr(leaf, "shape", None) == (1,)]
+    assert not frozen_state

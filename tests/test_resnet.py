@@ -1,14 +1,17 @@
 """ResNet encoder: torchvision parameter counts, stage-prefixed paths, shapes for both stems,
-explicit BatchNorm modes, zero-init residual blocks, and jit/sharding behaviour."""
+explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, and jit/sharding
+behaviour."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from selfsup.models.resnet import BN_EPSILON, STAGE_NAMES, BasicBlock, Bottleneck, ResNet
+from selfsup.train.state import split_model
 
 
 def num_params(module: nnx.Module) -> int:
@@ -234,3 +237,38 @@ def test_rejects_unknown_depth_and_stem():
         ResNet(101, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="stem"):
         ResNet(18, stem="tiny", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("frozen_stages", [1, 3])
+def test_frozen_stages_keep_their_statistics_and_pass_no_gradient(resnet18, frozen_stages):
+    """`frozen_stages=n`: stem..stage<n> in inference mode and cut from the gradient; the
+    stages above train as usual."""
+    frozen = STAGE_NAMES[: frozen_stages + 1]
+    model = nnx.clone(resnet18)
+    before = batch_stats(model)
+    x = images()
+    model(x, train=True, frozen_stages=frozen_stages)
+    after = batch_stats(model)
+    for name in STAGE_NAMES:
+        same = jax.tree.all(jax.tree.map(np.array_equal, before[name], after[name]))
+        assert same == (name in frozen), name
+
+    graphdef, params, stats = split_model(nnx.clone(resnet18))
+
+    def loss(params):
+        return nnx.merge(graphdef, params, stats)(x, train=True, frozen_stages=frozen_stages).sum()
+
+    grads = jax.grad(loss)(params)
+    for name in STAGE_NAMES:
+        norm = float(optax.tree.norm(grads[name]))
+        assert (norm == 0.0) == (name in frozen), (name, norm)
+    # Frozen stages compute what inference mode computes.
+    reference = resnet18.features(x, train=False)[frozen[-1]]
+    np.testing.assert_allclose(
+        model.features(x, train=True, frozen_stages=frozen_stages)[frozen[-1]],
+        reference,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="frozen_stages must be in 0..4"):
+        model(x, train=True, frozen_stages=5)

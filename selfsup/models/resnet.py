@@ -197,20 +197,34 @@ class ResNet(nnx.Module):
             None if num_classes is None else nnx.Linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
         )
 
-    def features(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    def features(
+        self, x: jax.Array, *, train: bool, frozen_stages: int = 0
+    ) -> dict[str, jax.Array]:
         """Feature maps after the stem and after each stage, and the global-average-pooled
-        features ("pooled")."""
-        x = nnx.relu(self.stem(x, train=train))
+        features ("pooled").
+
+        `frozen_stages=n` (0..4) freezes the bottom n stages for fine-tuning: for n >= 1 the stem
+        and stage1..stage<n> run in inference mode (running BatchNorm statistics, left
+        unchanged) and no gradient flows back into them.
+        """
+        if not 0 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in 0..4, got {frozen_stages}")
+
+        def output(i: int, y: jax.Array) -> jax.Array:
+            return jax.lax.stop_gradient(y) if frozen_stages >= max(i, 1) else y
+
+        x = nnx.relu(self.stem(x, train=train and frozen_stages == 0))
         if self.max_pool:
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = output(0, x)
         out = {"stem": x}
-        for name in STAGE_NAMES[1:]:
+        for i, name in enumerate(STAGE_NAMES[1:], start=1):
             for block in getattr(self, name):
-                x = block(x, train=train)
-            out[name] = x
+                x = block(x, train=train and frozen_stages < i)
+            out[name] = x = output(i, x)
         out["pooled"] = jnp.mean(x, axis=(1, 2))
         return out
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        pooled = self.features(x, train=train)["pooled"]
+    def __call__(self, x: jax.Array, *, train: bool, frozen_stages: int = 0) -> jax.Array:
+        pooled = self.features(x, train=train, frozen_stages=frozen_stages)["pooled"]
         return pooled if self.classifier is None else self.classifier(pooled)

@@ -5,13 +5,16 @@ Revisiting-SSL trains its patch models).
 Weight decay and LARS trust-ratio scaling skip parameters whose path matches a regex
 (by default BatchNorm scales and all biases, as google-research/simclr excludes
 `batch_normalization` and `bias`). The peak learning rate scales with the batch size
-(`linear`: lr * B / 256, `sqrt`: lr * sqrt(B)), as in SimCLR.
+(`linear`: lr * B / 256, `sqrt`: lr * sqrt(B)), as in SimCLR. Parameter groups selected by
+regex scale the learning rate per group, and a multiplier of 0 freezes a group (big_vision
+`optax.py`: lr multipliers, "no schedule means frozen").
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -116,3 +119,34 @@ def make_optimizer(
     else:
         raise ConfigError(f"unknown config.optim.name={config.name!r}: use 'lars' or 'sgd'.")
     return tx, schedule
+
+
+def lr_multipliers(params, rules: Sequence[tuple[str, float]]):
+    """A pytree of floats: per parameter, the multiplier of the first rule whose regex matches
+    its path (`re.search`), 1.0 if none does."""
+    compiled = [(re.compile(regex), float(multiplier)) for regex, multiplier in rules]
+    for _, multiplier in compiled:
+        if not multiplier >= 0:
+            raise ConfigError(f"learning-rate multipliers must be >= 0, got {multiplier}.")
+
+    def multiplier_of(path, _):
+        name = param_path(path)
+        return next((m for pattern, m in compiled if pattern.search(name)), 1.0)
+
+    return jax.tree_util.tree_map_with_path(multiplier_of, params)
+
+
+def with_lr_multipliers(
+    tx: optax.GradientTransformation, multipliers
+) -> optax.GradientTransformation:
+    """`tx` per parameter group of equal multiplier m (a pytree from `lr_multipliers`), its
+    updates scaled by m; a group with m = 0 is frozen: zero updates and no optimizer state."""
+
+    def label(m: float) -> str:
+        return "frozen" if m == 0 else f"x{m!r}"
+
+    transforms = {
+        label(m): optax.set_to_zero() if m == 0 else optax.chain(tx, optax.scale(m))
+        for m in set(jax.tree.leaves(multipliers))
+    }
+    return optax.multi_transform(transforms, jax.tree.map(label, multipliers))
