@@ -1,0 +1,293 @@
+"""Fine-tuning a pretrained encoder plus a new linear head on a labelled target split.
+
+The bottom `frozen_stages` = n stages can be frozen: n = 0 trains everything, n = 1 freezes
+the stem and stage1, n = k the stem and stage1..stage<k>, n = 4 the whole encoder (only the
+head trains). Frozen stages run in inference mode, so their BatchNorm statistics stay as
+pretrained, pass no gradient back, and sit in an optimizer group with a learning-rate
+multiplier of 0 (`optax.set_to_zero`, no momentum state), so their weights stay bit-identical.
+Other groups get per-layer learning rates: explicit `(regex, multiplier)` rules, and/or a
+layer-wise decay `stage_lr_decay ** (5 - i)` for stage i (stem 0, stage1..4 = 1..4; head 1.0).
+
+Recipe (google-research/simclr's fine-tuning preprocessing, `color_distort=False`): random
+resized crop (area in [min_crop_area, 1]) + left-right flip, no colour distortion; SGD with
+momentum, linear warmup then cosine decay, for a fixed number of steps; the head starts at zero.
+The step follows the pretraining step (`train.loop.make_train_step`): jitted, donated, with the
+batch sharded over every device, so BatchNorm statistics are those of the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+from flax import nnx
+
+from selfsup import parallel
+from selfsup.config import ConfigError
+from selfsup.data import augment, pipeline
+from selfsup.data.sources import Source
+from selfsup.models.resnet import STAGE_NAMES
+from selfsup.train.loop import NonFiniteLossError, format_duration
+from selfsup.train.optim import (
+    lr_multipliers,
+    make_optimizer,
+    peak_learning_rate,
+    with_lr_multipliers,
+)
+from selfsup.train.state import TrainState, split_model
+
+
+class Classifier(nnx.Module):
+    """An encoder and a zero-initialised linear head on its pooled features."""
+
+    def __init__(self, encoder: nnx.Module, num_classes: int, *, rngs: nnx.Rngs):
+        self.encoder = encoder
+        self.head = nnx.Linear(
+            encoder.feature_dim, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
+
+    def __call__(self, images: jax.Array, *, train: bool, frozen_stages: int = 0) -> jax.Array:
+        return self.head(self.encoder(images, train=train, frozen_stages=frozen_stages))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    """Accuracies in [0, 1] after the last step, per evaluation split (e.g. minival, test);
+    the settings that produced them; the final training loss (mean of the last log window)."""
+
+    accuracy: dict[str, float]
+    train_loss: float
+    learning_rate: float  # Peak, after batch-size scaling.
+    steps: int
+    batch_size: int
+    epochs: float
+    seconds: float
+
+
+def stage_rules(
+    *,
+    frozen_stages: int,
+    stage_lr_decay: float,
+    extra_rules: Sequence[tuple[str, float]] = (),
+) -> list[tuple[str, float]]:
+    """(regex, lr multiplier) rules over `Classifier` parameter paths, first match wins:
+    frozen stages (0), then `extra_rules`, then the layer-wise decay of the other stages."""
+    if not 0 <= frozen_stages <= 4:
+        raise ConfigError(
+            f"freeze_stages must be in 0..4 (0 trains all, 4 freezes the encoder), got "
+            f"{frozen_stages}."
+        )
+    if not 0 < stage_lr_decay <= 1:
+        raise ConfigError(f"stage_lr_decay must be in (0, 1], got {stage_lr_decay}.")
+    frozen = STAGE_NAMES[: frozen_stages + 1] if frozen_stages else ()
+    rules = [(f"^encoder/({'|'.join(frozen)})/", 0.0)] if frozen else []
+    rules += [(regex, float(multiplier)) for regex, multiplier in extra_rules]
+    if stage_lr_decay != 1:
+        depth = len(STAGE_NAMES)  # The head is one past stage4.
+        rules += [
+            (f"^encoder/{name}/", stage_lr_decay ** (depth - i))
+            for i, name in enumerate(STAGE_NAMES)
+        ]
+    return rules
+
+
+def _train_example(config: ml_collections.ConfigDict, image_size: int):
+    def example(image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        view = augment.simclr_view(
+            image,
+            seed,
+            size=image_size,
+            crop=True,
+            min_crop_area=config.min_crop_area,
+            flip=config.flip,
+            color=False,
+            color_strength=0.0,  # No colour distortion.
+        )
+        return {"image": view}
+
+    return example
+
+
+def make_finetune_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, frozen_stages: int
+):
+    """The pure update `(state, batch) -> (state, metrics)` of the classifier's cross-entropy, in
+    the pretraining step's pattern (`train.loop.make_train_step`): merge inside, one gradient,
+    new BatchNorm statistics out."""
+
+    def finetune_step(state: TrainState, batch: dict[str, jax.Array]):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.batch_stats)
+            logits = model(batch["image"], train=True, frozen_stages=frozen_stages)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, batch_stats, opt_state), {"loss": loss}
+
+    return finetune_step
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _correct(params, batch_stats, batch, *, graphdef):
+    logits = nnx.merge(graphdef, params, batch_stats)(batch["image"], train=False)
+    hits = (jnp.argmax(logits, -1) == batch["label"]) & batch["mask"]
+    return hits.sum(), batch["mask"].sum()
+
+
+def accuracy(
+    graphdef: nnx.GraphDef, params, batch_stats, ds: tf.data.Dataset, mesh, *, what: str
+) -> float:
+    """Top-1 accuracy of the classifier (inference mode) over an `eval_dataset`."""
+    hits, total = 0, 0
+    for batch in pipeline.global_batches(ds, mesh, what=what):
+        h, n = _correct(params, batch_stats, batch, graphdef=graphdef)
+        hits, total = hits + int(h), total + int(n)
+    return hits / total
+
+
+@functools.cache
+def _programs(
+    graphdef,
+    multipliers_def,
+    multipliers,
+    optim_json,
+    batch_size,
+    steps,
+    warmup,
+    *,
+    frozen_stages,
+    mesh,
+):
+    """(jitted init, jitted train step) for one setting. Cached: the suite runs each
+    setting for several encoders and label fractions, and compiles it once."""
+    tx, _ = make_optimizer(
+        ml_collections.ConfigDict(json.loads(optim_json)),
+        batch_size=batch_size,
+        total_steps=steps,
+        warmup_steps=warmup,
+    )
+    tx = with_lr_multipliers(tx, multipliers_def.unflatten(multipliers))
+    replicated = parallel.replicated(mesh)
+
+    def init(params, batch_stats):
+        # Copies: the step donates its state, and the encoder must survive for the next run.
+        params, batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
+        return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+
+    train_step = jax.jit(
+        make_finetune_step(graphdef, tx, frozen_stages=frozen_stages),
+        in_shardings=(replicated, parallel.batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    return jax.jit(init, out_shardings=replicated), train_step
+
+
+def finetune(
+    encoder: nnx.Module,
+    *,
+    source: Source,
+    train_split: str,
+    evaluation: Mapping[str, tf.data.Dataset],
+    config: ml_collections.ConfigDict,
+    frozen_stages: int,
+    image_size: int,
+    mesh: jax.sharding.Mesh,
+    seed: int,
+    what: str,
+) -> tuple[FinetuneResult, Classifier]:
+    """Fine-tunes a copy of `encoder` (left untouched) with a new head on `train_split` of
+    `source`; returns its accuracy on each `evaluation` dataset (`eval_dataset`s) and the
+    fine-tuned classifier."""
+    start = time.perf_counter()
+    num_examples = source.num_examples(train_split)
+    # A small label fraction may hold fewer examples than one batch: shrink the batch to fit.
+    batch_size = min(config.batch_size, num_examples // mesh.devices.size * mesh.devices.size)
+    if batch_size == 0:
+        raise ConfigError(
+            f"{what}: {num_examples} training examples cannot fill one per device on "
+            f"{mesh.devices.size} devices; use a larger label fraction."
+        )
+    graphdef, params, batch_stats = split_model(
+        Classifier(encoder, source.num_classes, rngs=nnx.Rngs(seed))
+    )
+    rules = stage_rules(
+        frozen_stages=frozen_stages,
+        stage_lr_decay=config.stage_lr_decay,
+        extra_rules=config.lr_multipliers,
+    )
+    multipliers, multipliers_def = jax.tree.flatten(lr_multipliers(params, rules))
+    init, train_step = _programs(
+        graphdef,
+        multipliers_def,
+        tuple(multipliers),
+        config.optim.to_json(),
+        batch_size,
+        config.steps,
+        config.warmup_steps,
+        frozen_stages=frozen_stages,
+        mesh=mesh,
+    )
+    state = init(params, batch_stats)
+    local_batch = parallel.local_batch_size(batch_size, mesh, what="finetune.batch_size")
+    ds = pipeline.train_dataset(
+        source,
+        train_split,
+        _train_example(config, image_size),
+        local_batch_size=local_batch,
+        seed=seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    batches = pipeline.global_batches(ds, mesh, what=f"{source.spec} split {train_split!r}")
+
+    window, window_steps, loss, timer = None, 0, float("nan"), None
+    for step in range(1, config.steps + 1):
+        with jax.transfer_guard("disallow"):
+            state, metrics = train_step(state, next(batches))
+        window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+        window_steps += 1
+        if step % config.log_every_steps == 0 or step == config.steps:
+            loss = float(window["loss"]) / window_steps
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{what}: fine-tuning loss is {loss} at step {step}; lower "
+                    "--config.finetune.optim.learning_rate."
+                )
+            if timer is None:  # From the first log on, compilation no longer skews the rate.
+                timer, rate = (time.perf_counter(), step), ""
+            else:
+                images_per_s = (step - timer[1]) * batch_size / (time.perf_counter() - timer[0])
+                eta = (config.steps - step) * batch_size / images_per_s
+                rate = f"  {images_per_s:.0f} images/s  ETA {format_duration(eta)}"
+            print(f"  {what}: step {step}/{config.steps}  loss {loss:.4f}{rate}", flush=True)
+            window, window_steps = None, 0
+
+    accuracies = {
+        name: accuracy(
+            graphdef, state.params, state.batch_stats, eval_ds, mesh, what=f"{what} {name}"
+        )
+        for name, eval_ds in evaluation.items()
+    }
+    result = FinetuneResult(
+        accuracy=accuracies,
+        train_loss=loss,
+        learning_rate=peak_learning_rate(config.optim, batch_size),
+        steps=config.steps,
+        batch_size=batch_size,
+        epochs=config.steps * batch_size / num_examples,
+        seconds=time.perf_counter() - start,
+    )
+    return result, nnx.merge(graphdef, state.params, state.batch_stats)

@@ -1,0 +1,168 @@
+"""Fine-tuning: frozen stages stay bit-identical (weights and BatchNorm statistics) while the
+rest trains, the pretrained encoder is left untouched, per-stage learning-rate rules, and a
+head-only fine-tune that learns a separable task."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+from flax import nnx
+
+from selfsup import parallel
+from selfsup.config import ConfigError
+from selfsup.data import augment, pipeline
+from selfsup.data.sources import open_source
+from selfsup.evaluate import finetune
+from selfsup.models.resnet import STAGE_NAMES, ResNet
+from selfsup.train.optim import lr_multipliers
+from selfsup.train.state import split_model
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("test", 16)):
+        for i in range(n):
+            label = i % 2  # Dark and bright images: a head on any encoder separates them.
+            image = rng.integers(0, 128, (16, 16, 3)) + 127 * label
+            path = root / split / f"class{label}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tf.io.encode_png(image.astype(np.uint8)).numpy())
+    return root
+
+
+SGD = dict(
+    name="sgd",
+    learning_rate=2.0,
+    lr_scaling="linear",
+    momentum=0.9,
+    weight_decay=0.0,
+    weight_decay_exclude=r"(^|/)(bias|scale)$",
+    trust_coefficient=0.001,
+    schedule="cosine",
+)
+# A random encoder's pooled features are small: the head needs a large step to move in 12 steps.
+FAST_SGD = {**SGD, "learning_rate": 32.0}
+
+
+def finetune_config(**overrides) -> ml_collections.ConfigDict:
+    config = dict(
+        steps=4,
+        batch_size=16,
+        warmup_steps=0,
+        stage_lr_decay=1.0,
+        lr_multipliers=(),
+        min_crop_area=0.5,
+        flip=True,
+        log_every_steps=2,
+        optim=SGD,
+    )
+    config.update(overrides)
+    return ml_collections.ConfigDict(config)
+
+
+def run(image_root, encoder, *, frozen_stages, **overrides):
+    source = open_source(f"folder:{image_root}")
+    mesh = parallel.make_mesh()
+
+    def preprocess(image):
+        return augment.center_crop_resize(image, size=16)
+
+    test = pipeline.eval_dataset(source, "test", preprocess, local_batch_size=16)
+    return finetune.finetune(
+        encoder,
+        source=source,
+        train_split="train",
+        evaluation={"test": test},
+        config=finetune_config(**overrides),
+        frozen_stages=frozen_stages,
+        image_size=16,
+        mesh=mesh,
+        seed=0,
+        what="test fine-tune",
+    )
+
+
+def host_copy(tree):
+    return jax.tree.map(np.array, tree)
+
+
+def identical(a, b) -> bool:
+    """Bit for bit (NaNs and signed zeros included)."""
+    return jax.tree.all(
+        jax.tree.map(lambda x, y: x.dtype == y.dtype and x.tobytes() == y.tobytes(), a, b)
+    )
+
+
+@pytest.mark.slow
+def test_frozen_stages_stay_bit_identical_and_the_rest_trains(image_root):
+    encoder = ResNet(18, width=0.125, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    # Statistics as a pretrained encoder has them (not the initial 0/1), so "unchanged" is strict.
+    encoder(jax.random.uniform(jax.random.key(1), (32, 16, 16, 3)), train=True)
+    _, params, stats = split_model(encoder)
+    params, stats = host_copy(params), host_copy(stats)
+
+    result, classifier = run(image_root, encoder, frozen_stages=2)
+
+    _, tuned, tuned_stats = split_model(classifier)
+    tuned, tuned_stats = host_copy(tuned), host_copy(tuned_stats)
+    for name in STAGE_NAMES:
+        frozen = name in ("stem", "stage1", "stage2")
+        assert identical(params[name], tuned["encoder"][name]) == frozen, name
+        assert identical(stats[name], tuned_stats["encoder"][name]) == frozen, name
+    assert np.abs(tuned["head"]["kernel"]).max() > 0  # The zero-initialised head moved.
+    # The encoder handed in is a starting point, not trained in place.
+    _, after, after_stats = split_model(encoder)
+    assert identical(params, host_copy(after)) and identical(stats, host_copy(after_stats))
+    assert (result.steps, result.batch_size, result.epochs) == (4, 16, 2.0)
+    assert result.learning_rate == pytest.approx(2.0 * 16 / 256)
+    assert 0.0 <= result.accuracy["test"] <= 1.0 and np.isfinite(result.train_loss)
+
+
+def test_head_only_fine_tune_learns_a_separable_task(image_root):
+    encoder = ResNet(18, width=0.125, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    result, _ = run(image_root, encoder, frozen_stages=4, steps=12, optim=dict(FAST_SGD))
+    assert result.accuracy["test"] >= 0.9
+
+
+def test_stage_rules_freeze_the_bottom_stages_and_decay_the_rest():
+    classifier = nnx.eval_shape(
+        lambda: finetune.Classifier(ResNet(18, width=0.125, rngs=nnx.Rngs(0)), 3, rngs=nnx.Rngs(0))
+    )
+    _, params, _ = split_model(classifier)
+
+    def multipliers(**kwargs):
+        tree = lr_multipliers(params, finetune.stage_rules(**kwargs))
+        by_group = {name: set(jax.tree.leaves(tree["encoder"][name])) for name in STAGE_NAMES}
+        return by_group, set(jax.tree.leaves(tree["head"]))
+
+    by_stage, head = multipliers(frozen_stages=1, stage_lr_decay=1.0)
+    assert by_stage == {
+        "stem": {0.0},
+        "stage1": {0.0},
+        "stage2": {1.0},
+        "stage3": {1.0},
+        "stage4": {1.0},
+    }
+    assert head == {1.0}
+    by_stage, head = multipliers(frozen_stages=4, stage_lr_decay=1.0)
+    assert all(m == {0.0} for m in by_stage.values()) and head == {1.0}
+
+    # Layer-wise decay 0.5: stage4 gets 0.5, stage3 0.25, ...; explicit rules come first.
+    by_stage, head = multipliers(
+        frozen_stages=0, stage_lr_decay=0.5, extra_rules=[("^encoder/stage2/", 3.0)]
+    )
+    assert by_stage == {
+        "stem": {0.5**5},
+        "stage1": {0.5**4},
+        "stage2": {3.0},
+        "stage3": {0.5**2},
+        "stage4": {0.5},
+    }
+    assert head == {1.0}
+    with pytest.raises(ConfigError, match="freeze_stages must be in 0..4"):
+        finetune.stage_rules(frozen_stages=5, stage_lr_decay=1.0)
+    with pytest.raises(ConfigError, match="stage_lr_decay"):
+        finetune.stage_rules(frozen_stages=0, stage_lr_decay=0.0)
