@@ -60,13 +60,17 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
             if k.startswith("pretrain/heldout/") and k.endswith("accuracy")
         }
         online = heldout.pop("online_probe/accuracy", "")
-        for row in probe_rows:
-            pretrained = row["encoder"] == "pretrained"
+        methods = list(dict.fromkeys(row["method"] for row in probe_rows))
+        for prefix in ("", "random_init/"):
+            pretrained = prefix == ""
             rows.append(
                 {
                     "encoder": name if pretrained else "random init",
                     "features": task.probe.features,
-                    **{k: v for k, v in row.items() if k != "encoder"},
+                    **{
+                        f"{m}/test_accuracy": probe_summary[f"{prefix}{m}/test_accuracy"]
+                        for m in methods
+                    },
                     "held-out pretext accuracy": next(iter(heldout.values())) if pretrained else "",
                     "online probe (held-out)": online if pretrained else "",
                 }
@@ -80,7 +84,7 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
     (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
     figures = "".join(
         f"![{name} training loss]({name}/pretrain/loss_curve.png)\n"
-        f"![{name} linear probe]({name}/linear_probe/linear_probe.png)\n"
+        f"![{name} linear probe and k-NN]({name}/linear_probe/accuracy.png)\n"
         for name in config.tasks
     )
     (workdir / "report.md").write_text(

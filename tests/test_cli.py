@@ -61,21 +61,38 @@ def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
     assert "step 6/6" in run.stdout and "images/s" in run.stdout and "ETA" in run.stdout
     run = selfsup(
         "evaluate",
-        f"--config={ROOT / 'configs' / 'linear_probe.py'}:runlocal",
-        f"--workdir={tmp_path / 'probe'}",
+        f"--config={ROOT / 'configs' / 'transfer.py'}:runlocal",
+        f"--workdir={tmp_path / 'transfer'}",
         f"--config.checkpoint={tmp_path / 'pre'}",
         "--config.batch_size=16",
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    summary = json.loads((tmp_path / "probe" / "summary.json").read_text())
+    out = tmp_path / "transfer"
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoint_step"] == 6 and summary["eval_split"] == "val"
     # Brightness separates the classes: any encoder, pretrained or random, probes well.
     assert summary["linear/test_accuracy"] >= 0.9
     assert summary["random_init/linear/test_accuracy"] >= 0.9
-    for key in ("knn/k5/test_accuracy", "random_init/knn/k20/test_accuracy"):
+    for key in ("knn/k5/test_accuracy", "random_init/knn/k20/labels10%/test_accuracy"):
         assert 0.0 <= summary[key] <= 1.0
-    assert "| pretrained |" in (tmp_path / "probe" / "report.md").read_text()
+    # 48 training images: minival takes 2 per class; 10% of the other 44 is 2 per class.
+    assert summary["minival_examples"] == 4
+    assert summary["linear/num_labels"] == 44 and summary["knn/k20/labels10%/num_labels"] == 4
+    assert summary["knn/k20/labels10%/k"] == 4  # k capped at the number of labels.
+    # Every fine-tune row carries its settings; the 10% subset shrinks the batch to 4.
+    for prefix in ("finetune/freeze0", "random_init/finetune/freeze4/labels10%"):
+        assert 0.0 <= summary[f"{prefix}/test_accuracy"] <= 1.0
+        assert summary[f"{prefix}/steps"] == 6
+    assert summary["finetune/freeze0/batch_size"] == 32
+    assert summary["finetune/freeze4/labels10%/batch_size"] == 4
+    assert summary["finetune/freeze0/learning_rate"] == pytest.approx(0.4 * 32 / 256)
+    report = (out / "report.md").read_text()
+    assert "| pretrained | finetune/freeze0 |" in report and "| random_init | linear |" in report
+    assert (out / "accuracy_vs_labels.png").exists() and (out / "frozen_vs_finetuned.png").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # 2 encoders x 2 fractions x (linear + 2 k-NN + 2 freeze depths).
+    assert len(rows) == 20 and all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
 
 
 @pytest.mark.slow
@@ -120,6 +137,16 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
             "--config.checkpoint=PRETRAIN_WORKDIR",
         ),
         (["pretrain", "--workdir=W"], "needs --config"),
+        (
+            [
+                "evaluate",
+                f"--config={ROOT / 'configs' / 'transfer.py'}",
+                "--workdir=W",
+                "--config.checkpoint=W",
+                "--config.finetune.freeze_stages=(0, 5)",
+            ],
+            "freeze_stages must lie in 0..4",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_line(args, message, tmp_path):

@@ -78,7 +78,7 @@ def run(image_root, encoder, *, frozen_stages, **overrides):
         evaluation={"test": test},
         config=finetune_config(**overrides),
         frozen_stages=frozen_stages,
-        image_size=16,
+        preprocess=preprocess,
         mesh=mesh,
         seed=0,
         what="test fine-tune",

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,19 +100,21 @@ def stage_rules(
     return rules
 
 
-def _train_example(config: ml_collections.ConfigDict, image_size: int):
+def _train_example(config: ml_collections.ConfigDict, preprocess: Callable[[tf.Tensor], tf.Tensor]):
     def example(image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        # The crop is resized to the side `preprocess` resizes to (static: its output's shape),
+        # then preprocessed like an evaluation image (e.g. standardised).
         view = augment.simclr_view(
             image,
             seed,
-            size=image_size,
+            size=preprocess(image).shape[0],
             crop=True,
             min_crop_area=config.min_crop_area,
             flip=config.flip,
             color=False,
             color_strength=0.0,  # No colour distortion.
         )
-        return {"image": view}
+        return {"image": preprocess(view)}
 
     return example
 
@@ -203,14 +205,14 @@ def finetune(
     evaluation: Mapping[str, tf.data.Dataset],
     config: ml_collections.ConfigDict,
     frozen_stages: int,
-    image_size: int,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
     mesh: jax.sharding.Mesh,
     seed: int,
     what: str,
 ) -> tuple[FinetuneResult, Classifier]:
     """Fine-tunes a copy of `encoder` (left untouched) with a new head on `train_split` of
-    `source`; returns its accuracy on each `evaluation` dataset (`eval_dataset`s) and the
-    fine-tuned classifier."""
+    `source`, fed `preprocess` of random crops; returns its accuracy on each `evaluation`
+    dataset (`eval_dataset`s of `preprocess`ed images) and the fine-tuned classifier."""
     start = time.perf_counter()
     num_examples = source.num_examples(train_split)
     # A small label fraction may hold fewer examples than one batch: shrink the batch to fit.
@@ -245,7 +247,7 @@ def finetune(
     ds = pipeline.train_dataset(
         source,
         train_split,
-        _train_example(config, image_size),
+        _train_example(config, preprocess),
         local_batch_size=local_batch,
         seed=seed,
         process_index=jax.process_index(),

@@ -1,6 +1,6 @@
 """The linear probe on frozen features: multinomial logistic regression with an L2 penalty,
-solved to convergence by L-BFGS inside one jitted `while_loop`, with the penalty chosen on a
-class-stratified minival split of the training features and the probe refit on all of them."""
+solved to convergence by L-BFGS inside one jitted `while_loop`, with the penalty chosen by the
+accuracy on a held-out minival split (see `subsets`)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,8 @@ class LogisticRegressionParams:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
-    """Accuracies in [0, 1] of the probe refit on the full training set with the chosen `l2`;
-    `minival_accuracy` is that of the chosen `l2` in the sweep (`l2_sweep`: l2 -> minival
-    accuracy). `converged` and `num_iter` describe the refit."""
+    """Accuracies in [0, 1] of the probe with the chosen `l2` (`l2_sweep`: l2 -> minival
+    accuracy); `converged` and `num_iter` describe its fit."""
 
     train_accuracy: float
     minival_accuracy: float
@@ -128,51 +127,30 @@ def accuracy(
     return float(np.mean(predict(params, x) == np.asarray(y)))
 
 
-def stratified_split(
-    labels: np.ndarray, *, num_classes: int, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fit indices, minival indices), each sorted: per class, a seeded random
-    round(val_fraction * count) examples (at least 1, and at least 1 left to fit) go to minival."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    labels = np.asarray(labels)
-    counts = np.bincount(labels, minlength=num_classes)
-    too_few = np.flatnonzero(counts < 2)
-    if too_few.size:
-        raise ValueError(
-            f"classes {too_few.tolist()} have fewer than 2 training examples "
-            f"(counts {counts[too_few].tolist()}); a minival split needs at least one example "
-            "per class to fit on and one to validate on"
-        )
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in range(num_classes):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        num_val = int(np.clip(round(val_fraction * len(members)), 1, len(members) - 1))
-        val.append(members[:num_val])
-    val = np.sort(np.concatenate(val))
-    return np.setdiff1d(np.arange(len(labels)), val), val
-
-
 def linear_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
+    minival_x: np.ndarray,
+    minival_y: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
     *,
     num_classes: int,
     l2_grid: Sequence[float],
-    val_fraction: float = 0.1,
-    seed: int = 0,
 ) -> ProbeResult:
-    """Standardises features with the training mean/std, picks l2 from `l2_grid` by minival
-    accuracy (ties go to the larger l2), refits on the full training set and tests."""
+    """Standardises features with the training mean/std, fits one probe per l2 in `l2_grid` on
+    the training features, keeps the one with the best minival accuracy (ties go to the larger
+    l2) and tests it. The minival examples are never fit on."""
     train_x, train_y = _checked_features(train_x, train_y, num_classes=num_classes, what="train")
+    minival_x, minival_y = _checked_features(
+        minival_x, minival_y, num_classes=num_classes, what="minival"
+    )
     test_x, test_y = _checked_features(test_x, test_y, num_classes=num_classes, what="test")
-    if train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(
-            f"train features have {train_x.shape[1]} dimensions, test features {test_x.shape[1]}"
-        )
+    for what, x in (("minival", minival_x), ("test", test_x)):
+        if train_x.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"train features have {train_x.shape[1]} dimensions, {what} features {x.shape[1]}"
+            )
     l2_values = sorted({float(l2) for l2 in l2_grid})
     if not l2_values:
         raise ValueError("l2_grid is empty: give at least one l2 value")
@@ -182,22 +160,17 @@ def linear_probe(
     mean = train_x.mean(axis=0, dtype=np.float64)
     std = train_x.std(axis=0, dtype=np.float64)
     std = np.where(std > STD_EPSILON, std, 1.0)
-    train_x = ((train_x - mean) / std).astype(np.float32)
-    test_x = ((test_x - mean) / std).astype(np.float32)
-
-    fit_idx, val_idx = stratified_split(
-        train_y, num_classes=num_classes, val_fraction=val_fraction, seed=seed
+    train_x, minival_x, test_x = (
+        ((x - mean) / std).astype(np.float32) for x in (train_x, minival_x, test_x)
     )
-    l2_sweep = {}
+
+    fits, l2_sweep = {}, {}
     for l2 in l2_values:
-        params = fit_logistic_regression(
-            train_x[fit_idx], train_y[fit_idx], num_classes=num_classes, l2=l2
-        )
-        l2_sweep[l2] = accuracy(params, train_x[val_idx], train_y[val_idx])
+        fits[l2] = fit_logistic_regression(train_x, train_y, num_classes=num_classes, l2=l2)
+        l2_sweep[l2] = accuracy(fits[l2], minival_x, minival_y)
     # max() keeps the first of equal accuracies; walking from the largest l2, ties go to it.
     best_l2 = max(reversed(l2_values), key=l2_sweep.__getitem__)
-
-    params = fit_logistic_regression(train_x, train_y, num_classes=num_classes, l2=best_l2)
+    params = fits[best_l2]
     return ProbeResult(
         train_accuracy=accuracy(params, train_x, train_y),
         minival_accuracy=l2_sweep[best_l2],

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
 
 def write_summary(workdir: Path, summary: Mapping[str, object]) -> None:
@@ -68,9 +69,144 @@ def write_pretrain_report(
 
 
 def plot_accuracy_bars(rows: Sequence[Mapping[str, object]], path: Path, *, title: str) -> None:
-    with _figure(path, figsize=(5, 3.5)) as ax:
-        names = [r["encoder"] for r in rows]
-        accuracies = [100 * r["linear/test_accuracy"] for r in rows]
-        bars = ax.bar(names, accuracies, color=["tab:blue", "tab:gray"][: len(rows)])
-        ax.bar_label(bars, fmt="%.1f%%")
+    """Test accuracy per method, pretrained next to random-init: for a single label fraction."""
+    with _figure(path, figsize=(6, 3.8)) as ax:
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        for i, (encoder, colour) in enumerate(
+            (("pretrained", "tab:blue"), ("random_init", "tab:gray"))
+        ):
+            accuracy = {
+                r["method"]: 100 * r["test_accuracy"] for r in rows if r["encoder"] == encoder
+            }
+            if accuracy:
+                x = np.arange(len(methods)) + 0.4 * i - 0.2
+                bars = ax.bar(
+                    x, [accuracy.get(m, 0.0) for m in methods], 0.4, color=colour, label=encoder
+                )
+                ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(methods)), methods)
         ax.set(ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+        ax.legend(fontsize=8)
+
+
+def _fraction_label(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def accuracy_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """Test accuracy (%) per encoder and method (rows) and label fraction (columns)."""
+    fractions = sorted({r["label_fraction"] for r in rows})
+    cells: dict[tuple[str, str], dict[float, float]] = {}
+    for r in rows:
+        cells.setdefault((r["encoder"], r["method"]), {})[r["label_fraction"]] = r["test_accuracy"]
+    table = [
+        {
+            "encoder": encoder,
+            "method": method,
+            **{_fraction_label(f): f"{100 * acc[f]:.1f}" for f in fractions if f in acc},
+        }
+        for (encoder, method), acc in cells.items()
+    ]
+    return markdown_table(table, ["encoder", "method", *map(_fraction_label, fractions)])
+
+
+def plot_accuracy_vs_labels(rows: Sequence[Mapping[str, object]], path: Path, *, title: str):
+    """Test accuracy against label fraction, one line per method; random-init dashed."""
+    with _figure(path, figsize=(7, 4.5)) as ax:
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+        for encoder, style in (("pretrained", "-"), ("random_init", "--")):
+            for method in methods:
+                points = sorted(
+                    (r["label_fraction"], 100 * r["test_accuracy"])
+                    for r in rows
+                    if r["encoder"] == encoder and r["method"] == method
+                )
+                if points:
+                    ax.plot(
+                        *zip(*points),
+                        style,
+                        marker="o",
+                        color=colours[method],
+                        label=f"{method} ({encoder})",
+                    )
+        ax.set_xscale("log")
+        fractions = sorted({r["label_fraction"] for r in rows})
+        ax.set_xticks(fractions, [_fraction_label(f) for f in fractions])
+        ax.set(xlabel="labelled training examples used", ylabel="test accuracy (%)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def plot_frozen_vs_finetuned(rows: Sequence[Mapping[str, object]], path: Path, *, title: str):
+    """Test accuracy against the number of frozen bottom stages, per label fraction, with the
+    linear probe on frozen features as the point at "probe"; random-init dashed."""
+    with _figure(path, figsize=(7, 4.5)) as ax:
+        fractions = sorted({r["label_fraction"] for r in rows})
+        for encoder, style in (("pretrained", "-"), ("random_init", "--")):
+            for i, fraction in enumerate(fractions):
+                mine = [
+                    r for r in rows if (r["encoder"], r["label_fraction"]) == (encoder, fraction)
+                ]
+                points = sorted(
+                    (r["freeze_stages"], 100 * r["test_accuracy"])
+                    for r in mine
+                    if str(r["method"]).startswith("finetune/")
+                )
+                probe = [100 * r["test_accuracy"] for r in mine if r["method"] == "linear"]
+                label = f"{_fraction_label(fraction)} labels ({encoder})"
+                if points:
+                    ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label)
+                if probe:
+                    ax.plot([5], probe, marker="s", color=f"C{i}", linestyle="none")
+        ax.set_xticks(
+            range(6), ["0\n(all tuned)", "1", "2", "3", "4\n(head only)", "linear\nprobe"]
+        )
+        ax.set(xlabel="frozen bottom stages", ylabel="test accuracy (%)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def write_transfer_report(
+    workdir: Path,
+    config: ml_collections.ConfigDict,
+    summary: Mapping[str, object],
+    rows: Sequence[Mapping[str, object]],
+) -> None:
+    """`report.md`: the accuracy table, how settings were chosen, every row with its settings,
+    and the plots."""
+    title = f"{summary['data']} ({summary['eval_split']})"
+    if len({r["label_fraction"] for r in rows}) == 1:
+        plot_accuracy_bars(rows, workdir / "accuracy.png", title=title)
+        plots = "![test accuracy](accuracy.png)\n"
+    else:
+        plot_accuracy_vs_labels(rows, workdir / "accuracy_vs_labels.png", title=title)
+        plots = "![accuracy vs label fraction](accuracy_vs_labels.png)\n"
+    if any(str(r["method"]).startswith("finetune/") for r in rows):
+        plot_frozen_vs_finetuned(rows, workdir / "frozen_vs_finetuned.png", title=title)
+        plots += "![frozen vs fine-tuned](frozen_vs_finetuned.png)\n"
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    ft = config.finetune
+    Path(workdir, "report.md").write_text(
+        f"# Transfer: {summary['data']}, trained on {summary['train_split']!r}, "
+        f"tested on {summary['eval_split']!r}\n\n"
+        f"Encoder from `{summary['checkpoint']}` (step {summary['checkpoint_step']}) and a "
+        f"random-init encoder of the same architecture. Test accuracy (%) on "
+        f"`{summary['eval_split']}`:\n\n"
+        + accuracy_table(rows)
+        + f"\nLabels: a class-stratified minival split ({config.minival_fraction:.0%} of "
+        f"`{summary['train_split']}`, {summary['minival_examples']} examples, seed "
+        f"{config.seed}) is held out for choosing hyper-parameters only; each label fraction is "
+        "a class-balanced subset of the rest (100% = all of the rest), the same for every "
+        "method and encoder.\n\n"
+        f"Settings: linear probe L2 chosen per row on minival from {list(config.linear.l2_grid)}; "
+        f"k-NN with cosine similarity, votes weighted by exp(s / {config.knn.temperature:g}), "
+        "k fixed in the config (capped at the number of labels); fine-tuning: random resized "
+        f"crop (area >= {ft.min_crop_area:g}) + flip, SGD momentum {ft.optim.momentum:g}, "
+        f"{ft.warmup_steps} warmup steps then cosine decay, {ft.steps} steps, weight decay "
+        f"{ft.optim.weight_decay:g}, stage lr decay {ft.stage_lr_decay:g}, extra lr multipliers "
+        f"{list(ft.lr_multipliers)}. Total time: {summary['evaluate/wall_seconds']:.0f} s.\n\n"
+        + plots
+        + "\n## Every result with its settings\n\n"
+        + markdown_table(rows, columns)
+    )

@@ -1,0 +1,76 @@
+"""Transfer suite: linear probe, k-NN and fine-tuning (frozen bottom stages 0, 2, 4) at 1%, 10%
+and 100% of the training labels, for a pretrained encoder and a random-init baseline.
+
+  python -m selfsup evaluate --config=configs/transfer.py --workdir=runs/transfer \
+      --config.checkpoint=runs/simclr_cifar10 [--config.data=builtin:shapes ...]
+
+The target is any data spec: empty data keys mean "what the checkpoint was pretrained on"
+(same task); another split or dataset gives "same domain, different task" or "different
+domain" transfer. A class-stratified minival split (`minival_fraction` of `train_split`) is held
+out for hyper-parameter choice only (the linear probe's L2 per row; the fine-tuning defaults
+below were chosen on it, never on the test split); label fractions are class-balanced subsets
+of the rest, the same for every method and encoder. Fine-tuning runs a fixed number of steps
+for every label fraction, so its cost does not grow with the subset.
+"""
+
+import ml_collections
+
+from selfsup.config import parse_runlocal
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    runlocal = parse_runlocal(arg)
+    config = ml_collections.ConfigDict()
+    config.checkpoint = ""  # Required: the --workdir of a pretraining run.
+    config.data = ""  # "" = the checkpoint's pretraining data.
+    config.data_dir = ""  # "" = the checkpoint's data_dir.
+    config.train_split = ""  # "" = the checkpoint's train_split.
+    config.eval_split = ""  # "" = the checkpoint's eval_split.
+    config.seed = 0  # Minival split, label subsets, head init and fine-tuning data order.
+    config.batch_size = 256  # Feature extraction and evaluation batches.
+    config.crop_fraction = 1.0  # Central crop before resizing (0.875 for ImageNet-size images).
+    # Frozen features for linear and k-NN. "image": features of the whole image; "patches": the
+    # mean of the features of a patch task's 3x3 evaluation patches (Revisiting-SSL's
+    # evaluation of patch-based models). Fine-tuning always feeds whole images.
+    config.features = "image"
+    config.random_init_baseline = True
+    config.evaluators = ("linear", "knn", "finetune")
+    config.label_fractions = (0.01, 0.1, 1.0)
+    config.minival_fraction = 0.1
+    config.linear = ml_collections.ConfigDict(dict(l2_grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)))
+    # Weighted k-NN on the same frozen features (Wu et al. 2018; DINO's defaults).
+    config.knn = ml_collections.ConfigDict(dict(ks=(20, 200), temperature=0.07))
+    config.finetune = ml_collections.ConfigDict(
+        dict(
+            freeze_stages=(0, 2, 4),  # n freezes stem..stage<n>; 4 = head only.
+            steps=80,
+            batch_size=64,  # Shrunk to the subset size where a subset is smaller.
+            warmup_steps=8,
+            stage_lr_decay=1.0,  # Stage i (stem 0 .. stage4 4) gets lr * decay ** (5 - i).
+            lr_multipliers=(),  # ((regex, multiplier), ...) over classifier paths; first wins.
+            min_crop_area=0.25,
+            flip=True,
+            log_every_steps=20,
+            optim=dict(
+                name="sgd",
+                learning_rate=0.4,  # Peak lr = 0.4 * batch_size / 256.
+                lr_scaling="linear",
+                momentum=0.9,
+                weight_decay=0.0,
+                weight_decay_exclude=r"(^|/)(bias|scale)$",
+                trust_coefficient=0.001,
+                schedule="cosine",  # Linear warmup, then cosine decay to zero.
+            ),
+        )
+    )
+    if runlocal:
+        config.batch_size = 64
+        config.linear.l2_grid = (1e-4, 1e-2)
+        config.knn.ks = (5, 20)
+        config.label_fractions = (0.1, 1.0)
+        config.finetune.freeze_stages = (0, 4)
+        config.finetune.steps = 6
+        config.finetune.batch_size = 32
+        config.finetune.warmup_steps = 1
+        config.finetune.log_every_steps = 3
+    return config
