@@ -1,0 +1,59 @@
+"""Transfer report: the accuracy table (methods x label fractions, random-init rows included),
+flat summary keys, and the plots."""
+
+from pathlib import Path
+
+from selfsup.config import load_config_file
+from selfsup.evaluate import report
+from selfsup.evaluate.run import summary_key
+
+
+def rows():
+    out = []
+    for encoder, base in (("pretrained", 0.6), ("random_init", 0.2)):
+        for fraction in (0.01, 0.1, 1.0):
+            out.append(
+                dict(encoder=encoder, method="linear", label_fraction=fraction,
+                     test_accuracy=base * fraction**0.1, minival_accuracy=0.5, l2=1e-3)
+            )  # fmt: skip
+            for n in (0, 4):
+                out.append(
+                    dict(encoder=encoder, method=f"finetune/freeze{n}", label_fraction=fraction,
+                         test_accuracy=base * fraction**0.2 + 0.01 * n, minival_accuracy=0.5,
+                         freeze_stages=n, learning_rate=0.1)
+                )  # fmt: skip
+    return out
+
+
+def test_accuracy_table_has_a_row_per_encoder_and_method_and_a_column_per_fraction():
+    table = report.accuracy_table(rows()).splitlines()
+    assert table[0] == "| encoder | method | 1% | 10% | 100% |"
+    assert len(table) == 2 + 6
+    # 60 * 0.01**0.1 = 37.86, 60 * 0.1**0.1 = 47.66; 20 * 0.01**0.2 + 4 = 11.96, ...
+    assert "| pretrained | linear | 37.9 | 47.7 | 60.0 |" in table
+    assert "| random_init | finetune/freeze4 | 12.0 | 16.6 | 24.0 |" in table
+
+
+def test_summary_keys_leave_the_pretrained_encoder_and_all_labels_unmarked():
+    linear, finetune = rows()[2 * 3], rows()[-1]
+    assert summary_key(linear, "test_accuracy") == "linear/test_accuracy"
+    assert summary_key(rows()[1], "learning_rate") == "finetune/freeze0/labels1%/learning_rate"
+    assert summary_key(finetune, "test_accuracy") == "random_init/finetune/freeze4/test_accuracy"
+
+
+def test_report_writes_the_table_and_plots(tmp_path: Path):
+    config = load_config_file(Path(__file__).resolve().parents[1] / "configs" / "transfer.py")
+    summary = dict(
+        data="builtin:shapes", train_split="train", eval_split="test", checkpoint="runs/x",
+        checkpoint_step=10, minival_examples=1000, **{"evaluate/wall_seconds": 12.0},
+    )  # fmt: skip
+    report.write_transfer_report(tmp_path, config, summary, rows())
+    text = (tmp_path / "report.md").read_text()
+    assert "| random_init | linear |" in text and "Total time: 12 s" in text
+    for png in ("accuracy_vs_labels.png", "frozen_vs_finetuned.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    # One label fraction: a bar chart instead of lines.
+    (tmp_path / "one").mkdir()
+    single = [r for r in rows() if r["label_fraction"] == 1.0]
+    report.write_transfer_report(tmp_path / "one", config, summary, single)
+    assert (tmp_path / "one" / "accuracy.png").stat().st_size > 10_000
