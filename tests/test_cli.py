@@ -86,7 +86,7 @@ def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
         assert summary[f"{prefix}/steps"] == 6
     assert summary["finetune/freeze0/batch_size"] == 32
     assert summary["finetune/freeze4/labels10%/batch_size"] == 4
-    assert summary["finetune/freeze0/learning_rate"] == pytest.approx(0.4 * 32 / 256)
+    assert summary["finetune/freeze0/learning_rate"] == pytest.approx(0.1 * 32 / 256)
     report = (out / "report.md").read_text()
     assert "| pretrained | finetune/freeze0 |" in report and "| random_init | linear |" in report
     assert (out / "accuracy_vs_labels.png").exists() and (out / "frozen_vs_finetuned.png").exists()

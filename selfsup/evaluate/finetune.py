@@ -35,7 +35,7 @@ from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.data import augment, pipeline
 from selfsup.data.sources import Source
-from selfsup.models.resnet import STAGE_NAMES
+from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, STAGE_NAMES
 from selfsup.train.loop import NonFiniteLossError, format_duration
 from selfsup.train.optim import (
     lr_multipliers,
@@ -47,16 +47,28 @@ from selfsup.train.state import TrainState, split_model
 
 
 class Classifier(nnx.Module):
-    """An encoder and a zero-initialised linear head on its pooled features."""
+    """An encoder, then a parameter-free BatchNorm and a zero-initialised linear head on its
+    pooled features. The BatchNorm (MAE's linear-probing head) standardises the features, so
+    one learning rate suits every encoder: a random-init encoder's pooled features are far
+    smaller than a trained one's, and a plain head on them barely moves in a short run."""
 
     def __init__(self, encoder: nnx.Module, num_classes: int, *, rngs: nnx.Rngs):
         self.encoder = encoder
+        self.norm = nnx.BatchNorm(
+            encoder.feature_dim,
+            use_bias=False,
+            use_scale=False,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            rngs=rngs,
+        )
         self.head = nnx.Linear(
             encoder.feature_dim, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs
         )
 
     def __call__(self, images: jax.Array, *, train: bool, frozen_stages: int = 0) -> jax.Array:
-        return self.head(self.encoder(images, train=train, frozen_stages=frozen_stages))
+        features = self.encoder(images, train=train, frozen_stages=frozen_stages)
+        return self.head(self.norm(features, use_running_average=not train))
 
 
 @dataclasses.dataclass(frozen=True)
