@@ -32,6 +32,18 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory; re-running pretrain on it resumes its latest checkpoint."
 )
+# Multi-process runs without a scheduler JAX detects (TPU pods, SLURM, Open MPI, Kubernetes
+# need none of these): the same command on every process, differing only in --process_id.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for a multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a pretraining workdir even though --config differs from the one it was made with.",
+)
 
 
 def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
@@ -48,7 +60,9 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
         pretrain_dir, probe_dir = workdir / name / "pretrain", workdir / name / "linear_probe"
         if config.data_dir:
             task.pretrain.data_dir = config.data_dir
-        pretrain_summary = pretrain(task.pretrain, pretrain_dir)
+        pretrain_summary = pretrain(
+            task.pretrain, pretrain_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+        )
         task.probe.checkpoint = str(pretrain_dir)
         probe_summary, probe_rows = evaluate(task.probe, probe_dir)
         summary.update({f"{name}/{k}": v for k, v in {**pretrain_summary, **probe_summary}.items()})
@@ -109,6 +123,9 @@ def main(argv: list[str]) -> None:
     from selfsup.train.loop import NonFiniteLossError, PreemptedError  # Imports TF.
 
     try:
+        from selfsup import parallel
+
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         config = _CONFIG.value
         try:
             if config is not None:
@@ -124,7 +141,7 @@ def main(argv: list[str]) -> None:
         if command == "pretrain":
             from selfsup.train.loop import pretrain
 
-            pretrain(config, _WORKDIR.value)
+            pretrain(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
         else:
             from selfsup.evaluate.run import evaluate
 

@@ -27,6 +27,18 @@ def parse_runlocal(arg: str | None) -> bool:
     raise ConfigError(f"unknown config argument {arg!r}: use `file.py` or `file.py:runlocal`.")
 
 
+def check_minimums(config: ml_collections.ConfigDict, minimums: dict[str, float]) -> None:
+    """Raises a ConfigError naming the first dotted key whose value is below its minimum."""
+    for key, minimum in minimums.items():
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value < minimum:
+            raise ConfigError(
+                f"config.{key}={value!r} is out of range: set --config.{key} to at least {minimum}."
+            )
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
     Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 

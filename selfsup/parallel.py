@@ -1,4 +1,5 @@
-"""Device mesh and shardings for data-parallel training on 1 device, 8 devices or many hosts.
+"""Processes, device mesh and shardings for data-parallel training on 1 device, 8 devices or
+many hosts.
 
 Everything is sharded over one `("data",)` mesh axis: batches along their leading axis,
 parameters and optimizer state replicated. The mesh uses `AxisType.Auto`, so code written for
@@ -10,12 +11,51 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from selfsup.config import ConfigError
 
 DATA_AXIS = "data"
+# What jax.distributed.initialize raises when no address is given and no cluster is detected.
+_NO_CLUSTER = "coordinator_address should be defined"
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins this process to a multi-process run before anything touches devices.
+
+    With an explicit coordinator (`127.0.0.1:PORT` plus the process count and this process's
+    id) it connects to that. Otherwise JAX's cluster detection fills everything in on a Cloud
+    TPU pod, under SLURM (`srun`), Open MPI (`mpirun`) or Kubernetes; where none is detected
+    this is a single-process run and nothing happens. CPU processes talk over gloo, JAX's
+    default CPU collectives.
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit) and None in explicit:
+        raise ConfigError(
+            "a multi-process run needs all of --coordinator_address=HOST:PORT, "
+            "--num_processes=N and --process_id=I (or none of them, to auto-detect)."
+        )
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    except ValueError as e:
+        if coordinator_address is None and _NO_CLUSTER in str(e):
+            return  # No cluster around: one process.
+        raise
+
+
+def any_process(flag: bool) -> bool:
+    """True if `flag` is set on any process. Every process must call it at the same point:
+    decisions taken on host-local facts (a SIGTERM that reached one host) must be agreed on,
+    or the processes stop at different steps and the rest hang in the next collective."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 
 def make_mesh() -> Mesh:

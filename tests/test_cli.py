@@ -9,19 +9,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from selfsup import parallel
+from selfsup.config import load_config_file
+from selfsup.train import loop
+from selfsup.train.checkpoint import load_train_state
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def selfsup(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+def cli_env(devices: int = 2) -> dict[str, str]:
+    """The test session's environment with `devices` fake CPU devices and its compile cache."""
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+def selfsup(*args: str, cwd: Path, devices: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "selfsup", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(devices),
         capture_output=True,
         text=True,
         timeout=600,
@@ -147,6 +162,18 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
             ],
             "freeze_stages must lie in 0..4",
         ),
+        (
+            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.batch_size=sixteen"],
+            "batch_size",
+        ),
+        (
+            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.log_every_steps=0"],
+            "config.log_every_steps=0 is out of range: set --config.log_every_steps to at least 1",
+        ),
+        (
+            ["pretrain", "--config=CONFIG", "--workdir=W", "--num_processes=2"],
+            "needs all of --coordinator_address",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_line(args, message, tmp_path):
@@ -167,8 +194,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(image_root, 
         "--config.total_steps=400", "--config.log_every_steps=1",
         "--config.checkpoint_every_steps=1000",
     ]  # fmt: skip
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
+    process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     for line in process.stdout:  # Training is under way once steps are logged.
         if line.startswith("step 3/"):
@@ -184,7 +210,57 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(image_root, 
                   if p.name.isdigit()) == [str(saved)]  # fmt: skip
 
     rerun = selfsup(*command[3:-3], "--config.total_steps=" + str(saved + 2),
-                    "--config.log_every_steps=1", cwd=tmp_path)  # fmt: skip
+                    "--config.log_every_steps=1", "--allow_config_change",
+                    cwd=tmp_path)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"Resuming from checkpoint at step {saved}/" in rerun.stdout
     assert f"step {saved + 2}/{saved + 2}" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(image_root, tmp_path):
+    overrides = dict(
+        batch_size=16,
+        image_size=16,
+        total_steps=16,
+        log_every_steps=1,
+        checkpoint_every_steps=4,
+        eval_every_steps=0,
+    )
+    config = load_config_file(ROOT / "configs" / "simclr_cifar10.py", "runlocal")
+    config.update(dict(data=f"folder:{image_root}", eval_split="val", **overrides))
+    loop.pretrain(config, tmp_path / "uninterrupted")  # In this process, on 8 devices too.
+
+    command = [
+        "pretrain", f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
+        f"--workdir={tmp_path / 'killed'}", f"--config.data=folder:{image_root}",
+        "--config.eval_split=val", *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "selfsup", *command], cwd=tmp_path,
+                               env=cli_env(8), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    checkpoint_4 = tmp_path / "killed" / "checkpoints" / "4"
+    for line in process.stdout:
+        if not line.startswith("step "):
+            continue
+        # Mid-interval (from step 6 on), once the step-4 save is complete.
+        if int(line.split()[1].split("/")[0]) >= 6 and checkpoint_4.is_dir():
+            process.kill()
+            break
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    process.stdout.close()
+
+    rerun = selfsup(*command, cwd=tmp_path, devices=8)  # The same command.
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    resumed = int(re.search(r"Resuming from checkpoint at step (\d+)/16", rerun.stdout).group(1))
+    assert resumed in (4, 8, 12)  # The newest save that completed before the kill.
+
+    mesh = parallel.make_mesh()
+    _, step_killed, killed = load_train_state(tmp_path / "killed", mesh)
+    _, step_full, full = load_train_state(tmp_path / "uninterrupted", mesh)
+    assert step_killed == step_full == 16
+    # Parameters, BatchNorm statistics, optimizer state and step counter, bit for bit.
+    leaves_killed, leaves_full = jax.tree.leaves(killed), jax.tree.leaves(full)
+    assert len(leaves_killed) == len(leaves_full)
+    for a, b in zip(jax.device_get(leaves_killed), jax.device_get(leaves_full)):
+        np.testing.assert_array_equal(a, b)

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from selfsup.config import load_config_file
 from selfsup.pretext import simclr
@@ -15,17 +14,6 @@ from selfsup.train import loop
 from selfsup.train.checkpoint import Checkpointer, load_pretrained_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        path = root / "train" / f"c{i % 4}" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (20, 20, 3), np.uint8)).numpy())
-    return f"folder:{root}"
 
 
 def tiny_config(data: str, **overrides):
@@ -92,7 +80,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, mo
     config.total_steps = 6  # ...extended, and the extension diverges.
     monkeypatch.setattr(simclr, "nt_xent_loss", nan_loss)
     with pytest.raises(loop.NonFiniteLossError, match="by step 5.*last good checkpoint is step 4"):
-        loop.pretrain(config, tmp_path)
+        loop.pretrain(config, tmp_path, allow_config_change=True)
     assert Checkpointer(tmp_path, keep=3).latest_step() == 4  # Nothing good was lost.
 
 
@@ -143,3 +131,44 @@ def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="online_probe_classes=7 but .* has 4 classes"):
         loop.pretrain(tiny_config(image_folder, online_probe_classes=7), tmp_path / "bad")
+
+
+def test_a_nonfinite_gradient_with_a_finite_loss_stops_too(image_folder, tmp_path, monkeypatch):
+    def nan_gradient(z1, z2, temperature):
+        loss, metrics = nt_xent(z1, z2, temperature)
+        # Adds exactly 0 to the loss, but its gradient is 0 * d/dx sqrt(0) = 0 * inf = NaN.
+        x = z1[0, 0]
+        return loss + 0.0 * jnp.sqrt(x - jax.lax.stop_gradient(x)), metrics
+
+    nt_xent = simclr.nt_xent_loss
+    monkeypatch.setattr(simclr, "nt_xent_loss", nan_gradient)
+    with pytest.raises(
+        loop.NonFiniteLossError,
+        match=r"loss is \d+\.\d+ and gradient norm nan by step 1; the last good checkpoint "
+        "does not exist yet",
+    ):
+        loop.pretrain(tiny_config(image_folder), tmp_path)
+    assert Checkpointer(tmp_path, keep=3).latest_step() is None  # The NaN state is not saved.
+
+
+def test_a_half_written_checkpoint_is_ignored_and_replaced(image_folder, tmp_path, capsys):
+    config = tiny_config(image_folder)
+    loop.pretrain(config, tmp_path)
+    _, params_before = final_params(tmp_path)
+    # What a kill during the step-4 save leaves: orbax writes into <step>.orbax-checkpoint-tmp
+    # and renames it to <step> only once complete.
+    partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp"
+    (tmp_path / "checkpoints" / "4").rename(partial)
+    for path in partial.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    loop.pretrain(config, tmp_path)
+    out = capsys.readouterr().out
+    assert "Ignoring unfinished checkpoint saves (cut short): 4.orbax-checkpoint-tmp." in out
+    assert "Resuming from checkpoint at step 2/4" in out
+    step, params_after = final_params(tmp_path)
+    assert step == 4
+    for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params_after)):
+        np.testing.assert_array_equal(a, b)
+    assert not partial.exists()  # The completed step-4 save replaced it.

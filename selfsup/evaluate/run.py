@@ -41,6 +41,7 @@ from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.subsets import LabelSplits, make_label_splits, split_labels, subset_source
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import load_pretrained_model
+from selfsup.workdir import claim
 
 Row = dict[str, object]
 
@@ -63,7 +64,14 @@ class Target:
     def eval_dataset(
         self, source: Source, split: str, preprocess: Callable[[tf.Tensor], tf.Tensor]
     ) -> tf.data.Dataset:
-        return pipeline.eval_dataset(source, split, preprocess, local_batch_size=self.local_batch)
+        return pipeline.eval_dataset(
+            source,
+            split,
+            preprocess,
+            local_batch_size=self.local_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
 
     def minival_source(self) -> Source:
         return subset_source(self.source, self.train_split, self.splits.minival, name="minival")
@@ -245,11 +253,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Row, list[Row]]:
-    """Runs the suite; writes and returns the flat summary and the result rows."""
+    """Runs the suite; writes and returns the flat summary and the result rows. Refuses a
+    workdir that a live run holds."""
     check_config(config)
+    with claim(workdir):
+        return _evaluate(config, Path(workdir))
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, list[Row]]:
     start = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
     pre_config, step, model = load_pretrained_model(config.checkpoint, mesh)

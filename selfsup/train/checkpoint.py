@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -31,6 +32,12 @@ class Checkpointer:
     def save(self, step: int, state: TrainState) -> None:
         self.manager.save(step, args=ocp.args.StandardSave(state))
 
+    def unfinished_saves(self) -> list[str]:
+        """Folders of saves still being written or cut short by a kill: orbax writes a step
+        into `<step>.orbax-checkpoint-tmp` and renames it into place only once complete, so
+        these are never restored, and saving that step again replaces them."""
+        return sorted(p.name for p in self.directory.glob(f"*{ocp.path.step.TMP_DIR_SUFFIX}*"))
+
     def restore(self, step: int, abstract_state: TrainState) -> TrainState:
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
@@ -43,7 +50,8 @@ class Checkpointer:
                 return step, self.restore(step, abstract_state)
             except Exception as e:  # Orbax and tensorstore raise many kinds.
                 aside = _unused_path(self.directory / f"{step}.unreadable")
-                (self.directory / str(step)).rename(aside)
+                if jax.process_index() == 0:  # One mover; every process then skips the step.
+                    (self.directory / str(step)).rename(aside)
                 self.manager.reload()
                 print(
                     f"Checkpoint at step {step} is unreadable ({type(e).__name__}: "
@@ -68,8 +76,11 @@ def _unused_path(path: Path) -> Path:
     return candidate
 
 
-def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
-    """(pretraining config, latest checkpoint step, model with its weights) of a workdir."""
+def load_train_state(
+    workdir: str | Path, mesh: jax.sharding.Mesh, *, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, int, TrainState]:
+    """(pretraining config, checkpoint step, full train state) of a workdir: its latest
+    readable checkpoint, or the one saved at `step`."""
     config = load_saved_config(workdir)
     task = get_task(config)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -86,10 +97,17 @@ def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
         warmup_steps=0,
         steps_per_epoch=1.0,
     )
-    step, state = checkpointer.restore_latest(abstract_train_state(task.build_model, tx, mesh=mesh))
+    abstract_state = abstract_train_state(task.build_model, tx, mesh=mesh)
+    if step is None:
+        step, state = checkpointer.restore_latest(abstract_state)
+    else:
+        state = checkpointer.restore(step, abstract_state)
     checkpointer.close()
-    return (
-        config,
-        step,
-        nnx.merge(model_graphdef(task.build_model), state.params, state.batch_stats),
-    )
+    return config, step, state
+
+
+def load_pretrained_model(workdir: str | Path, mesh: jax.sharding.Mesh):
+    """(pretraining config, latest checkpoint step, model with its weights) of a workdir."""
+    config, step, state = load_train_state(workdir, mesh)
+    graphdef = model_graphdef(get_task(config).build_model)
+    return config, step, nnx.merge(graphdef, state.params, state.batch_stats)

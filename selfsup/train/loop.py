@@ -25,7 +25,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.config import ConfigError, save_config
+from selfsup.config import ConfigError, check_minimums, save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
@@ -40,10 +40,24 @@ from selfsup.train.state import (
     create_train_state,
     model_graphdef,
 )
+from selfsup.workdir import check_same_config, claim
+
+# Keys the loop divides by, counts with or sizes arrays from; checked before any work.
+PRETRAIN_MINIMUMS = {
+    "batch_size": 1,
+    "image_size": 1,
+    "total_steps": 0,
+    "num_epochs": 0,
+    "log_every_steps": 1,
+    "eval_every_steps": 0,
+    "checkpoint_every_steps": 1,
+    "keep_checkpoints": 1,
+}
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last checkpoint."""
+    """The loss or the gradient became NaN or infinite; the message names the step and the last
+    checkpoint."""
 
 
 class PreemptedError(RuntimeError):
@@ -118,13 +132,16 @@ def heldout_metrics(heldout_step, state: TrainState, batches) -> dict[str, float
 
 class MetricsLog:
     """`metrics.jsonl`, TensorBoard scalars and the progress line (loss, images/s, ETA); on
-    resume, drops the lines past the restored step."""
+    resume, drops the lines past the restored step. In a multi-process run only process 0
+    writes and prints; the others just compute what it logs."""
 
     def __init__(self, workdir: Path, *, start_step: int, total_steps: int, batch_size: int):
         self.path = workdir / "metrics.jsonl"
-        kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+        self.writes = jax.process_index() == 0
+        if self.writes:
+            kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
         self.total_steps, self.batch_size = total_steps, batch_size
         self.timer = (time.perf_counter(), start_step)  # Throughput is measured from here.
         self.first_write = True
@@ -141,6 +158,8 @@ class MetricsLog:
         if self.first_write:  # From the first write on, compilation no longer skews throughput.
             self.timer, self.first_write = (time.perf_counter(), step), False
         metrics = {**metrics, "images_per_second": images_per_s}
+        if not self.writes:
+            return metrics
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         with self.tensorboard.as_default(step=step):
@@ -155,6 +174,10 @@ class MetricsLog:
             flush=True,
         )
         return metrics
+
+    def close(self) -> None:
+        if self.writes:
+            self.tensorboard.close()
 
 
 def resolve_online_probe(config: ml_collections.ConfigDict, source: Source) -> None:
@@ -188,14 +211,33 @@ def format_duration(seconds: float) -> str:
     )
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Trains (or resumes) `config` in `workdir`; returns the flat summary it also writes."""
+def pretrain(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False
+) -> dict[str, float]:
+    """Trains (or resumes) `config` in `workdir`; returns the flat summary it also writes.
+
+    Refuses a workdir that a live run holds, and (unless `allow_config_change`) one that an
+    earlier run of a different config made."""
+    check_minimums(config, PRETRAIN_MINIMUMS)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Whatever ends the run, its checkpoint saves finish and its files are closed.
+    with claim(workdir), contextlib.ExitStack() as cleanup:
+        return _train(config, workdir, cleanup, allow_config_change=allow_config_change)
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    cleanup: contextlib.ExitStack,
+    *,
+    allow_config_change: bool,
+) -> dict[str, float]:
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
     source = open_source(config.data, data_dir=config.data_dir or None)
     resolve_online_probe(config, source)
+    # After resolving: config.json records resolved values, and this is how a rerun compares.
+    check_same_config(config, workdir, allow_change=allow_config_change)
     task = get_task(config)
     num_examples = source.num_examples(config.train_split)
     total_steps, warmup_steps = schedule_lengths(config, num_examples)
@@ -208,6 +250,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     )
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    cleanup.callback(checkpointer.close)
+    if unfinished := checkpointer.unfinished_saves():  # This run holds the workdir: all dead.
+        print(f"Ignoring unfinished checkpoint saves (cut short): {', '.join(unfinished)}.")
     if checkpointer.latest_step() is None:
         start_step = 0
         state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
@@ -216,10 +261,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
             abstract_train_state(task.build_model, tx, mesh=mesh)
         )
         print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
-    save_config(config, workdir)
+    if jax.process_index() == 0:
+        save_config(config, workdir)
     log = MetricsLog(
         workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size
     )
+    cleanup.callback(log.close)
 
     state_sharding = parallel.replicated(mesh)
     train_step = jax.jit(
@@ -262,29 +309,38 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     last_saved = start_step
     host_metrics = (read_metrics(log.path) or [{}])[-1]
     window, window_steps = None, 0  # Device-side metric sums since the last log.
-    with sigterm_requests() as preempted:
+    with sigterm_requests() as sigterm:
         for step in range(start_step + 1, total_steps + 1):
+            batch = next(batches)  # The one intended host-to-device copy, outside the guard.
             with jax.transfer_guard("disallow"):
-                state, metrics = train_step(state, next(batches))
+                state, metrics = train_step(state, batch)
             window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
             window_steps += 1
+            # SIGTERM may reach only some hosts of a pod: all stop at the same step or none.
+            preempted = parallel.any_process(sigterm.is_set())
             is_last = step == total_steps
             should_eval = bool(config.eval_every_steps) and (
                 step % config.eval_every_steps == 0 or is_last
             )
             should_log = step % config.log_every_steps == 0 or is_last or should_eval
             should_save = step % config.checkpoint_every_steps == 0 or is_last
-            if should_log or should_save or preempted.is_set():
+            if should_log or should_save or preempted:
                 # Means since the last log; a NaN anywhere in the window shows in the mean.
                 host_metrics = {
                     k: float(v) / window_steps for k, v in jax.device_get(window).items()
                 }
-                if not np.isfinite(host_metrics["loss"]):
-                    checkpointer.close()
+                if not np.isfinite([host_metrics["loss"], host_metrics["grad_norm"]]).all():
+                    last_good = (
+                        f"is step {last_saved} in {workdir}/checkpoints"
+                        if checkpointer.latest_step() is not None
+                        else "does not exist yet"
+                    )
                     raise NonFiniteLossError(
-                        f"loss is {host_metrics['loss']} by step {step}; the last good checkpoint"
-                        f" is step {last_saved} in {workdir}/checkpoints. Lower --config.optim."
-                        "learning_rate or check the data, then re-run to resume from it."
+                        f"loss is {host_metrics['loss']} and gradient norm "
+                        f"{host_metrics['grad_norm']} by step {step}; the last good checkpoint "
+                        f"{last_good}. Lower --config.optim."
+                        "learning_rate (with --allow_config_change) or check the data, then "
+                        "re-run to resume from it."
                     )
             if should_eval:
                 start = time.perf_counter()
@@ -299,19 +355,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
             if should_log:
                 host_metrics = log.write(step, host_metrics)
                 window, window_steps = None, 0
-            if should_save or preempted.is_set():
+            if should_save or preempted:
                 checkpointer.save(step, state)
                 last_saved = step
-            if preempted.is_set():
-                checkpointer.close()
+            if preempted:
                 raise PreemptedError(
                     f"SIGTERM: saved a checkpoint at step {step}/{total_steps} in "
                     f"{workdir}/checkpoints; re-run the same command to resume from it."
                 )
-    checkpointer.close()
-
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     summary["pretrain/steps"] = total_steps
     summary["pretrain/examples"] = num_examples
-    report.write_pretrain_report(workdir, config, summary)
+    if jax.process_index() == 0:
+        report.write_pretrain_report(workdir, config, summary)
     return summary

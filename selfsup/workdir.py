@@ -1,0 +1,106 @@
+"""A run's claim on its workdir: an exclusive lock held for the run's life, so a second run
+pointed at a workdir that a live run uses is refused, and the check that a workdir being
+resumed was made by the same config (resuming under another config mixes two experiments
+in one set of checkpoints and metrics)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from selfsup.config import ConfigError
+
+LOCK_FILE = ".lock"
+# Keys that change how a run reports or where it finds its data, not what it computes.
+REPORTING_KEYS = frozenset(
+    {
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "data_dir",
+    }
+)
+_MISSING = "<absent>"
+
+
+@contextlib.contextmanager
+def claim(workdir: str | Path) -> Iterator[None]:
+    """Holds an exclusive `flock` on `workdir/.lock` while the block runs, or refuses.
+
+    The kernel releases the lock when its process ends, however it ends (SIGKILL, OOM, a
+    crashed host), so a dead run's lock file never blocks the next run. In a multi-process run
+    process 0 holds it for all. `flock` is advisory and local: it guards POSIX filesystems
+    (local disk, most NFS setups), not object stores such as GCS.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:
+        yield
+        return
+    with open(workdir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown process"
+            raise ConfigError(
+                f"{workdir} is in use by a running job ({owner}): wait for it to finish or stop "
+                "it, or pass another --workdir."
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _changed_keys(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, tuple]:
+    """`{key: (saved value, new value)}` for every computation-relevant key in which `config`
+    differs from the `config.json` an earlier run wrote into `workdir` (empty if none)."""
+    path = Path(workdir, "config.json")
+    if not path.exists():
+        return {}
+    saved = _flatten(json.loads(path.read_text()))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    return {
+        key: (saved.get(key, _MISSING), new.get(key, _MISSING))
+        for key in sorted(saved.keys() | new.keys())
+        if key.split(".")[0] not in REPORTING_KEYS
+        and saved.get(key, _MISSING) != new.get(key, _MISSING)
+    }
+
+
+def check_same_config(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, allow_change: bool
+) -> None:
+    """Refuses to resume `workdir` under a config that differs from the one it was made with,
+    unless `allow_change` (the CLI's --allow_config_change) says to resume anyway."""
+    changed = _changed_keys(config, workdir)
+    if changed and not allow_change:
+        shown = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:4]]
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"{workdir} holds a run of a different config ({'; '.join(shown)}{more}): pass "
+            "another --workdir, or --allow_config_change to resume it under the new config."
+        )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

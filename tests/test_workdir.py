@@ -1,0 +1,75 @@
+"""Workdir safety: one live run per workdir (a dead run's lock never blocks), and no resuming
+a workdir under a different config unless asked."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfsup.config import ConfigError, load_config_file, save_config
+from selfsup.train import loop
+from selfsup.workdir import LOCK_FILE, check_same_config, claim
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+HOLD_LOCK = (
+    "import sys; from selfsup.workdir import claim; c = claim(sys.argv[1]); c.__enter__(); "
+    "print('held', flush=True); sys.stdin.read()"
+)
+
+
+def test_a_live_runs_workdir_is_refused_and_a_killed_runs_is_not(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert holder.stdout.readline() == "held\n"
+    config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
+    with pytest.raises(ConfigError, match=rf"in use by a running job \(pid {holder.pid} on "):
+        loop.pretrain(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # Refused before any work.
+
+    holder.send_signal(signal.SIGKILL)  # Dies holding the lock; its lock file stays behind.
+    holder.wait(timeout=30)
+    assert (tmp_path / LOCK_FILE).exists()
+    with claim(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
+        with pytest.raises(ConfigError, match="in use by a running job"):
+            with claim(tmp_path):  # Another claim while this one lives.
+                pass
+    with claim(tmp_path):  # Released at the end of the block.
+        pass
+
+
+def test_a_workdir_of_another_config_is_refused_unless_allowed(image_folder, tmp_path):
+    config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
+    config.data = image_folder
+    save_config(config, tmp_path)  # What an earlier run left.
+    check_same_config(config, tmp_path, allow_change=False)  # Same config: resumes.
+
+    config.log_every_steps = 7  # Reporting and data location may change...
+    config.data_dir = "elsewhere"
+    check_same_config(config, tmp_path, allow_change=False)
+    config.optim.learning_rate = 0.5  # ...what is computed may not.
+    config.total_steps = 90
+    with pytest.raises(ConfigError) as error:
+        check_same_config(config, tmp_path, allow_change=False)
+    message = str(error.value)
+    assert "optim.learning_rate: 1.0 -> 0.5; total_steps: 60 -> 90" in message
+    assert "--allow_config_change" in message and "log_every_steps" not in message
+    assert "\n" not in message
+    check_same_config(config, tmp_path, allow_change=True)
+
+    with pytest.raises(ConfigError, match="holds a run of a different config"):
+        loop.pretrain(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # Refused before any work.
+
+
+def test_a_fresh_workdir_takes_any_config(tmp_path):
+    config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
+    check_same_config(config, tmp_path / "new", allow_change=False)
