@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.config import ConfigError, load_config_file
+from selfsup.config import ConfigError, check_minimums, load_config_file
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 
@@ -41,3 +41,25 @@ def test_runlocal_shrinks_pretraining(name):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file("configs/nope.py")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_pretraining_configs_pass_the_range_checks(path):
+    from selfsup.train.loop import PRETRAIN_MINIMUMS
+
+    for arg in (None, "runlocal"):
+        config = load_config_file(path, arg)
+        runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
+        for run in [r for r in runs if "task" in r]:  # Pretraining configs only.
+            check_minimums(run, PRETRAIN_MINIMUMS)
+
+
+def test_a_value_out_of_range_is_named_with_its_fix():
+    config = load_config_file(CONFIGS[0].with_name("simclr_cifar10.py"), "runlocal")
+    config.checkpoint_every_steps = 0
+    with pytest.raises(ConfigError) as error:
+        check_minimums(config, {"batch_size": 1, "checkpoint_every_steps": 1})
+    assert str(error.value) == (
+        "config.checkpoint_every_steps=0 is out of range: set --config.checkpoint_every_steps "
+        "to at least 1."
+    )

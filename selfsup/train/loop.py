@@ -45,7 +45,6 @@ from selfsup.workdir import check_same_config, claim
 # Keys the loop divides by, counts with or sizes arrays from; checked before any work.
 PRETRAIN_MINIMUMS = {
     "batch_size": 1,
-    "image_size": 1,
     "total_steps": 0,
     "num_epochs": 0,
     "log_every_steps": 1,
