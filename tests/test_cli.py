@@ -129,9 +129,9 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
             assert 0.0 <= summary[f"{task}/{key}"] <= 1.0
         assert 0.0 <= summary[f"{task}/pretrain/heldout/{heldout}"] <= 1.0
         assert (tmp_path / "demo" / task / "pretrain" / "loss_curve.png").exists()
-    assert summary["relpatch/features"] == "patches" and summary["simclr/features"] == "image"
+    assert summary["relpatch/features"] == "image" and summary["simclr/features"] == "image"
     report = (tmp_path / "demo" / "report.md").read_text()
-    for row in ("| simclr | image |", "| relpatch | patches |", "| random init | patches |"):
+    for row in ("| simclr | image |", "| relpatch | image |", "| random init | image |"):
         assert row in report and row in run.stdout
 
 
