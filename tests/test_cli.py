@@ -117,13 +117,15 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
         f"--config={ROOT / 'configs' / 'demo.py'}:runlocal",
         f"--config.data_dir={tmp_path / 'tfds'}",
         f"--workdir={tmp_path / 'demo'}",
+        "--config.tasks.simclr.pretrain.total_steps=10",
+        "--config.tasks.relpatch.pretrain.total_steps=10",
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for task, heldout in (("simclr", "contrast_accuracy"), ("relpatch", "pretext_accuracy")):
         assert (
-            summary[f"{task}/pretrain/steps"] == 60 and summary[f"{task}/data"] == "builtin:shapes"
+            summary[f"{task}/pretrain/steps"] == 10 and summary[f"{task}/data"] == "builtin:shapes"
         )
         for key in ("linear/test_accuracy", "random_init/linear/test_accuracy"):
             assert 0.0 <= summary[f"{task}/{key}"] <= 1.0
