@@ -39,6 +39,18 @@ def _local_size(ds: tf.data.Dataset) -> int:
     return n
 
 
+def _seeded_examples(example_fn: ExampleFn, *, stream_seed: tuple[int, int]):
+    """`(index, encoded example) -> example_fn(image, seed) + label`, the seed derived from the
+    stream's seed and the example's index in the stream (so resumes and reruns repeat it)."""
+    stream_seed = tf.constant(stream_seed, tf.int64)
+
+    def make_example(index, ex):
+        example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
+        return {**example_fn(decode_image(ex["image"]), example_seed), "label": ex["label"]}
+
+    return make_example
+
+
 def train_dataset(
     source: Source,
     split: str,
@@ -67,12 +79,7 @@ def train_dataset(
     def epoch(e):
         return base.shuffle(buffer, seed=seed * 100_003 + e, reshuffle_each_iteration=False)
 
-    stream_seed = tf.constant([seed, process_index], tf.int64)
-
-    def make_example(index, ex):
-        example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
-        return {**example_fn(decode_image(ex["image"]), example_seed), "label": ex["label"]}
-
+    make_example = _seeded_examples(example_fn, stream_seed=(seed, process_index))
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch).skip(offset)
     ds = ds.enumerate(start).map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -100,12 +107,7 @@ def heldout_dataset(
             f"one batch ({local_batch_size} per process) for held-out pretext metrics: point "
             "--config.eval_split at a larger split, or set --config.eval_every_steps=0."
         )
-    stream_seed = tf.constant([seed, 1_000_003 + process_index], tf.int64)
-
-    def make_example(index, ex):
-        example_seed = tf.random.experimental.stateless_fold_in(stream_seed, index)
-        return {**example_fn(decode_image(ex["image"]), example_seed), "label": ex["label"]}
-
+    make_example = _seeded_examples(example_fn, stream_seed=(seed, 1_000_003 + process_index))
     ds = base.take(num_batches * local_batch_size).enumerate()
     ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
