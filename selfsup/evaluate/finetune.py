@@ -269,8 +269,9 @@ def finetune(
 
     window, window_steps, loss, timer = None, 0, float("nan"), None
     for step in range(1, config.steps + 1):
+        batch = next(batches)  # The one intended host-to-device copy, outside the guard.
         with jax.transfer_guard("disallow"):
-            state, metrics = train_step(state, next(batches))
+            state, metrics = train_step(state, batch)
         window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
         window_steps += 1
         if step % config.log_every_steps == 0 or step == config.steps:

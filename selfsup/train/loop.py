@@ -268,8 +268,9 @@ def _train(
     cleanup.callback(log.close)
 
     state_sharding = parallel.replicated(mesh)
+    graphdef = model_graphdef(task.build_model)
     train_step = jax.jit(
-        make_train_step(task, model_graphdef(task.build_model), tx, schedule, seed=config.seed),
+        make_train_step(task, graphdef, tx, schedule, seed=config.seed),
         in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
@@ -287,7 +288,7 @@ def _train(
     batches = pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
     if config.eval_every_steps:
         heldout_step = jax.jit(
-            make_heldout_step(task, model_graphdef(task.build_model), seed=config.seed),
+            make_heldout_step(task, graphdef, seed=config.seed),
             in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
             out_shardings=parallel.replicated(mesh),
         )
