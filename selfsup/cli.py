@@ -79,7 +79,7 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
             pretrained = prefix == ""
             rows.append(
                 {
-                    "encoder": name if pretrained else "random init",
+                    "encoder": name if pretrained else f"random init ({name})",
                     "features": task.probe.features,
                     **{
                         f"{m}/test_accuracy": probe_summary[f"{prefix}{m}/test_accuracy"]
@@ -96,10 +96,20 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
     table = report.markdown_table(rows, columns)
     report.write_summary(workdir, summary)
     (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
-    figures = "".join(
-        f"![{name} training loss]({name}/pretrain/loss_curve.png)\n"
-        f"![{name} linear probe and k-NN]({name}/linear_probe/accuracy.png)\n"
-        for name in config.tasks
+    bars = [
+        {
+            "encoder": row["encoder"],
+            "method": column.removesuffix("/test_accuracy"),
+            "test_accuracy": row[column],
+        }
+        for row in rows
+        for column in columns
+        if column.endswith("/test_accuracy")
+    ]
+    target = f"{probe_summary['data']} ({probe_summary['eval_split']})"
+    report.plot_accuracy_bars(bars, workdir / "accuracy.png", title=f"frozen encoders, {target}")
+    figures = "![linear probe and k-NN of every encoder](accuracy.png)\n" + "".join(
+        f"![{name} training loss]({name}/pretrain/loss_curve.png)\n" for name in config.tasks
     )
     (workdir / "report.md").write_text(
         f"# Demo: {', '.join(config.tasks)} on the built-in dataset; frozen features vs a "

@@ -133,8 +133,10 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
         assert (tmp_path / "demo" / task / "pretrain" / "loss_curve.png").exists()
     assert summary["relpatch/features"] == "image" and summary["simclr/features"] == "image"
     report = (tmp_path / "demo" / "report.md").read_text()
-    for row in ("| simclr | image |", "| relpatch | image |", "| random init | image |"):
+    for row in ("| simclr | image |", "| relpatch | image |", "| random init (simclr) | image |"):
         assert row in report and row in run.stdout
+    assert "![linear probe and k-NN of every encoder](accuracy.png)" in report
+    assert (tmp_path / "demo" / "accuracy.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ PNG plots in a workdir."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -69,24 +70,28 @@ def write_pretrain_report(
 
 
 def plot_accuracy_bars(rows: Sequence[Mapping[str, object]], path: Path, *, title: str) -> None:
-    """Test accuracy per method, pretrained next to random-init: for a single label fraction."""
+    """Test accuracy per method (groups) and encoder (bars, in order of appearance; random-init
+    encoders grey): for a single label fraction."""
     with _figure(path, figsize=(6, 3.8)) as ax:
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        for i, (encoder, colour) in enumerate(
-            (("pretrained", "tab:blue"), ("random_init", "tab:gray"))
-        ):
+        encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+        width = 0.8 / len(encoders)
+        trained = [e for e in encoders if not str(e).startswith("random")]
+        greys = itertools.cycle(["0.5", "0.7", "0.35", "0.85"])
+        for i, encoder in enumerate(encoders):
             accuracy = {
                 r["method"]: 100 * r["test_accuracy"] for r in rows if r["encoder"] == encoder
             }
-            if accuracy:
-                x = np.arange(len(methods)) + 0.4 * i - 0.2
-                bars = ax.bar(
-                    x, [accuracy.get(m, 0.0) for m in methods], 0.4, color=colour, label=encoder
-                )
-                ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            colour = f"C{trained.index(encoder)}" if encoder in trained else next(greys)
+            x = np.arange(len(methods)) - 0.4 + width * (i + 0.5)
+            bars = ax.bar(
+                x, [accuracy.get(m, 0.0) for m in methods], width, color=colour, label=encoder
+            )
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        top = max(100 * float(r["test_accuracy"]) for r in rows)
         ax.set_xticks(range(len(methods)), methods)
-        ax.set(ylabel="test accuracy (%)", title=title, ylim=(0, 100))
-        ax.legend(fontsize=8)
+        ax.set(ylabel="test accuracy (%)", title=title, ylim=(0, min(100, 10 * (top // 8 + 1))))
+        ax.legend(fontsize=8, ncols=2)
 
 
 def _fraction_label(fraction: float) -> str:
