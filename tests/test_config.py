@@ -6,10 +6,14 @@ import pytest
 
 from selfsup.config import ConfigError, check_minimums, load_config_file
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+ROOT = Path(__file__).resolve().parents[1]
+# configs/ and the studies' own configs in experiments/ (files with a `get_config`).
+CONFIGS = sorted((ROOT / "configs").glob("*.py")) + sorted(
+    p for p in (ROOT / "experiments").glob("*/*.py") if "def get_config(" in p.read_text()
+)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_loads_locked_with_and_without_runlocal(path):
     config = load_config_file(path)
     runlocal = load_config_file(path, "runlocal")
@@ -32,7 +36,7 @@ def test_config_loads_locked_with_and_without_runlocal(path):
     "name", ["simclr_cifar10.py", "relpatch_imagenet.py", "relpatch_cifar10.py"]
 )
 def test_runlocal_shrinks_pretraining(name):
-    path = CONFIGS[0].with_name(name)
+    path = ROOT / "configs" / name
     full, small = load_config_file(path), load_config_file(path, "runlocal")
     assert small.total_steps and small.total_steps <= 100
     assert small.model.width < full.model.width and small.batch_size < full.batch_size
@@ -43,7 +47,7 @@ def test_missing_config_file():
         load_config_file("configs/nope.py")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_pretraining_configs_pass_the_range_checks(path):
     from selfsup.train.loop import PRETRAIN_MINIMUMS
 
@@ -55,7 +59,7 @@ def test_pretraining_configs_pass_the_range_checks(path):
 
 
 def test_a_value_out_of_range_is_named_with_its_fix():
-    config = load_config_file(CONFIGS[0].with_name("simclr_cifar10.py"), "runlocal")
+    config = load_config_file(ROOT / "configs" / "simclr_cifar10.py", "runlocal")
     config.checkpoint_every_steps = 0
     with pytest.raises(ConfigError) as error:
         check_minimums(config, {"batch_size": 1, "checkpoint_every_steps": 1})
