@@ -46,9 +46,10 @@ def main(runs: Path, out: Path) -> None:
         {"encoder": "random init", "method": m, "test_accuracy": a} for m, a in random_init.items()
     ]
     print(report.markdown_table(rows, list(rows[0])))
-    report.plot_accuracy_bars(
-        bars, out / "accuracy.png", title=f"SimCLR augmentation ablation, {summary['data']} (val)"
-    )
+    kind, _, where = summary["data"].partition(":")
+    data = Path(where).name if kind == "folder" else summary["data"]
+    title = f"SimCLR augmentation ablation, {data} ({summary['eval_split']})"
+    report.plot_accuracy_bars(bars, out / "accuracy.png", title=title)
 
 
 if __name__ == "__main__":
