@@ -215,6 +215,34 @@ def test_blur_is_applied_with_probability_p_and_not_below_twenty_pixels():
     np.testing.assert_array_equal(augment.gaussian_blur(small, seed(1), p=1.0).numpy(), small)
 
 
+def test_solarize_inverts_pixels_at_or_above_one_half():
+    image = np.concatenate([random_image(8), np.full((1, 8, 3), 0.5, np.float32)])
+    out = augment.solarize(image).numpy()
+    np.testing.assert_array_equal(out, np.where(image < 0.5, image, 1.0 - image))
+    assert np.all(out <= 0.5) and np.all(out[-1] == 0.5)
+    # Solarized values are at most 1/2, so solarizing again changes nothing.
+    np.testing.assert_array_equal(augment.solarize(out).numpy(), out)
+
+
+def test_solarize_is_applied_with_its_probability():
+    image = random_image(8)
+    solarized = augment.solarize(image).numpy()
+    n = 1000
+    for p in (0.2, 0.7):
+        out = over_seeds(lambda s, p=p: augment.random_solarize(image, s, p=p), n)
+        is_solarized = np.all(out == solarized, axis=(1, 2, 3))
+        assert np.all(is_solarized | np.all(out == image, axis=(1, 2, 3)))
+        assert abs(is_solarized.mean() - p) < binomial_tolerance(p, n)
+
+
+def test_solarize_comes_last_in_a_view_and_leaves_the_other_draws_unchanged():
+    image = random_image(24)
+    kwargs = dict(size=16, color_strength=1.0, blur=True)
+    plain = augment.simclr_view(image, seed(3), **kwargs).numpy()
+    always = augment.simclr_view(image, seed(3), solarize_p=1.0, **kwargs).numpy()
+    np.testing.assert_allclose(always, np.where(plain < 0.5, plain, 1.0 - plain), atol=1e-7)
+
+
 def test_center_crop_resize_keeps_the_central_fraction():
     image = random_image(32)
     np.testing.assert_allclose(augment.center_crop_resize(image, size=32).numpy(), image, atol=1e-6)
@@ -239,6 +267,8 @@ OPS = {
     "jitter": lambda x, s: augment.color_jitter(x, s, strength=1.0),
     "distortion": lambda x, s: augment.random_color_distortion(x, s, strength=0.5),
     "blur": lambda x, s: augment.gaussian_blur(x, s, p=0.5),
+    "solarize": lambda x, s: augment.random_solarize(x, s, p=0.5),
+    "solarized_view": lambda x, s: augment.simclr_view(x, s, **VIEW, solarize_p=0.5),
     "view": lambda x, s: augment.simclr_view(x, s, **VIEW),
     "two_views": lambda x, s: augment.two_views(x, s, **VIEW),
 }

@@ -1,4 +1,5 @@
-"""Image augmentations of the SimCLR recipe, as TensorFlow ops for the host input pipeline.
+"""Image augmentations of the SimCLR recipe (plus BYOL's solarize), as TensorFlow ops for the
+host input pipeline.
 
 Each op matches google-research/simclr (`tf2/data_util.py`, impl='simclrv2': multiplicative
 brightness) but draws its randomness from an explicit stateless seed, a shape-[2] int32/int64
@@ -214,6 +215,17 @@ def gaussian_blur(
     return tf.clip_by_value(blurred, 0.0, 1.0)
 
 
+def solarize(image: tf.Tensor, *, threshold: float = 0.5) -> tf.Tensor:
+    """BYOL's solarization (Grill et al. 2020): pixels at or above `threshold` become `1 - x`."""
+    image = to_float(image)
+    return tf.where(image < threshold, image, 1.0 - image)
+
+
+def random_solarize(image: tf.Tensor, seed: tf.Tensor, *, p: float) -> tf.Tensor:
+    """`solarize` with probability `p` (BYOL applies it with p=0.2 to one view; SimCLR never)."""
+    return apply_with_probability(solarize, p, seed, to_float(image))
+
+
 def center_crop_resize(image: tf.Tensor, *, size: int, crop_fraction: float = 1.0) -> tf.Tensor:
     """Evaluation preprocessing: the central `crop_fraction` of each side
     (`tf.image.central_crop`; 1.0 keeps the whole image), bicubic resize to [size, size]."""
@@ -234,11 +246,15 @@ def simclr_view(
     flip: bool = True,
     color: bool = True,
     blur: bool = False,
+    solarize_p: float = 0.0,
 ) -> tf.Tensor:
     """One augmented view, float32 [size, size, 3] in [0, 1], in simclr's order
     (`preprocess_for_train`, then `batch_random_blur`): random resized crop (else a plain
-    resize), flip, color distortion, blur with p=0.5, clip."""
-    crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+    resize), flip, color distortion, blur with p=0.5, then solarize with probability
+    `solarize_p` (BYOL's last op), clip."""
+    # A 5-way split keeps the first four seeds of the earlier 4-way split (stateless_split is
+    # prefix-stable), so adding solarize left every existing augmentation stream unchanged.
+    crop_seed, flip_seed, color_seed, blur_seed, solarize_seed = split_seed(seed, 5)
     if crop:
         image = random_resized_crop(image, crop_seed, size=size, area_range=(min_crop_area, 1.0))
     else:
@@ -249,6 +265,8 @@ def simclr_view(
         image = random_color_distortion(image, color_seed, strength=color_strength)
     if blur:
         image = gaussian_blur(image, blur_seed)
+    if solarize_p > 0:
+        image = random_solarize(image, solarize_seed, p=solarize_p)
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
 
 
