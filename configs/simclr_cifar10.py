@@ -48,6 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             flip=True,
             color=True,
             blur=False,
+            # BYOL's solarize (x >= 0.5 -> 1 - x) with this probability; SimCLR has none.
+            solarize=0.0,
+            # Colour jitter, grayscale, blur and solarize in JAX inside the train step (the host
+            # then only crops, flips and resizes), as BYOL does to spare the host CPU.
+            color_on_device=False,
         )
     )
     config.optim = ml_collections.ConfigDict(

@@ -18,7 +18,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup.config import ConfigError
-from selfsup.data import augment
+from selfsup.data import augment, augment_jax
 from selfsup.models.heads import ProjectionHead, online_probe_head
 from selfsup.models.resnet import ResNet
 
@@ -79,10 +79,16 @@ class SimCLR:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
+        if not 0.0 <= config.simclr.solarize <= 1.0:
+            raise ConfigError(
+                f"config.simclr.solarize={config.simclr.solarize!r} is a probability: set "
+                "--config.simclr.solarize to a value in [0, 1] (0 = SimCLR's recipe, no solarize)."
+            )
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         c = self.config.simclr
+        on_host = not c.color_on_device  # Else `loss` applies the colour ops on the device.
         views = augment.two_views(
             image,
             seed,
@@ -91,8 +97,9 @@ class SimCLR:
             crop=c.crop,
             min_crop_area=c.min_crop_area,
             flip=c.flip,
-            color=c.color,
-            blur=c.blur,
+            color=c.color and on_host,
+            blur=c.blur and on_host,
+            solarize_p=c.solarize if on_host else 0.0,
         )
         return {"views": views}
 
@@ -113,6 +120,18 @@ class SimCLR:
     def loss(
         self, model: SimCLRModel, batch: dict[str, jax.Array], rng: jax.Array, *, train: bool
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
-        del rng  # Augmentation randomness lives in the input pipeline.
-        z1, z2, features = model(batch["views"], train=train)
+        c = self.config.simclr
+        views = batch["views"]
+        if c.color_on_device:
+            # `rng` is the step's key (seed folded with the step), so a resumed run draws the
+            # same colours; held-out batches get the same augmentation as training ones.
+            views = augment_jax.color_augment_views(
+                views,
+                rng,
+                strength=c.color_strength,
+                color=c.color,
+                blur=c.blur,
+                solarize_p=c.solarize,
+            )
+        z1, z2, features = model(views, train=train)
         return *nt_xent_loss(z1, z2, self.config.simclr.temperature), features
