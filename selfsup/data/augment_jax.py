@@ -90,26 +90,28 @@ def to_grayscale(image: jax.Array) -> jax.Array:
 
 def gaussian_filter(image: jax.Array, kernel_size: int, sigma: jax.Array) -> jax.Array:
     """simclr's separable Gaussian of `2 * (kernel_size // 2) + 1` taps, zero 'SAME' padding
-    (so borders darken, as in the TF op)."""
+    (so borders darken, as in the TF op).
+
+    Each pass is a product with a banded matrix whose rows hold the taps, cut off at the image
+    border (that cut-off is the zero padding). With one random sigma per image, vmap turns a
+    convolution into a grouped one with a kernel per image, which ran 6x slower on CPU than
+    this batched matmul.
+    """
     radius = kernel_size // 2
     taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
     kernel = jnp.exp(-(taps**2) / (2.0 * sigma**2))
     kernel /= jnp.sum(kernel)
-    channels = image.shape[-1]
 
-    def depthwise(x, shape):
-        return jax.lax.conv_general_dilated(
-            x,
-            jnp.tile(kernel.reshape(shape), (1, 1, 1, channels)),
-            window_strides=(1, 1),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-            precision=jax.lax.Precision.HIGHEST,  # The TF op sums in fp32; so must this.
-        )
+    def band(n: int) -> jax.Array:
+        """[n, n]: output pixel i takes kernel[j - i + radius] of input pixel j."""
+        offset = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]
+        tap = kernel[jnp.clip(offset + radius, 0, 2 * radius)]
+        return jnp.where(jnp.abs(offset) <= radius, tap, 0.0)
 
-    horizontal = depthwise(image[None], (1, -1, 1, 1))
-    return depthwise(horizontal, (-1, 1, 1, 1))[0]
+    height, width = image.shape[-3], image.shape[-2]
+    # Full fp32: the TF op sums in fp32, where default GPU/TPU matmuls would round to bf16.
+    rows = jnp.einsum("wv,hvc->hwc", band(width), image, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("hu,uwc->hwc", band(height), rows, precision=jax.lax.Precision.HIGHEST)
 
 
 def solarize(image: jax.Array, threshold: float = 0.5) -> jax.Array:
