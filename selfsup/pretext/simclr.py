@@ -124,7 +124,8 @@ class SimCLR:
         views = batch["views"]
         if c.color_on_device:
             # `rng` is the step's key (seed folded with the step), so a resumed run draws the
-            # same colours; held-out batches get the same augmentation as training ones.
+            # same colours. Held-out steps get the seed's key: the same colours at every
+            # evaluation, as the host's held-out stream repeats its augmentations.
             views = augment_jax.color_augment_views(
                 views,
                 rng,
