@@ -212,14 +212,15 @@ class RelativePatchPosition:
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"patches": patch_example(image, seed, self.config.relpatch)}
 
-    def eval_input(self, image: tf.Tensor, *, crop_fraction: float, patches: bool) -> tf.Tensor:
+    def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
         """What transfer evaluators feed the encoder: the 9 evaluation patches [9, p, p, 3]
         (their features are averaged, as in Revisiting's `combine_patches=avg_pool`), or the
-        whole image at the pretext crop's scale [crop_size, crop_size, 3], standardised."""
+        whole image at the pretext crop's scale [crop_size, crop_size, 3] (`eval_view`: the
+        central `crop_proportion`, as SimCLR evaluates), standardised."""
         if patches:
             return patch_example(image, None, self.config.relpatch)
         size = self.config.relpatch.crop_size
-        whole = augment.center_crop_resize(image, size=size, crop_fraction=crop_fraction)
+        whole = augment.eval_view(image, size=size, crop_proportion=crop_proportion)
         if self.config.relpatch.chromatic == "project":
             whole = project_out_green_magenta(whole)
         return tf.ensure_shape(tf.image.per_image_standardization(whole), [size, size, 3])
