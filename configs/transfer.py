@@ -27,6 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train_split = ""  # "" = the checkpoint's train_split.
     config.eval_split = ""  # "" = the checkpoint's eval_split.
     config.seed = 0  # Minival split, label subsets, head init and fine-tuning data order.
+    # An image that does not decode: "error" stops with its file named; "skip" leaves such
+    # images out (one decoding pass over the splits read, at start) and counts them in
+    # summary.json as data/skipped_images.
+    config.corrupt_images = "error"
     config.batch_size = 256  # Feature extraction and evaluation batches.
     # Evaluation images: for an encoder input above 32 px, the square central crop of this
     # proportion of the shorter side, then a resize (simclr's preprocess_for_eval; 1.0 keeps

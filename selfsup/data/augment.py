@@ -233,9 +233,9 @@ def central_crop_box(
     (`_compute_crop_shape` with aspect ratio 1, `center_crop`'s offsets): `crop_proportion` of
     the shorter side on both sides, rounded half to even, so the crop is square and a
     non-square image is cropped, never squashed."""
-    side = tf.cast(
-        tf.math.rint(crop_proportion * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32
-    )
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    # At least 1 px, so a tiny image with a small proportion still has a crop.
+    side = tf.maximum(tf.cast(tf.math.rint(crop_proportion * shorter), tf.int32), 1)
     return (height - side + 1) // 2, (width - side + 1) // 2, side, side
 
 

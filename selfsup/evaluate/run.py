@@ -272,6 +272,9 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     train_split = config.train_split or pre_config.train_split
     eval_split = config.eval_split or pre_config.eval_split
     source.num_examples(eval_split)  # A missing split fails here, before any compute.
+    source, skipped = pipeline.drop_undecodable_images(
+        source, [train_split, eval_split], config.corrupt_images
+    )
     try:
         splits = make_label_splits(
             split_labels(source, train_split),
@@ -313,6 +316,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         "eval_split": eval_split,
         "features": config.features,
         "minival_examples": len(splits.minival),
+        "data/skipped_images": len(skipped),
     }
     rows: list[Row] = []
     for evaluator in config.evaluators:
