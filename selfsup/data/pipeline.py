@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 
@@ -75,7 +76,7 @@ def undecodable_images(
             decode_image(ex["image"])
             reason = "fails only inside tf.data"
         except tf.errors.OpError as e:
-            reason = e.message.splitlines()[0][:200]
+            reason = _short_reason(e)
         found.append(Undecodable(int(i), ex["origin"].decode(), reason))
     return found
 
@@ -213,18 +214,38 @@ def eval_dataset(
     return _reads(ds, source, split, process_index, process_count)
 
 
-def global_batches(
-    ds: tf.data.Dataset, mesh: jax.sharding.Mesh, *, what: str
-) -> Iterator[dict[str, jax.Array]]:
-    """Host batches -> global arrays; a decode failure becomes a DataError naming the file."""
+def preview_dataset(
+    source: Source, split: str, example_fn: ExampleFn, *, num_examples: int, seed: int
+) -> tf.data.Dataset:
+    """The first `num_examples` of `split` in source order, unbatched, as `example_fn(image,
+    seed)` plus the decoded `image` and its `label`; seeds derived from `seed` and the position
+    as the training stream derives them (for looking at what the network is fed)."""
+    base = source.dataset(split, process_index=0, process_count=1).take(num_examples)
+    make_example = _seeded_examples(example_fn, stream_seed=(seed, 0))
+
+    def with_image(index, ex):
+        return {**make_example(index, ex), "image": decode_image(ex["image"])}
+
+    return _reads(base.enumerate().map(with_image), source, split, 0, 1)
+
+
+def host_batches(ds: tf.data.Dataset, *, what: str) -> Iterator[dict[str, np.ndarray]]:
+    """`ds` as numpy; a decode failure becomes a DataError naming the file."""
     it = ds.as_numpy_iterator()
     while True:
         try:
-            host_batch = next(it)
+            yield next(it)
         except StopIteration:
             return
         except tf.errors.InvalidArgumentError as e:
             raise undecodable_error(ds, what, e) from None
+
+
+def global_batches(
+    ds: tf.data.Dataset, mesh: jax.sharding.Mesh, *, what: str
+) -> Iterator[dict[str, jax.Array]]:
+    """Host batches -> global arrays; a decode failure becomes a DataError naming the file."""
+    for host_batch in host_batches(ds, what=what):
         yield parallel.to_global(host_batch, mesh)
 
 
@@ -240,7 +261,7 @@ def undecodable_error(ds: tf.data.Dataset, what: str, error: tf.errors.OpError) 
         bad = []
     skip = "or set --config.corrupt_images=skip to leave undecodable images out."
     if not bad:
-        reason = error.message.splitlines()[0][:200]
+        reason = _short_reason(error)
         return DataError(f"could not decode an image of {what} ({reason}): remove it, {skip}")
     first = bad[0]
     if len(bad) == 1:
@@ -252,6 +273,12 @@ def undecodable_error(ds: tf.data.Dataset, what: str, error: tf.errors.OpError) 
         f"{len(bad)} images in {what} do not decode, e.g. {first.origin} ({first.reason}): "
         "remove or replace them, " + skip
     )
+
+
+def _short_reason(error: tf.errors.OpError) -> str:
+    """TF's message without the op and device decorations eager errors carry."""
+    message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", error.message.splitlines()[0])
+    return re.sub(r"\s*\[Op:\w+\]$", "", message)[:200]
 
 
 def _reads(

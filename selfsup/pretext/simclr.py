@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tensorflow as tf
 from flax import nnx
@@ -95,6 +96,10 @@ class SimCLR:
             blur=c.blur,
         )
         return {"views": views}
+
+    def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """What the network sees of one `train_example`: its two views, each in [0, 1]."""
+        return list(example["views"])
 
     def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
         """What transfer evaluators feed the encoder: simclr's evaluation view (`eval_view`)."""
