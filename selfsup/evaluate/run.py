@@ -59,7 +59,7 @@ class Target:
     local_batch: int
     feature_input: Callable[[tf.Tensor], tf.Tensor]  # What frozen evaluators feed the encoder.
     image_input: Callable[[tf.Tensor], tf.Tensor]  # A whole image, as fine-tuning feeds it.
-    # A fine-tuning crop: already a square view, so standardised but not cropped again.
+    # A fine-tuning crop, already a square view: prepared as an evaluation image, not cropped again.
     crop_input: Callable[[tf.Tensor], tf.Tensor]
     _features: dict[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
 
