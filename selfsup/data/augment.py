@@ -226,13 +226,44 @@ def random_solarize(image: tf.Tensor, seed: tf.Tensor, *, p: float) -> tf.Tensor
     return apply_with_probability(solarize, p, seed, to_float(image))
 
 
-def center_crop_resize(image: tf.Tensor, *, size: int, crop_fraction: float = 1.0) -> tf.Tensor:
-    """Evaluation preprocessing: the central `crop_fraction` of each side
-    (`tf.image.central_crop`; 1.0 keeps the whole image), bicubic resize to [size, size]."""
+# simclr's CROP_PROPORTION ("standard for ImageNet"): evaluation keeps the central 87.5%.
+EVAL_CROP_PROPORTION = 0.875
+# simclr sets test_crop=False for image_size <= 32 (CIFAR): small images are not cropped.
+MAX_UNCROPPED_SIZE = 32
+
+
+def resize(image: tf.Tensor, *, size: int) -> tf.Tensor:
+    """A plain bicubic resize to [size, size] (simclr's non-crop path, which only reshapes and so
+    needs the image at `size` already; here that case is the identity)."""
+    return tf.ensure_shape(_resize_bicubic(to_float(image), size), [size, size, 3])
+
+
+def central_crop_box(
+    height: tf.Tensor, width: tf.Tensor, *, crop_proportion: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(offset_y, offset_x, crop_height, crop_width) of simclr's square central crop
+    (`_compute_crop_shape` with aspect ratio 1, `center_crop`'s offsets): `crop_proportion` of
+    the shorter side on both sides, rounded half to even, so the crop is square and a
+    non-square image is cropped, never squashed."""
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    # At least 1 px, so a tiny image with a small proportion still has a crop.
+    side = tf.maximum(tf.cast(tf.math.rint(crop_proportion * shorter), tf.int32), 1)
+    return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+
+
+def eval_view(
+    image: tf.Tensor, *, size: int, crop_proportion: float = EVAL_CROP_PROPORTION
+) -> tf.Tensor:
+    """Evaluation preprocessing, simclr's `preprocess_for_eval`: for `size` > 32 the square
+    central crop of `crop_proportion` of the shorter side (`central_crop_box`), bicubic resize to
+    [size, size]; for `size` <= 32 (simclr's test_crop=False) a plain resize. Clipped to [0, 1]."""
     image = to_float(image)
-    if crop_fraction != 1.0:
-        image = tf.image.central_crop(image, crop_fraction)
-    return tf.ensure_shape(_resize_bicubic(image, size), [size, size, 3])
+    if size > MAX_UNCROPPED_SIZE:
+        shape = tf.shape(image)
+        image = tf.image.crop_to_bounding_box(
+            image, *central_crop_box(shape[0], shape[1], crop_proportion=crop_proportion)
+        )
+    return resize(image, size=size)
 
 
 def simclr_view(
@@ -258,7 +289,7 @@ def simclr_view(
     if crop:
         image = random_resized_crop(image, crop_seed, size=size, area_range=(min_crop_area, 1.0))
     else:
-        image = center_crop_resize(image, size=size)
+        image = resize(image, size=size)
     if flip:
         image = random_flip(image, flip_seed)
     if color:

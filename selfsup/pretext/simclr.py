@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tensorflow as tf
 from flax import nnx
@@ -103,15 +104,19 @@ class SimCLR:
         )
         return {"views": views}
 
-    def eval_input(self, image: tf.Tensor, *, crop_fraction: float, patches: bool) -> tf.Tensor:
-        """What transfer evaluators feed the encoder: the central `crop_fraction`, resized."""
+    def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """What the network sees of one `train_example`: its two views, each in [0, 1]."""
+        return list(example["views"])
+
+    def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
+        """What transfer evaluators feed the encoder: simclr's evaluation view (`eval_view`)."""
         if patches:
             raise ConfigError(
                 "features='patches' averages the features of a patch task's 3x3 grid; SimCLR "
                 "has no patches: use --config.features=image."
             )
-        return augment.center_crop_resize(
-            image, size=self.config.image_size, crop_fraction=crop_fraction
+        return augment.eval_view(
+            image, size=self.config.image_size, crop_proportion=crop_proportion
         )
 
     def build_model(self, rngs: nnx.Rngs) -> SimCLRModel:
