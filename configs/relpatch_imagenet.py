@@ -37,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.eval_split = "validation"
     config.seed = 0
+    # An image that does not decode: "error" stops with its file named; "skip" leaves such
+    # images out (one decoding pass over the splits read, at start) and counts them in
+    # summary.json as data/skipped_images.
+    config.corrupt_images = "error"
     config.batch_size = 128  # Images; each gives 9 patches and all 8 (neighbour, centre) pairs.
     config.num_epochs = 35.0
     config.total_steps = 0  # > 0 overrides num_epochs.

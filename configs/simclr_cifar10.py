@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.eval_split = "test"
     config.seed = 0
+    # An image that does not decode: "error" stops with its file named; "skip" leaves such
+    # images out (one decoding pass over the splits read, at start) and counts them in
+    # summary.json as data/skipped_images.
+    config.corrupt_images = "error"
     config.image_size = 32
     config.batch_size = 512
     config.num_epochs = 1000.0
@@ -48,6 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             flip=True,
             color=True,
             blur=False,
+            # BYOL's solarize (x >= 0.5 -> 1 - x) with this probability; SimCLR has none.
+            solarize=0.0,
+            # Colour jitter, grayscale, blur and solarize in JAX inside the train step (the host
+            # then only crops, flips and resizes), as BYOL does to spare the host CPU.
+            color_on_device=False,
         )
     )
     config.optim = ml_collections.ConfigDict(

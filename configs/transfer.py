@@ -27,8 +27,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train_split = ""  # "" = the checkpoint's train_split.
     config.eval_split = ""  # "" = the checkpoint's eval_split.
     config.seed = 0  # Minival split, label subsets, head init and fine-tuning data order.
+    # An image that does not decode: "error" stops with its file named; "skip" leaves such
+    # images out (one decoding pass over the splits read, at start) and counts them in
+    # summary.json as data/skipped_images.
+    config.corrupt_images = "error"
     config.batch_size = 256  # Feature extraction and evaluation batches.
-    config.crop_fraction = 1.0  # Central crop before resizing (0.875 for ImageNet-size images).
+    # Evaluation images: for an encoder input above 32 px, the square central crop of this
+    # proportion of the shorter side, then a resize (simclr's preprocess_for_eval; 1.0 keeps
+    # the largest central square); at 32 px or less, a plain resize (simclr's test_crop=False).
+    config.crop_proportion = 0.875
     # Frozen features for linear and k-NN. "image": features of the whole image; "patches": the
     # mean of the features of a patch task's 3x3 evaluation patches (Revisiting-SSL's
     # evaluation of patch-based models). Fine-tuning always feeds whole images.

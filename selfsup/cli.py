@@ -1,4 +1,5 @@
-"""Command line: `python -m selfsup {demo,pretrain,evaluate} --config=FILE[:arg] --workdir=DIR`.
+"""Command line: `python -m selfsup {demo,pretrain,evaluate,show-augmentations}
+--config=FILE[:arg] --workdir=DIR`.
 
 Errors a user can fix (bad config, missing data, NaN loss) end the command with one line that
 names the problem and the fix, instead of a stack trace.
@@ -19,7 +20,7 @@ from selfsup.config import ConfigError, load_config_file
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.py"
-COMMANDS = ("demo", "pretrain", "evaluate")
+COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations")
 # Stopped by SIGTERM after checkpointing: 128 + 15, what schedulers expect of a SIGTERM'd job.
 EXIT_PREEMPTED = 143
 
@@ -39,6 +40,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+_NUM_IMAGES = flags.DEFINE_integer(
+    "num_images", 8, "show-augmentations: how many training images to show."
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
     False,
@@ -152,6 +156,10 @@ def main(argv: list[str]) -> None:
             from selfsup.train.loop import pretrain
 
             pretrain(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+        elif command == "show-augmentations":
+            from selfsup.data.show import show_augmentations
+
+            show_augmentations(config, _WORKDIR.value, num_images=_NUM_IMAGES.value)
         else:
             from selfsup.evaluate.run import evaluate
 

@@ -43,6 +43,31 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
     Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
+# Keys added after workdirs were written, each with the value that does what runs without the
+# key did: a saved config.json that lacks one gets it, so older runs resume and evaluate as
+# they were (a key under a block, e.g. `simclr.`, only where the saved config has that block).
+ADDED_KEYS = {
+    "corrupt_images": "error",
+    "simclr.solarize": 0.0,
+    "simclr.color_on_device": False,
+}
+
+
+def read_saved_config(path: Path) -> dict:
+    """A run's `config.json` as a dict, with `ADDED_KEYS` it predates filled in."""
+    tree = json.loads(path.read_text())
+    for key, value in ADDED_KEYS.items():
+        *blocks, leaf = key.split(".")
+        node = tree
+        for block in blocks:
+            node = node.get(block)
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(leaf, value)
+    return tree
+
+
 def load_saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a pretraining run wrote into its workdir, locked."""
     path = Path(workdir, "config.json")
@@ -51,7 +76,7 @@ def load_saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
             f"{workdir} has no config.json: --config.checkpoint must be the --workdir of a "
             "finished or running `python -m selfsup pretrain`."
         )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(read_saved_config(path))
     config.lock()
     return config
 

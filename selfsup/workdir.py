@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from selfsup.config import ConfigError
+from selfsup.config import ConfigError, read_saved_config
 
 LOCK_FILE = ".lock"
 # Keys that change how a run reports or where it finds its data, not what it computes.
@@ -71,7 +71,7 @@ def _changed_keys(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     path = Path(workdir, "config.json")
     if not path.exists():
         return {}
-    saved = _flatten(json.loads(path.read_text()))
+    saved = _flatten(read_saved_config(path))
     new = _flatten(json.loads(config.to_json_best_effort()))
     return {
         key: (saved.get(key, _MISSING), new.get(key, _MISSING))

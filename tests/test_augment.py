@@ -215,21 +215,93 @@ def test_blur_is_applied_with_probability_p_and_not_below_twenty_pixels():
     np.testing.assert_array_equal(augment.gaussian_blur(small, seed(1), p=1.0).numpy(), small)
 
 
-def test_center_crop_resize_keeps_the_central_fraction():
+def test_solarize_inverts_pixels_at_or_above_one_half():
+    image = np.concatenate([random_image(8), np.full((1, 8, 3), 0.5, np.float32)])
+    out = augment.solarize(image).numpy()
+    np.testing.assert_array_equal(out, np.where(image < 0.5, image, 1.0 - image))
+    assert np.all(out <= 0.5) and np.all(out[-1] == 0.5)
+    # Solarized values are at most 1/2, so solarizing again changes nothing.
+    np.testing.assert_array_equal(augment.solarize(out).numpy(), out)
+
+
+def test_solarize_is_applied_with_its_probability():
+    image = random_image(8)
+    solarized = augment.solarize(image).numpy()
+    n = 1000
+    for p in (0.2, 0.7):
+        out = over_seeds(lambda s, p=p: augment.random_solarize(image, s, p=p), n)
+        is_solarized = np.all(out == solarized, axis=(1, 2, 3))
+        assert np.all(is_solarized | np.all(out == image, axis=(1, 2, 3)))
+        assert abs(is_solarized.mean() - p) < binomial_tolerance(p, n)
+
+
+def test_solarize_comes_last_in_a_view_and_leaves_the_other_draws_unchanged():
+    image = random_image(24)
+    kwargs = dict(size=16, color_strength=1.0, blur=True)
+    plain = augment.simclr_view(image, seed(3), **kwargs).numpy()
+    always = augment.simclr_view(image, seed(3), solarize_p=1.0, **kwargs).numpy()
+    np.testing.assert_allclose(always, np.where(plain < 0.5, plain, 1.0 - plain), atol=1e-7)
+
+
+def simclr_crop_shape(height: int, width: int, crop_proportion: float) -> tuple[int, int]:
+    """simclr's `_compute_crop_shape` for a square output (aspect ratio 1), in numpy."""
+    if 1.0 > width / height:
+        return int(np.rint(crop_proportion * width)), int(np.rint(crop_proportion * width))
+    return int(np.rint(crop_proportion * height)), int(np.rint(crop_proportion * height))
+
+
+@pytest.mark.parametrize("height, width", [(300, 200), (200, 300), (100, 100), (33, 47)])
+def test_central_crop_box_is_simclrs_center_crop(height, width):
+    crop_height, crop_width = simclr_crop_shape(height, width, 0.875)
+    expected = (
+        (height - crop_height + 1) // 2,
+        (width - crop_width + 1) // 2,
+        crop_height,
+        crop_width,
+    )
+    box = augment.central_crop_box(tf.constant(height), tf.constant(width), crop_proportion=0.875)
+    assert tuple(int(v) for v in box) == expected
+
+
+def coordinates(height: int, width: int) -> np.ndarray:
+    """Pixel values y / 300 and x / 300: both channels on one scale, so extents compare."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([rows / 300, cols / 300, np.zeros((height, width))], -1).astype(np.float32)
+
+
+def test_eval_view_crops_a_non_square_image_to_a_central_square_without_stretching():
+    image = coordinates(300, 200)  # Taller than wide: 175 px square at rows 63.., cols 13..
+    view = augment.eval_view(image, size=64).numpy()
+    expected = tf.image.resize(image[None, 63:238, 13:188], [64, 64], method="bicubic")[0]
+    np.testing.assert_array_equal(view, np.clip(expected.numpy(), 0, 1))
+    # The same extent (174 px) along both axes: the crop is scaled, not squashed.
+    rows, cols = view[..., 0] * 300, view[..., 1] * 300
+    assert rows.max() - rows.min() == pytest.approx(cols.max() - cols.min(), abs=0.5)
+    assert rows.min() == pytest.approx(63, abs=1) and cols.min() == pytest.approx(13, abs=1)
+    assert view.shape == (64, 64, 3) and view.dtype == np.float32
+
+
+def test_eval_view_at_32_pixels_or_less_is_a_plain_resize():
     image = random_image(32)
-    np.testing.assert_allclose(augment.center_crop_resize(image, size=32).numpy(), image, atol=1e-6)
-    central = augment.center_crop_resize(image, size=16, crop_fraction=0.5).numpy()
-    np.testing.assert_allclose(central, image[8:24, 8:24], atol=1e-6)
-    wide = augment.center_crop_resize(random_image(16, width=32), size=8)
-    assert wide.shape == (8, 8, 3) and wide.dtype == tf.float32
+    np.testing.assert_array_equal(augment.eval_view(image, size=32).numpy(), image)
+    wide = random_image(16, width=40)
+    expected = np.clip(tf.image.resize(wide[None], [16, 16], method="bicubic")[0].numpy(), 0, 1)
+    np.testing.assert_array_equal(augment.eval_view(wide, size=16).numpy(), expected)
+    # Above 32 px a crop proportion of 1 keeps the largest central square.
+    square = random_image(48)
+    np.testing.assert_array_equal(
+        augment.eval_view(square, size=48, crop_proportion=1.0).numpy(), square
+    )
 
 
 def test_view_without_augmentations_is_a_resize():
+    # simclr's non-crop path only reshapes: at the view size the image comes back unchanged.
     image = random_image(24)
-    view = augment.simclr_view(
-        image, seed(1), size=24, color_strength=1.0, crop=False, flip=False, color=False
-    )
-    np.testing.assert_allclose(view.numpy(), image, atol=1e-6)
+    plain = dict(color_strength=1.0, crop=False, flip=False, color=False)
+    view = augment.simclr_view(image, seed(1), size=24, **plain)
+    np.testing.assert_array_equal(view.numpy(), image)
+    other = augment.simclr_view(random_image(40), seed(1), size=24, **plain)
+    np.testing.assert_array_equal(other.numpy(), augment.resize(random_image(40), size=24).numpy())
 
 
 VIEW = {"size": 16, "color_strength": 1.0, "blur": True}
@@ -239,8 +311,11 @@ OPS = {
     "jitter": lambda x, s: augment.color_jitter(x, s, strength=1.0),
     "distortion": lambda x, s: augment.random_color_distortion(x, s, strength=0.5),
     "blur": lambda x, s: augment.gaussian_blur(x, s, p=0.5),
+    "solarize": lambda x, s: augment.random_solarize(x, s, p=0.5),
+    "solarized_view": lambda x, s: augment.simclr_view(x, s, **VIEW, solarize_p=0.5),
     "view": lambda x, s: augment.simclr_view(x, s, **VIEW),
     "two_views": lambda x, s: augment.two_views(x, s, **VIEW),
+    "eval_view": lambda x, s: augment.eval_view(x, size=40),
 }
 
 

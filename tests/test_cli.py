@@ -4,12 +4,14 @@ one-line errors for bad input."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -186,6 +188,47 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path):
     assert run.returncode != 0
     assert message in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_show_augmentations_writes_the_grid(image_root, tmp_path):
+    run = selfsup(
+        "show-augmentations",
+        f"--config={ROOT / 'configs' / 'relpatch_cifar10.py'}:runlocal",
+        f"--workdir={tmp_path / 'show'}",
+        f"--config.data=folder:{image_root}",
+        "--num_images=4",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    path = tmp_path / "show" / "augmentations.png"
+    assert f"Wrote {path}: 4 images of folder:{image_root} split 'train'" in run.stdout
+    # 4 rows of 52 px (a 3x3 grid of 16 px patches, 2 px apart), 2 px gaps; two columns.
+    assert plt.imread(path).shape[:2] == (4 * 54 + 2, 2 * 54 + 2)
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(image_root, root)
+    broken = root / "train" / "class1" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # Valid PNG header, truncated body.
+    run = selfsup(
+        "pretrain",
+        f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data=folder:{root}",
+        "--config.eval_split=val",
+        "--config.batch_size=16",
+        "--config.image_size=16",
+        "--config.total_steps=2",
+        cwd=tmp_path,
+    )
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: {broken} in folder:{root} split 'train' does not decode (Invalid PNG. Failed "
+        "to initialize decoder.): remove or replace it, or set --config.corrupt_images=skip "
+        "to leave undecodable images out."
+    )
 
 
 @pytest.mark.slow

@@ -33,13 +33,52 @@ def test_config_loads_locked_with_and_without_runlocal(path):
 
 
 @pytest.mark.parametrize(
-    "name", ["simclr_cifar10.py", "relpatch_imagenet.py", "relpatch_cifar10.py"]
+    "name",
+    ["simclr_cifar10.py", "simclr_imagenet.py", "relpatch_imagenet.py", "relpatch_cifar10.py"],
 )
 def test_runlocal_shrinks_pretraining(name):
     path = ROOT / "configs" / name
     full, small = load_config_file(path), load_config_file(path, "runlocal")
     assert small.total_steps and small.total_steps <= 100
     assert small.model.width < full.model.width and small.batch_size < full.batch_size
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_simclr_configs_default_to_the_simclr_recipe_on_the_host(path):
+    for arg in (None, "runlocal"):
+        config = load_config_file(path, arg)
+        runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
+        simclr_runs = [r for r in runs if "task" in r and r.task == "simclr"]
+        if "simclr" in str(path.relative_to(ROOT)) or path.name == "demo.py":
+            assert simclr_runs
+        for run in simclr_runs:
+            assert run.simclr.solarize == 0.0 and run.simclr.color_on_device is False
+
+
+def test_simclr_imagenet_is_the_published_recipe():
+    from selfsup.train.optim import peak_learning_rate
+
+    config = load_config_file(ROOT / "configs" / "simclr_imagenet.py")
+    assert (config.data, config.image_size, config.batch_size, config.num_epochs) == (
+        "tfds:imagenet2012",
+        224,
+        4096,
+        100,
+    )
+    assert (config.model.depth, config.model.stem, config.model.width) == (50, "imagenet", 1.0)
+    s = config.simclr
+    assert (s.temperature, s.color_strength, s.blur, s.crop, s.min_crop_area) == (
+        0.1,
+        1.0,
+        True,
+        True,
+        0.08,
+    )
+    assert (s.proj_layers, s.proj_hidden_dim, s.proj_out_dim) == (3, 2048, 128)
+    o = config.optim
+    assert (o.name, o.weight_decay, o.warmup_epochs, o.schedule) == ("lars", 1e-4, 10.0, "cosine")
+    # 0.075 * sqrt(4096), which the README notes equals 0.3 with linear scaling at this batch.
+    assert peak_learning_rate(o, 4096) == pytest.approx(4.8)
 
 
 def test_missing_config_file():

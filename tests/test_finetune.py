@@ -66,7 +66,7 @@ def run(image_root, encoder, *, frozen_stages, **overrides):
     mesh = parallel.make_mesh()
 
     def preprocess(image):
-        return augment.center_crop_resize(image, size=16)
+        return augment.eval_view(image, size=16)
 
     test = pipeline.eval_dataset(source, "test", preprocess, local_batch_size=16)
     return finetune.finetune(

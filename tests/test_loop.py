@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny image folder: outputs, resume, NaN handling."""
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -172,3 +173,16 @@ def test_a_half_written_checkpoint_is_ignored_and_replaced(image_folder, tmp_pat
     for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params_after)):
         np.testing.assert_array_equal(a, b)
     assert not partial.exists()  # The completed step-4 save replaced it.
+
+
+@pytest.mark.slow
+def test_skip_leaves_undecodable_images_out_and_reports_them(image_folder, tmp_path, capsys):
+    root = tmp_path / "images"
+    shutil.copytree(image_folder.removeprefix("folder:"), root)
+    broken = root / "train" / "c1" / "5.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # Valid PNG header, truncated body.
+    config = tiny_config(f"folder:{root}", corrupt_images="skip", total_steps=2)
+    summary = loop.pretrain(config, tmp_path / "run")
+    assert summary["data/skipped_images"] == 1 and summary["pretrain/examples"] == 39
+    assert f"Skipping 1 undecodable images of folder:{root}: {broken}." in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data/skipped_images"] == 1

@@ -38,6 +38,15 @@ def test_rotation_example_turns_the_crop_by_its_label():
     assert seen == {0, 1, 2, 3}
 
 
+def test_rotation_example_evaluates_and_displays_like_the_built_in_tasks():
+    task = rotation_module().Rotation(types.SimpleNamespace(image_size=16))
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8))
+    assert task.eval_input(image, crop_proportion=0.875, patches=False).shape == (16, 16, 3)
+    example = {k: v.numpy() for k, v in task.train_example(image, tf.constant([0, 0])).items()}
+    (view,) = task.display_views(example)
+    assert view.shape == (16, 16, 3) and 0 <= view.min() and view.max() <= 1
+
+
 @pytest.mark.slow
 def test_rotation_example_trains_through_the_trainer(image_folder, tmp_path, monkeypatch):
     rotation = rotation_module()

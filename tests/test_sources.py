@@ -125,3 +125,40 @@ def test_tfds_source_under_mock_data(monkeypatch):
     assert len(examples) == 12
     image = tf.io.decode_image(examples[0]["image"], channels=3)
     assert image.shape == (32, 32, 3) and examples[0]["label"].dtype == tf.int64
+
+
+def test_tfds_process_shards_are_disjoint_complete_and_even(tmp_path):
+    # A real prepared TFDS dataset: tfds.testing.mock_data ignores tfds.even_splits (every
+    # shard would yield every example), so it cannot test the per-process split.
+    images = np.arange(11, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    builder = tfds.dataset_builders.TfDataBuilder(
+        name="tiny",
+        version="1.0.0",
+        split_datasets={
+            "train": tf.data.Dataset.from_tensor_slices(
+                {"image": images, "label": np.arange(11) % 3}
+            )
+        },
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(4, 4, 3)),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }
+        ),
+        data_dir=str(tmp_path),
+    )
+    builder.download_and_prepare()
+    source = sources._tfds_source("tfds:tiny", builder)
+    assert source.num_examples("train") == 11
+    for count in (2, 3):
+        shards = [
+            [
+                int(tf.io.decode_png(ex["image"])[0, 0, 0])
+                for ex in source.dataset("train", process_index=i, process_count=count)
+            ]
+            for i in range(count)
+        ]
+        ids = [i for shard in shards for i in shard]
+        assert sorted(ids) == list(range(11))  # Disjoint and complete.
+        # Sizes differ by at most one: eval_dataset pads every process to ceil(11 / count).
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1

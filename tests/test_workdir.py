@@ -1,6 +1,7 @@
 """Workdir safety: one live run per workdir (a dead run's lock never blocks), and no resuming
 a workdir under a different config unless asked."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.config import ConfigError, load_config_file, save_config
+from selfsup.config import (
+    ADDED_KEYS,
+    ConfigError,
+    load_config_file,
+    load_saved_config,
+    save_config,
+)
 from selfsup.train import loop
 from selfsup.workdir import LOCK_FILE, check_same_config, claim
 
@@ -73,3 +80,26 @@ def test_a_workdir_of_another_config_is_refused_unless_allowed(image_folder, tmp
 def test_a_fresh_workdir_takes_any_config(tmp_path):
     config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
     check_same_config(config, tmp_path / "new", allow_change=False)
+
+
+@pytest.mark.parametrize("name", ["simclr_cifar10.py", "relpatch_cifar10.py"])
+def test_a_workdir_written_before_a_key_was_added_resumes_and_loads_with_its_default(
+    name, tmp_path
+):
+    config = load_config_file(CONFIGS / name, "runlocal")
+    save_config(config, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ADDED_KEYS:  # What a run written before these keys existed left.
+        *blocks, leaf = key.split(".")
+        node = saved
+        for block in blocks:
+            node = node.get(block, {})
+        node.pop(leaf, None)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_same_config(config, tmp_path, allow_change=False)
+    loaded = load_saved_config(tmp_path).to_json_best_effort()
+    assert json.loads(loaded) == json.loads(config.to_json_best_effort())
+    # A value other than the added default is still a change.
+    config.corrupt_images = "skip"
+    with pytest.raises(ConfigError, match="corrupt_images: 'error' -> 'skip'"):
+        check_same_config(config, tmp_path, allow_change=False)

@@ -1,4 +1,5 @@
-"""Image augmentations of the SimCLR recipe, as TensorFlow ops for the host input pipeline.
+"""Image augmentations of the SimCLR recipe (plus BYOL's solarize), as TensorFlow ops for the
+host input pipeline.
 
 Each op matches google-research/simclr (`tf2/data_util.py`, impl='simclrv2': multiplicative
 brightness) but draws its randomness from an explicit stateless seed, a shape-[2] int32/int64
@@ -214,13 +215,55 @@ def gaussian_blur(
     return tf.clip_by_value(blurred, 0.0, 1.0)
 
 
-def center_crop_resize(image: tf.Tensor, *, size: int, crop_fraction: float = 1.0) -> tf.Tensor:
-    """Evaluation preprocessing: the central `crop_fraction` of each side
-    (`tf.image.central_crop`; 1.0 keeps the whole image), bicubic resize to [size, size]."""
+def solarize(image: tf.Tensor, *, threshold: float = 0.5) -> tf.Tensor:
+    """BYOL's solarization (Grill et al. 2020): pixels at or above `threshold` become `1 - x`."""
     image = to_float(image)
-    if crop_fraction != 1.0:
-        image = tf.image.central_crop(image, crop_fraction)
-    return tf.ensure_shape(_resize_bicubic(image, size), [size, size, 3])
+    return tf.where(image < threshold, image, 1.0 - image)
+
+
+def random_solarize(image: tf.Tensor, seed: tf.Tensor, *, p: float) -> tf.Tensor:
+    """`solarize` with probability `p` (BYOL applies it with p=0.2 to one view; SimCLR never)."""
+    return apply_with_probability(solarize, p, seed, to_float(image))
+
+
+# simclr's CROP_PROPORTION ("standard for ImageNet"): evaluation keeps the central 87.5%.
+EVAL_CROP_PROPORTION = 0.875
+# simclr sets test_crop=False for image_size <= 32 (CIFAR): small images are not cropped.
+MAX_UNCROPPED_SIZE = 32
+
+
+def resize(image: tf.Tensor, *, size: int) -> tf.Tensor:
+    """A plain bicubic resize to [size, size] (simclr's non-crop path, which only reshapes and so
+    needs the image at `size` already; here that case is the identity)."""
+    return tf.ensure_shape(_resize_bicubic(to_float(image), size), [size, size, 3])
+
+
+def central_crop_box(
+    height: tf.Tensor, width: tf.Tensor, *, crop_proportion: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(offset_y, offset_x, crop_height, crop_width) of simclr's square central crop
+    (`_compute_crop_shape` with aspect ratio 1, `center_crop`'s offsets): `crop_proportion` of
+    the shorter side on both sides, rounded half to even, so the crop is square and a
+    non-square image is cropped, never squashed."""
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    # At least 1 px, so a tiny image with a small proportion still has a crop.
+    side = tf.maximum(tf.cast(tf.math.rint(crop_proportion * shorter), tf.int32), 1)
+    return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+
+
+def eval_view(
+    image: tf.Tensor, *, size: int, crop_proportion: float = EVAL_CROP_PROPORTION
+) -> tf.Tensor:
+    """Evaluation preprocessing, simclr's `preprocess_for_eval`: for `size` > 32 the square
+    central crop of `crop_proportion` of the shorter side (`central_crop_box`), bicubic resize to
+    [size, size]; for `size` <= 32 (simclr's test_crop=False) a plain resize. Clipped to [0, 1]."""
+    image = to_float(image)
+    if size > MAX_UNCROPPED_SIZE:
+        shape = tf.shape(image)
+        image = tf.image.crop_to_bounding_box(
+            image, *central_crop_box(shape[0], shape[1], crop_proportion=crop_proportion)
+        )
+    return resize(image, size=size)
 
 
 def simclr_view(
@@ -234,21 +277,27 @@ def simclr_view(
     flip: bool = True,
     color: bool = True,
     blur: bool = False,
+    solarize_p: float = 0.0,
 ) -> tf.Tensor:
     """One augmented view, float32 [size, size, 3] in [0, 1], in simclr's order
     (`preprocess_for_train`, then `batch_random_blur`): random resized crop (else a plain
-    resize), flip, color distortion, blur with p=0.5, clip."""
-    crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+    resize), flip, color distortion, blur with p=0.5, then solarize with probability
+    `solarize_p` (BYOL's last op), clip."""
+    # A 5-way split keeps the first four seeds of the earlier 4-way split (stateless_split is
+    # prefix-stable), so adding solarize left every existing augmentation stream unchanged.
+    crop_seed, flip_seed, color_seed, blur_seed, solarize_seed = split_seed(seed, 5)
     if crop:
         image = random_resized_crop(image, crop_seed, size=size, area_range=(min_crop_area, 1.0))
     else:
-        image = center_crop_resize(image, size=size)
+        image = resize(image, size=size)
     if flip:
         image = random_flip(image, flip_seed)
     if color:
         image = random_color_distortion(image, color_seed, strength=color_strength)
     if blur:
         image = gaussian_blur(image, blur_seed)
+    if solarize_p > 0:
+        image = random_solarize(image, solarize_seed, p=solarize_p)
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
 
 

@@ -5,24 +5,46 @@ from the epoch number and every example's augmentation seed from its position in
 so a run resumed at step `s` sees exactly the batches an uninterrupted run sees from `s` on.
 Evaluation pads every process to the same number of batches and carries a `mask`, so no
 example is dropped or counted twice on any device count.
+
+An image that does not decode stops the run with a DataError naming its file, or, with
+`config.corrupt_images="skip"`, is left out of its split before any stream is built (one
+decoding pass over the split at start), so streams stay exactly resumable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterator
+import re
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 import tensorflow as tf
 
 from selfsup import parallel
-from selfsup.data.sources import DataError, Source
+from selfsup.config import ConfigError
+from selfsup.data.sources import DataError, Source, select_examples
 
 # TF only feeds the host pipeline; accelerators belong to JAX.
 tf.config.set_visible_devices([], "GPU")
 
 ExampleFn = Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+CORRUPT_IMAGE_MODES = ("error", "skip")
+# The shard each dataset built here reads, so that `global_batches` can name the file behind a
+# decode failure (TF's error names only the op) without every caller passing its source along.
+_SHARD_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(frozen=True)
+class Undecodable:
+    """An example whose image does not decode: its position in the (shard of the) split, its
+    origin (file or TFDS record id) and TF's reason."""
+
+    position: int
+    origin: str
+    reason: str
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -30,6 +52,57 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def undecodable_images(
+    source: Source, split: str, *, process_index: int = 0, process_count: int = 1
+) -> list[Undecodable]:
+    """Every example of one process's shard of `split` whose image fails to decode, in order
+    (one parallel decoding pass; the failures are then decoded once more for their reason)."""
+    ds = source.dataset(split, process_index=process_index, process_count=process_count)
+    ds = ds.enumerate()
+    decodable = ds.map(
+        lambda i, ex: (i, tf.size(decode_image(ex["image"]))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).ignore_errors()
+    good = np.fromiter((i for i, _ in decodable.as_numpy_iterator()), np.int64)
+    bad = np.setdiff1d(np.arange(_local_size(ds)), good)
+    if not bad.size:
+        return []
+    found = []
+    for i, ex in ds.filter(lambda i, _: tf.reduce_any(i == bad)).as_numpy_iterator():
+        try:
+            decode_image(ex["image"])
+            reason = "fails only inside tf.data"
+        except tf.errors.OpError as e:
+            reason = _short_reason(e)
+        found.append(Undecodable(int(i), ex["origin"].decode(), reason))
+    return found
+
+
+def drop_undecodable_images(
+    source: Source, splits: Sequence[str], mode: str
+) -> tuple[Source, list[Undecodable]]:
+    """`config.corrupt_images`: "error" returns `source` as it is (a failure is reported when it
+    is met); "skip" returns `source` without the examples of `splits` whose image does not
+    decode, and those examples. Every process scans whole splits, so all agree on them."""
+    if mode not in CORRUPT_IMAGE_MODES:
+        raise ConfigError(
+            f"unknown config.corrupt_images={mode!r}: use one of {CORRUPT_IMAGE_MODES}."
+        )
+    if mode == "error":
+        return source, []
+    selection, dropped = {}, []
+    for split in dict.fromkeys(splits):
+        bad = undecodable_images(source, split)
+        positions = [b.position for b in bad]
+        selection[split] = (split, np.setdiff1d(np.arange(source.num_examples(split)), positions))
+        dropped += bad
+    if dropped:
+        shown = ", ".join(b.origin for b in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        print(f"Skipping {len(dropped)} undecodable images of {source.spec}: {shown}.")
+    return select_examples(source, selection, spec=source.spec), dropped
 
 
 def _local_size(ds: tf.data.Dataset) -> int:
@@ -83,7 +156,7 @@ def train_dataset(
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch).skip(offset)
     ds = ds.enumerate(start).map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_deterministic_options())
+    return _reads(ds, source, split, process_index, process_count)
 
 
 def heldout_dataset(
@@ -111,7 +184,7 @@ def heldout_dataset(
     ds = base.take(num_batches * local_batch_size).enumerate()
     ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_deterministic_options())
+    return _reads(ds, source, split, process_index, process_count)
 
 
 def eval_dataset(
@@ -138,25 +211,83 @@ def eval_dataset(
     ).repeat()
     ds = ds.concatenate(padding).take(num_batches * local_batch_size)
     ds = ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_deterministic_options())
+    return _reads(ds, source, split, process_index, process_count)
+
+
+def preview_dataset(
+    source: Source, split: str, example_fn: ExampleFn, *, num_examples: int, seed: int
+) -> tf.data.Dataset:
+    """The first `num_examples` of `split` in source order, unbatched, as `example_fn(image,
+    seed)` plus the decoded `image` and its `label`; seeds derived from `seed` and the position
+    as the training stream derives them (for looking at what the network is fed)."""
+    base = source.dataset(split, process_index=0, process_count=1).take(num_examples)
+    make_example = _seeded_examples(example_fn, stream_seed=(seed, 0))
+
+    def with_image(index, ex):
+        return {**make_example(index, ex), "image": decode_image(ex["image"])}
+
+    return _reads(base.enumerate().map(with_image), source, split, 0, 1)
+
+
+def host_batches(ds: tf.data.Dataset, *, what: str) -> Iterator[dict[str, np.ndarray]]:
+    """`ds` as numpy; a decode failure becomes a DataError naming the file."""
+    it = ds.as_numpy_iterator()
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as e:
+            raise undecodable_error(ds, what, e) from None
 
 
 def global_batches(
     ds: tf.data.Dataset, mesh: jax.sharding.Mesh, *, what: str
 ) -> Iterator[dict[str, jax.Array]]:
-    """Host batches -> global arrays; a decode failure becomes a DataError naming `what`."""
-    it = ds.as_numpy_iterator()
-    while True:
-        try:
-            host_batch = next(it)
-        except StopIteration:
-            return
-        except tf.errors.InvalidArgumentError as e:
-            raise DataError(
-                f"could not decode an image of {what} ({e.message.splitlines()[0][:200]}): "
-                "find the corrupt file (e.g. open each with PIL) and remove or replace it."
-            ) from None
+    """Host batches -> global arrays; a decode failure becomes a DataError naming the file."""
+    for host_batch in host_batches(ds, what=what):
         yield parallel.to_global(host_batch, mesh)
+
+
+def undecodable_error(ds: tf.data.Dataset, what: str, error: tf.errors.OpError) -> DataError:
+    """A one-line DataError for a decode failure in `ds`, naming the undecodable files of the
+    shard it reads (found by scanning that shard once more) and the fixes."""
+    if ds in _SHARD_OF:
+        source, split, process_index, process_count = _SHARD_OF[ds]
+        bad = undecodable_images(
+            source, split, process_index=process_index, process_count=process_count
+        )
+    else:
+        bad = []
+    skip = "or set --config.corrupt_images=skip to leave undecodable images out."
+    if not bad:
+        reason = _short_reason(error)
+        return DataError(f"could not decode an image of {what} ({reason}): remove it, {skip}")
+    first = bad[0]
+    if len(bad) == 1:
+        return DataError(
+            f"{first.origin} in {what} does not decode ({first.reason}): remove or replace it, "
+            + skip
+        )
+    return DataError(
+        f"{len(bad)} images in {what} do not decode, e.g. {first.origin} ({first.reason}): "
+        "remove or replace them, " + skip
+    )
+
+
+def _short_reason(error: tf.errors.OpError) -> str:
+    """TF's message without the op and device decorations eager errors carry."""
+    message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", error.message.splitlines()[0])
+    return re.sub(r"\s*\[Op:\w+\]$", "", message)[:200]
+
+
+def _reads(
+    ds: tf.data.Dataset, source: Source, split: str, process_index: int, process_count: int
+) -> tf.data.Dataset:
+    """`ds` made deterministic, remembered as reading that shard of `split`."""
+    ds = ds.with_options(_deterministic_options())
+    _SHARD_OF[ds] = (source, split, process_index, process_count)
+    return ds
 
 
 def _deterministic_options() -> tf.data.Options:

@@ -1,8 +1,10 @@
 """Data sources behind the three data specs: `tfds:NAME`, `folder:PATH` and `builtin:NAME`.
 
 A source yields, per split and per process, a deterministic `tf.data.Dataset` of
-`{"image": encoded image bytes, "label": int64}`. Decoding is left to the pipeline so that
-skipping examples on resume costs no decode. Each process reads its own disjoint shard
+`{"image": encoded image bytes, "label": int64, "origin": string}`, `origin` naming where the
+example came from (its file for folders, its TFDS record id `<file>__<index>` otherwise) so
+that an unreadable image can be named. Decoding is left to the pipeline so that skipping
+examples on resume costs no decode. Each process reads its own disjoint shard
 (`tfds.even_splits` for TFDS, a strided slice of the sorted file list for folders).
 """
 
@@ -13,6 +15,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -90,7 +93,7 @@ def _tfds_source(spec: str, builder: tfds.core.DatasetBuilder) -> Source:
             split=tfds.even_splits(split, process_count)[process_index],
             shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(add_tfds_id=False),
+            read_config=tfds.ReadConfig(add_tfds_id=True),
         )
         return ds.map(_encoded_example)
 
@@ -101,11 +104,11 @@ def _tfds_source(spec: str, builder: tfds.core.DatasetBuilder) -> Source:
 
 
 def _encoded_example(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {"image": ex["image"], "label": tf.cast(ex["label"], tf.int64)}
+    return {"image": ex["image"], "label": tf.cast(ex["label"], tf.int64), "origin": ex["tfds_id"]}
 
 
 def _read_file_example(path: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
-    return {"image": tf.io.read_file(path), "label": tf.cast(label, tf.int64)}
+    return {"image": tf.io.read_file(path), "label": tf.cast(label, tf.int64), "origin": path}
 
 
 def _folder_source(spec: str, root: Path) -> Source:
@@ -151,3 +154,31 @@ def _looks_like_image(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(8)
     return any(head.startswith(m) for m in _MAGIC)
+
+
+def select_examples(
+    source: Source, selection: dict[str, tuple[str, np.ndarray]], *, spec: str
+) -> Source:
+    """A source in which split `name` holds the examples `indices` (positions in the whole
+    split, sorted) of `split`, for each `name: (split, indices)` of `selection`; other splits
+    are `source`'s.
+
+    Every process reads the whole split to keep the positions those of one process reading it
+    all, then takes its strided share of the kept examples.
+    """
+    masks = {}
+    for name, (split, indices) in selection.items():
+        keep = np.zeros(source.num_examples(split), bool)
+        keep[indices] = True
+        masks[name] = (split, tf.constant(keep))
+
+    def read(name, process_index, process_count):
+        if name not in masks:
+            return source.dataset(name, process_index=process_index, process_count=process_count)
+        split, keep = masks[name]
+        ds = source.dataset(split, process_index=0, process_count=1).enumerate()
+        ds = ds.filter(lambda i, _: tf.gather(keep, i)).map(lambda _, ex: ex)
+        return ds.shard(process_count, process_index)
+
+    sizes = {**source.split_sizes, **{name: len(ix) for name, (_, ix) in selection.items()}}
+    return Source(spec, source.num_classes, sizes, read)

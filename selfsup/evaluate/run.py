@@ -59,6 +59,8 @@ class Target:
     local_batch: int
     feature_input: Callable[[tf.Tensor], tf.Tensor]  # What frozen evaluators feed the encoder.
     image_input: Callable[[tf.Tensor], tf.Tensor]  # A whole image, as fine-tuning feeds it.
+    # A fine-tuning crop, already a square view: prepared as an evaluation image, not cropped again.
+    crop_input: Callable[[tf.Tensor], tf.Tensor]
     _features: dict[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
 
     def eval_dataset(
@@ -187,7 +189,7 @@ def run_finetune(
                 evaluation=evaluation,
                 config=ft,
                 frozen_stages=frozen_stages,
-                preprocess=target.image_input,
+                preprocess=target.crop_input,
                 mesh=target.mesh,
                 seed=config.seed,
                 what=f"{name} {method} {fraction_name(fraction)} labels",
@@ -270,6 +272,9 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     train_split = config.train_split or pre_config.train_split
     eval_split = config.eval_split or pre_config.eval_split
     source.num_examples(eval_split)  # A missing split fails here, before any compute.
+    source, skipped = pipeline.drop_undecodable_images(
+        source, [train_split, eval_split], config.corrupt_images
+    )
     try:
         splits = make_label_splits(
             split_labels(source, train_split),
@@ -290,12 +295,13 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         local_batch=local_batch,
         feature_input=functools.partial(
             task.eval_input,
-            crop_fraction=config.crop_fraction,
+            crop_proportion=config.crop_proportion,
             patches=config.features == "patches",
         ),
         image_input=functools.partial(
-            task.eval_input, crop_fraction=config.crop_fraction, patches=False
+            task.eval_input, crop_proportion=config.crop_proportion, patches=False
         ),
+        crop_input=functools.partial(task.eval_input, crop_proportion=1.0, patches=False),
     )
     save_config(config, workdir)
 
@@ -310,6 +316,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         "eval_split": eval_split,
         "features": config.features,
         "minival_examples": len(splits.minival),
+        "data/skipped_images": len(skipped),
     }
     rows: list[Row] = []
     for evaluator in config.evaluators:

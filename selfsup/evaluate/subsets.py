@@ -14,9 +14,8 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from selfsup.data.sources import DataError, Source
+from selfsup.data.sources import DataError, Source, select_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,18 +114,5 @@ def make_label_splits(
 
 
 def subset_source(source: Source, split: str, indices: np.ndarray, *, name: str) -> Source:
-    """A source whose one split `name` holds the examples `indices` of `split`, in order.
-
-    Every process reads the whole split to keep the indices those of `split_labels`, then takes
-    its strided share of the kept examples.
-    """
-    keep = np.zeros(source.num_examples(split), bool)
-    keep[indices] = True
-    keep = tf.constant(keep)
-
-    def read(_, process_index, process_count):
-        ds = source.dataset(split, process_index=0, process_count=1).enumerate()
-        ds = ds.filter(lambda i, _: tf.gather(keep, i)).map(lambda _, ex: ex)
-        return ds.shard(process_count, process_index)
-
-    return Source(f"{source.spec} {split}[{name}]", source.num_classes, {name: len(indices)}, read)
+    """A source whose split `name` holds the examples `indices` of `split`, in order."""
+    return select_examples(source, {name: (split, indices)}, spec=f"{source.spec} {split}[{name}]")

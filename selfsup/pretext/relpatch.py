@@ -212,14 +212,32 @@ class RelativePatchPosition:
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"patches": patch_example(image, seed, self.config.relpatch)}
 
-    def eval_input(self, image: tf.Tensor, *, crop_fraction: float, patches: bool) -> tf.Tensor:
+    def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """What the network sees of one `train_example`: its 9 patches in their 3x3 grid, 2 px
+        apart, each rescaled from its standardised values to [0, 1] (a flat patch is grey)."""
+        patches = example["patches"]
+        low = patches.min(axis=(1, 2, 3), keepdims=True)
+        span = patches.max(axis=(1, 2, 3), keepdims=True) - low
+        shown = np.where(span > 0, (patches - low) / np.where(span > 0, span, 1), 0.5)
+        p, gap = patches.shape[1], 2
+        side = GRID * p + (GRID - 1) * gap
+        mosaic = np.ones((side, side, 3), np.float32)
+        for i, patch in enumerate(shown):
+            row, col = divmod(i, GRID)
+            mosaic[row * (p + gap) : row * (p + gap) + p, col * (p + gap) : col * (p + gap) + p] = (
+                patch
+            )
+        return [mosaic]
+
+    def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
         """What transfer evaluators feed the encoder: the 9 evaluation patches [9, p, p, 3]
         (their features are averaged, as in Revisiting's `combine_patches=avg_pool`), or the
-        whole image at the pretext crop's scale [crop_size, crop_size, 3], standardised."""
+        whole image at the pretext crop's scale [crop_size, crop_size, 3] (`eval_view`: the
+        central `crop_proportion`, as SimCLR evaluates), standardised."""
         if patches:
             return patch_example(image, None, self.config.relpatch)
         size = self.config.relpatch.crop_size
-        whole = augment.center_crop_resize(image, size=size, crop_fraction=crop_fraction)
+        whole = augment.eval_view(image, size=size, crop_proportion=crop_proportion)
         if self.config.relpatch.chromatic == "project":
             whole = project_out_green_magenta(whole)
         return tf.ensure_shape(tf.image.per_image_standardization(whole), [size, size, 3])

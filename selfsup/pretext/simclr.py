@@ -13,12 +13,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tensorflow as tf
 from flax import nnx
 
 from selfsup.config import ConfigError
-from selfsup.data import augment
+from selfsup.data import augment, augment_jax
 from selfsup.models.heads import ProjectionHead, online_probe_head
 from selfsup.models.resnet import ResNet
 
@@ -79,10 +80,16 @@ class SimCLR:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
+        if not 0.0 <= config.simclr.solarize <= 1.0:
+            raise ConfigError(
+                f"config.simclr.solarize={config.simclr.solarize!r} is a probability: set "
+                "--config.simclr.solarize to a value in [0, 1] (0 = SimCLR's recipe, no solarize)."
+            )
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         c = self.config.simclr
+        on_host = not c.color_on_device  # Else `loss` applies the colour ops on the device.
         views = augment.two_views(
             image,
             seed,
@@ -91,20 +98,25 @@ class SimCLR:
             crop=c.crop,
             min_crop_area=c.min_crop_area,
             flip=c.flip,
-            color=c.color,
-            blur=c.blur,
+            color=c.color and on_host,
+            blur=c.blur and on_host,
+            solarize_p=c.solarize if on_host else 0.0,
         )
         return {"views": views}
 
-    def eval_input(self, image: tf.Tensor, *, crop_fraction: float, patches: bool) -> tf.Tensor:
-        """What transfer evaluators feed the encoder: the central `crop_fraction`, resized."""
+    def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """What the network sees of one `train_example`: its two views, each in [0, 1]."""
+        return list(example["views"])
+
+    def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
+        """What transfer evaluators feed the encoder: simclr's evaluation view (`eval_view`)."""
         if patches:
             raise ConfigError(
                 "features='patches' averages the features of a patch task's 3x3 grid; SimCLR "
                 "has no patches: use --config.features=image."
             )
-        return augment.center_crop_resize(
-            image, size=self.config.image_size, crop_fraction=crop_fraction
+        return augment.eval_view(
+            image, size=self.config.image_size, crop_proportion=crop_proportion
         )
 
     def build_model(self, rngs: nnx.Rngs) -> SimCLRModel:
@@ -113,6 +125,19 @@ class SimCLR:
     def loss(
         self, model: SimCLRModel, batch: dict[str, jax.Array], rng: jax.Array, *, train: bool
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
-        del rng  # Augmentation randomness lives in the input pipeline.
-        z1, z2, features = model(batch["views"], train=train)
+        c = self.config.simclr
+        views = batch["views"]
+        if c.color_on_device:
+            # `rng` is the step's key (seed folded with the step), so a resumed run draws the
+            # same colours. Held-out steps get the seed's key: the same colours at every
+            # evaluation, as the host's held-out stream repeats its augmentations.
+            views = augment_jax.color_augment_views(
+                views,
+                rng,
+                strength=c.color_strength,
+                color=c.color,
+                blur=c.blur,
+                solarize_p=c.solarize,
+            )
+        z1, z2, features = model(views, train=train)
         return *nt_xent_loss(z1, z2, self.config.simclr.temperature), features

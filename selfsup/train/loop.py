@@ -237,6 +237,8 @@ def _train(
     resolve_online_probe(config, source)
     # After resolving: config.json records resolved values, and this is how a rerun compares.
     check_same_config(config, workdir, allow_change=allow_config_change)
+    read_splits = [config.train_split] + ([config.eval_split] if config.eval_every_steps else [])
+    source, skipped = pipeline.drop_undecodable_images(source, read_splits, config.corrupt_images)
     task = get_task(config)
     num_examples = source.num_examples(config.train_split)
     total_steps, warmup_steps = schedule_lengths(config, num_examples)
@@ -366,6 +368,7 @@ def _train(
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     summary["pretrain/steps"] = total_steps
     summary["pretrain/examples"] = num_examples
+    summary["data/skipped_images"] = len(skipped)
     if jax.process_index() == 0:
         report.write_pretrain_report(workdir, config, summary)
     return summary
