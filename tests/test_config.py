@@ -106,3 +106,12 @@ def test_a_value_out_of_range_is_named_with_its_fix():
         "config.checkpoint_every_steps=0 is out of range: set --config.checkpoint_every_steps "
         "to at least 1."
     )
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_model_computes_in_float32_unless_asked(path):
+    for arg in (None, "runlocal"):
+        config = load_config_file(path, arg)
+        runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
+        for run in [r for r in runs if "model" in r]:
+            assert run.model.dtype == "float32"

@@ -4,13 +4,22 @@ behaviour."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from selfsup.models.resnet import BN_EPSILON, STAGE_NAMES, BasicBlock, Bottleneck, ResNet
+from selfsup.config import ConfigError
+from selfsup.models.resnet import (
+    BN_EPSILON,
+    STAGE_NAMES,
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    encoder_from_config,
+)
 from selfsup.train.state import split_model
 
 
@@ -229,7 +238,16 @@ def test_bfloat16_compute_keeps_float32_params():
     )
     x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     assert nnx.eval_shape(lambda m, x: m(x, train=True), model, x).dtype == jnp.bfloat16
+    # Heads and losses on the pooled features run in float32.
+    features = nnx.eval_shape(lambda m, x: m.features(x, train=True), model, x)
+    assert features["stage4"].dtype == jnp.bfloat16 and features["pooled"].dtype == jnp.float32
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype("float32")}
+
+
+def test_encoder_from_config_names_an_unknown_dtype():
+    model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=0.125, dtype="float16"))
+    with pytest.raises(ConfigError, match=r"config.model.dtype='float16'.*bfloat16"):
+        encoder_from_config(model, rngs=nnx.Rngs(0))
 
 
 def test_rejects_unknown_depth_and_stem():

@@ -8,6 +8,10 @@ residual block zero-initialised) and its mode is an explicit `train` argument on
 jit-compiled steps never depend on a mutable train/eval flag. Parameter paths are
 stage-prefixed (`stem/conv/kernel`, `stage3/1/bn2/scale`, `classifier/kernel`) so optimizers
 can freeze or rescale whole stages by regex.
+
+`dtype` is the compute dtype: with bfloat16, convolutions and activations run in bf16 while
+parameters (and so the optimizer state) stay float32, BatchNorm statistics reduce in float32,
+and the pooled features come out in float32, so heads and losses on top of them run in float32.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
+
+from selfsup.config import ConfigError
 
 STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -138,6 +145,8 @@ def projection_shortcut(
     return ConvBN(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 BLOCKS = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
@@ -222,9 +231,24 @@ class ResNet(nnx.Module):
             for block in getattr(self, name):
                 x = block(x, train=train and frozen_stages < i)
             out[name] = x = output(i, x)
-        out["pooled"] = jnp.mean(x, axis=(1, 2))
+        out["pooled"] = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
         return out
 
     def __call__(self, x: jax.Array, *, train: bool, frozen_stages: int = 0) -> jax.Array:
         pooled = self.features(x, train=train, frozen_stages=frozen_stages)["pooled"]
         return pooled if self.classifier is None else self.classifier(pooled)
+
+
+def encoder_from_config(model: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> ResNet:
+    """The encoder a pretext task's `config.model` (depth, stem, width, dtype) describes."""
+    if model.dtype not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"unknown config.model.dtype={model.dtype!r}: use one of {sorted(COMPUTE_DTYPES)}."
+        )
+    return ResNet(
+        model.depth,
+        stem=model.stem,
+        width=model.width,
+        dtype=COMPUTE_DTYPES[model.dtype],
+        rngs=rngs,
+    )

@@ -34,7 +34,7 @@ from flax import nnx
 from selfsup.config import ConfigError
 from selfsup.data import augment
 from selfsup.models.heads import PatchPairHead, online_probe_head
-from selfsup.models.resnet import ResNet
+from selfsup.models.resnet import encoder_from_config
 
 GRID = 3
 CENTRE = GRID * GRID // 2
@@ -163,7 +163,7 @@ class RelPatchModel(nnx.Module):
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         model, c = config.model, config.relpatch
-        self.encoder = ResNet(model.depth, stem=model.stem, width=model.width, rngs=rngs)
+        self.encoder = encoder_from_config(model, rngs=rngs)
         # Revisiting embeds each patch with the network's final 1000-way layer (`embed_dim`).
         self.embed = nnx.Linear(self.encoder.feature_dim, c.embed_dim, rngs=rngs)
         self.head = PatchPairHead(

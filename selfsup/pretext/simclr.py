@@ -21,7 +21,7 @@ from flax import nnx
 from selfsup.config import ConfigError
 from selfsup.data import augment, augment_jax
 from selfsup.models.heads import ProjectionHead, online_probe_head
-from selfsup.models.resnet import ResNet
+from selfsup.models.resnet import encoder_from_config
 
 
 def nt_xent_loss(
@@ -56,7 +56,7 @@ class SimCLRModel(nnx.Module):
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         model, simclr = config.model, config.simclr
-        self.encoder = ResNet(model.depth, stem=model.stem, width=model.width, rngs=rngs)
+        self.encoder = encoder_from_config(model, rngs=rngs)
         self.projection = ProjectionHead(
             self.encoder.feature_dim,
             hidden_dim=simclr.proj_hidden_dim,
