@@ -106,6 +106,18 @@ def make_train_step(task, graphdef, tx, schedule, *, seed: int):
     return train_step
 
 
+def jit_train_step(task, graphdef, tx, schedule, *, seed: int, mesh: jax.sharding.Mesh):
+    """`make_train_step` compiled as pretraining runs it (and experiments/bench measures it):
+    state replicated and donated, batch sharded over the mesh, metrics replicated."""
+    state_sharding = parallel.replicated(mesh)
+    return jax.jit(
+        make_train_step(task, graphdef, tx, schedule, seed=seed),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
 def make_heldout_step(task, graphdef, *, seed: int):
     """`(state, batch) -> metrics` of the pretext loss and the online probe in inference mode
     (running BatchNorm statistics, no dropout), for held-out images."""
@@ -271,12 +283,7 @@ def _train(
 
     state_sharding = parallel.replicated(mesh)
     graphdef = model_graphdef(task.build_model)
-    train_step = jax.jit(
-        make_train_step(task, graphdef, tx, schedule, seed=config.seed),
-        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
+    train_step = jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh)
     ds = pipeline.train_dataset(
         source,
         config.train_split,

@@ -1,0 +1,383 @@
+"""The pretraining step of this project next to a plain PyTorch reference, in one process.
+
+The JAX side is the project's own step: the task's model and loss from `selfsup.pretext`, the
+optimizer from `selfsup.train.optim`, jitted as pretraining runs it (`loop.jit_train_step`:
+donated state, batch sharded over the mesh). The PyTorch side is the same network and loss
+written plainly (ResNet v1.5, projection head or patch-pair head, NT-Xent or 8-way
+cross-entropy, SGD with momentum), run eager in fp32, eager channels_last, under `torch.compile`
+and eager channels_last with bf16 autocast. Both sides use SGD with momentum 0.9 and weight
+decay 1e-4 (the SimCLR recipe's LARS adds a per-tensor norm, well under 0.1% of the step's
+FLOPs). The modes run alternately, one timed step each per repeat (order reversed every other
+repeat), after warm-up; the table gives medians.
+
+Utilisation is achieved FLOP/s over a peak: the FLOPs are XLA's `cost_analysis()` of the
+compiled JAX step (the same network, so the same count is used for every mode); the peak is the
+fp32 matmul peak measured here on a CPU, and the device's dense bf16 peak from a table on a GPU.
+Peak memory is, on a CPU, how far one step raises the process's peak resident memory above its
+resident memory before the step (Linux `clear_refs`), for both frameworks alike; on a GPU it is
+XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
+PyTorch.
+
+  python experiments/bench/train_step.py --model=resnet18_cifar --batch=256 --repeats=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from selfsup import parallel  # noqa: E402
+from selfsup.config import load_config_file  # noqa: E402
+from selfsup.pretext import get_task  # noqa: E402
+from selfsup.train.loop import jit_train_step  # noqa: E402
+from selfsup.train.optim import make_optimizer  # noqa: E402
+from selfsup.train.state import create_train_state, model_graphdef  # noqa: E402
+
+MODES = ("jax", "jax_bf16", "torch_eager", "torch_cl", "torch_compile", "torch_cl_bf16")
+BF16_MODES = ("jax_bf16", "torch_cl_bf16")
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; the first name that
+# occurs in the device's name wins, so more specific names come first.
+GPU_BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM.
+    ("H200", 989.0),
+    ("H800", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("V100", 125.0),
+    ("T4", 65.0),
+)
+
+
+def project_config(model: str, batch: int, dtype: str) -> ml_collections.ConfigDict:
+    """The config whose step is measured: the project's recipe for `model`, optimizer SGD."""
+    if model == "relpatch":
+        config = load_config_file(REPO / "configs/relpatch_cifar10.py")
+    else:
+        config = load_config_file(REPO / "configs/simclr_cifar10.py")
+    if model == "resnet50_224":
+        # SimCLR's ImageNet setting: ResNet-50, 224 px, a 2048-2048-128 projection head.
+        config.model.update(depth=50, stem="imagenet")
+        config.image_size = 224
+        config.simclr.proj_hidden_dim = 2048
+    config.model.dtype = dtype
+    config.batch_size = batch
+    config.online_probe_classes = 0  # The PyTorch reference has no online probe.
+    config.optim.name = "sgd"
+    return config
+
+
+def host_batch(config: ml_collections.ConfigDict, rng: np.random.Generator) -> dict:
+    """Random inputs of the task's shape, NHWC: SimCLR's two views or relpatch's 9 patches."""
+    b = config.batch_size
+    if config.task == "relpatch":
+        p = config.relpatch.patch_size
+        images = {"patches": rng.standard_normal((b, 9, p, p, 3), np.float32)}
+    else:
+        s = config.image_size
+        images = {"views": rng.uniform(size=(b, 2, s, s, 3)).astype(np.float32)}
+    return {**images, "label": np.zeros((b,), np.int32)}
+
+
+@dataclasses.dataclass
+class Mode:
+    name: str
+    step: Callable[[], None]  # One training step, returned only once it has finished.
+    compile_s: float | None = None
+    flops_per_step: float | None = None
+    compiler_memory: int | None = None  # XLA's own account: arguments + outputs + temporaries.
+    peak_memory: int | None = None
+    times: list[float] = dataclasses.field(default_factory=list)
+
+
+def jax_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mode:
+    task = get_task(config)
+    mesh = parallel.make_mesh()
+    tx, schedule = make_optimizer(
+        config.optim,
+        batch_size=config.batch_size,
+        total_steps=10_000,
+        warmup_steps=0,
+        steps_per_epoch=100.0,
+    )
+    state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
+    graphdef = model_graphdef(task.build_model)
+    step = jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh)
+    batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # A list of one in older JAX.
+    memory = compiled.memory_analysis()
+    compiler_memory = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+
+    def run() -> None:
+        nonlocal state
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+
+    return Mode(name, run, compile_s, float(cost["flops"]), compiler_memory)
+
+
+def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mode:
+    import torch
+    import torch_reference
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = torch_reference.build(config).to(device)
+    channels_last = name in ("torch_cl", "torch_cl_bf16")
+    images = batch["patches"] if config.task == "relpatch" else batch["views"]
+    # [N, V, H, W, C] -> [N*V, C, H, W]: each image's views or patches stay adjacent.
+    x = torch.from_numpy(images.reshape(-1, *images.shape[2:])).permute(0, 3, 1, 2)
+    x = x.contiguous().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loss_fn = model.loss
+    if name == "torch_compile":
+        loss_fn = torch.compile(model.loss)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=name == "torch_cl_bf16")
+
+    def run() -> None:
+        with autocast:
+            loss = loss_fn(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    compile_s = None
+    if name == "torch_compile":
+        start = time.perf_counter()
+        run()  # Compiles forward and backward.
+        compile_s = time.perf_counter() - start
+    return Mode(name, run, compile_s)
+
+
+def peak_memory(mode: Mode, *, on_gpu: bool) -> int:
+    """Bytes one step needs above what is allocated before it; runs one step."""
+    if on_gpu and mode.compiler_memory is not None:
+        mode.step()
+        return mode.compiler_memory  # XLA:GPU plans every buffer ahead: its account is exact.
+    if on_gpu:
+        import torch
+
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        mode.step()
+        return torch.cuda.max_memory_allocated() - before
+
+    def status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    before = status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # Resets VmHWM to the current RSS.
+    mode.step()
+    return status("VmHWM") - before
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 7) -> float:
+    """The best fp32 matmul FLOP/s of JAX and (if installed) PyTorch on this CPU."""
+    best = 0.0
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    try:
+        import torch
+    except ImportError:
+        return best
+    t = torch.randn(n, n)
+    torch.mm(t, t)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(t, t)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    versions = {"jax": jax.__version__, "jaxlib": jax.lib.__version__}
+    import flax
+
+    versions["flax"] = flax.__version__
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "device": jax.devices()[0].device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "versions": versions,
+    }
+
+
+def gpu_peak(device_kind: str) -> tuple[float, str]:
+    for name, tflops in GPU_BF16_PEAK_TFLOPS:
+        if name in device_kind:
+            return tflops * 1e12, f"{name} dense bf16 peak {tflops:g} TFLOP/s (data sheet)"
+    raise SystemExit(f"no bf16 peak known for {device_kind!r}: pass --peak_tflops.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("resnet18_cifar", "resnet50_224", "relpatch"))
+    parser.add_argument("--batch", type=int, default=256, help="images per step")
+    parser.add_argument("--repeats", type=int, default=5, help="timed samples per mode")
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed sample")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps after the first")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument("--peak_tflops", type=float, default=0.0, help="0: measure or look up")
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)}: use {','.join(MODES)}")
+    sys.path.insert(0, str(Path(__file__).parent))  # torch_reference, next to this file.
+    on_gpu = jax.default_backend() == "gpu"
+
+    info = machine()
+    info["load_average_start"] = os.getloadavg()
+    if args.peak_tflops:
+        peak, peak_source = args.peak_tflops * 1e12, "--peak_tflops"
+    elif on_gpu:
+        peak, peak_source = gpu_peak(info["device"])
+    else:
+        peak = matmul_peak_flops()
+        peak_source = f"fp32 matmul peak measured here: {peak / 1e9:.0f} GFLOP/s"
+    info["peak"] = peak_source
+
+    batch = host_batch(project_config(args.model, args.batch, "float32"), np.random.default_rng(0))
+    built: list[Mode] = []
+    for name in modes:
+        dtype = "bfloat16" if name == "jax_bf16" else "float32"
+        config = project_config(args.model, args.batch, dtype)
+        try:
+            mode = (jax_mode if name.startswith("jax") else torch_mode)(name, config, batch)
+        except Exception as e:  # torch.compile needs a C++ toolchain on CPU, Triton on GPU.
+            print(f"{name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            continue
+        mode.peak_memory = peak_memory(mode, on_gpu=on_gpu)  # Also the first warm-up step.
+        for _ in range(args.warmup):
+            mode.step()
+        built.append(mode)
+        print(f"{name}: built and warmed up", flush=True)
+    flops = next((m.flops_per_step for m in built if m.flops_per_step), None)
+
+    for r in range(args.repeats):
+        for mode in built if r % 2 == 0 else built[::-1]:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                mode.step()
+            mode.times.append((time.perf_counter() - start) / args.steps)
+        print(f"repeat {r + 1}/{args.repeats} done", flush=True)
+    info["load_average_end"] = os.getloadavg()
+
+    rows = []
+    for mode in built:
+        step_s = statistics.median(mode.times)
+        rows.append(
+            {
+                "mode": mode.name,
+                "images_per_s": args.batch / step_s,
+                "step_s": step_s,
+                "step_s_all": mode.times,
+                "compile_s": mode.compile_s,
+                "peak_memory_mb": mode.peak_memory / 2**20,
+                "compiler_memory_mb": mode.compiler_memory and mode.compiler_memory / 2**20,
+                "utilisation": flops / step_s / peak if flops else None,
+            }
+        )
+    speed = {row["mode"]: row["images_per_s"] for row in rows}
+    print_table(args, info, rows, speed, flops)
+    if args.json:
+        results = {"args": vars(args), **info, "flops_per_step": flops, "rows": rows}
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def print_table(args, info, rows, speed, flops) -> None:
+    def fmt(value, spec):
+        return "" if value is None else format(value, spec)
+
+    print(
+        f"\n{args.model}, batch {args.batch}, {args.repeats} repeats x {args.steps} step(s); "
+        f"{info['date']}; {info['cpu']} ({info['cpu_cores']} cores), device {info['device']}; "
+        f"load average {info['load_average_start'][0]:.2f} -> {info['load_average_end'][0]:.2f}; "
+        f"{' '.join(f'{k} {v}' for k, v in info['versions'].items())}; "
+        f"XLA_FLAGS={info['xla_flags']!r}"
+    )
+    print(f"utilisation against: {info['peak']}; XLA FLOPs/step: {fmt(flops, '.4g')}")
+    print(
+        "| mode | images/s | jax ÷ this | jax_bf16 ÷ this | step s (median) | compile s "
+        "| peak memory MB | MB/image | XLA memory MB | utilisation |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ratios = [
+            fmt(speed[ours] / row["images_per_s"], ".2f") if ours in speed else ""
+            for ours in ("jax", "jax_bf16")
+        ]
+        print(
+            f"| {row['mode']} | {row['images_per_s']:.1f} | {ratios[0]} | {ratios[1]} "
+            f"| {row['step_s']:.3f} | {fmt(row['compile_s'], '.1f')} "
+            f"| {row['peak_memory_mb']:.0f} | {row['peak_memory_mb'] / args.batch:.2f} "
+            f"| {fmt(row['compiler_memory_mb'], '.0f')} "
+            f"| {fmt(row['utilisation'] and 100 * row['utilisation'], '.1f')}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()
