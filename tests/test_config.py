@@ -108,7 +108,7 @@ def test_a_value_out_of_range_is_named_with_its_fix():
     )
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_model_computes_in_float32_unless_asked(path):
     for arg in (None, "runlocal"):
         config = load_config_file(path, arg)
