@@ -114,7 +114,11 @@ class Mode:
     times: list[float] = dataclasses.field(default_factory=list)
 
 
-def jax_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mode:
+def compile_jax_step(
+    config: ml_collections.ConfigDict, batch: dict
+) -> tuple[jax.stages.Compiled, Callable[[], None], float]:
+    """The project's step for `config`, compiled for `batch` as pretraining compiles it: the
+    compiled step, a function running one step on fresh state, and the compile seconds."""
     task = get_task(config)
     mesh = parallel.make_mesh()
     tx, schedule = make_optimizer(
@@ -131,6 +135,17 @@ def jax_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mode:
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
+
+    def run() -> None:
+        nonlocal state
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+
+    return compiled, run, compile_s
+
+
+def jax_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mode:
+    compiled, run, compile_s = compile_jax_step(config, batch)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost  # A list of one in older JAX.
     memory = compiled.memory_analysis()
@@ -140,12 +155,6 @@ def jax_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mode:
         - memory.alias_size_in_bytes
         + memory.temp_size_in_bytes
     )
-
-    def run() -> None:
-        nonlocal state
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-
     return Mode(name, run, compile_s, float(cost["flops"]), compiler_memory)
 
 
