@@ -48,6 +48,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
 # they were (a key under a block, e.g. `simclr.`, only where the saved config has that block).
 ADDED_KEYS = {
     "corrupt_images": "error",
+    "model.dtype": "float32",
     "simclr.solarize": 0.0,
     "simclr.color_on_device": False,
 }
