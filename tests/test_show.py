@@ -1,5 +1,6 @@
 """`show-augmentations`: the grid of originals and what each pretext task feeds the network."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,10 @@ def test_grid_draws_every_original_and_what_the_network_sees(tmp_path, name, sid
 
     path = show.show_augmentations(config, tmp_path / "out", num_images=3)
     assert path == tmp_path / "out" / "augmentations.png"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["show/images"] == 3 and summary["split"] == "train"
+    assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text()) == summary
+    assert "![augmentations](augmentations.png)" in (tmp_path / "out" / "report.md").read_text()
     grid = np.asarray(Image.open(path).convert("RGB"))
     gap = show.GAP
     assert grid.shape == (3 * (side + gap) + gap, (1 + num_views) * (side + gap) + gap, 3)

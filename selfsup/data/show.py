@@ -4,11 +4,13 @@
 task makes of it (SimCLR's two views; relative patch position's 3x3 grid of patches), from the
 first images of the training split with the augmentation seeds training derives for them. The
 grid is written pixel for pixel (no axes, no resampling by the plotting library), so it shows
-exactly the values the pipeline produced, quantised to 8 bits.
+exactly the values the pipeline produced, quantised to 8 bits. Like every command it also
+writes `summary.json`, `metrics.jsonl` and `report.md`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import tensorflow as tf
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
+from selfsup.evaluate import report
 from selfsup.pretext import get_task
 
 GAP = 2  # White pixels between and around the panels.
@@ -78,6 +81,14 @@ def show_augmentations(
     path = Path(workdir, "augmentations.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     matplotlib.image.imsave(path, compose_grid(rows))
+    # The outputs every command writes: summary, metrics and a human-readable report.
+    summary = {"data": config.data, "split": config.train_split, "show/images": len(rows)}
+    report.write_summary(workdir, summary)
+    Path(workdir, "metrics.jsonl").write_text(json.dumps(summary) + "\n")
+    Path(workdir, "report.md").write_text(
+        f"# What {config.task} feeds the network: {config.data} split {config.train_split!r}\n\n"
+        "Each row: a training image, then its views.\n\n![augmentations](augmentations.png)\n"
+    )
     print(
         f"Wrote {path}: {len(rows)} images of {config.data} split {config.train_split!r}, "
         "each followed by what the network sees of it."
