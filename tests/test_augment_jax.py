@@ -13,6 +13,7 @@ import tensorflow as tf
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_augment import binomial_tolerance, over_seeds, random_image, seed
 
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import augment
@@ -24,32 +25,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 N = 500  # Draws per distribution test.
 
 
-def seed(i: int) -> tf.Tensor:
-    return tf.constant([i, 12345], tf.int64)
-
-
-def over_seeds(op, n: int) -> np.ndarray:
-    """`op(seed)` for n distinct TF seeds, run as one tf.data graph, stacked."""
-
-    def example(i):
-        return op(tf.random.experimental.stateless_fold_in(seed(0), i))
-
-    return next(tf.data.Dataset.range(n).map(example).batch(n).as_numpy_iterator())
-
-
 def jax_over_keys(op, n: int) -> np.ndarray:
     """`op(key)` for n JAX keys, vmapped and jitted, stacked."""
     keys = jax.random.split(jax.random.key(0), n)
     return np.asarray(jax.jit(jax.vmap(op))(keys))
-
-
-def random_image(size: int, low: float = 0.0, high: float = 1.0, width: int | None = None):
-    rng = np.random.default_rng(size)
-    return rng.uniform(low, high, (size, width or size, 3)).astype(np.float32)
-
-
-def binomial_tolerance(p: float, n: int) -> float:
-    return 4.5 * np.sqrt(p * (1 - p) / n)
 
 
 def edge_case_image(size: int) -> np.ndarray:
