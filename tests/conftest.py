@@ -15,6 +15,8 @@ tempfile.tempdir = None
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import selfsup  # noqa: E402, F401  Sets XLA:CPU flags; JAX starts its backend below.
+
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices; import jax after conftest"
 
 # Tests build the same tiny models many times; compile each program once per session.
