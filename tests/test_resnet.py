@@ -1,6 +1,6 @@
 """ResNet encoder: torchvision parameter counts, stage-prefixed paths, shapes for both stems,
-explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, and jit/sharding
-behaviour."""
+explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, jit/sharding
+behaviour, and the im2col convolution for maps smaller than the kernel."""
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ from selfsup.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
+    conv_general_dilated,
     encoder_from_config,
 )
 from selfsup.train.state import split_model
@@ -290,3 +291,38 @@ def test_frozen_stages_keep_their_statistics_and_pass_no_gradient(resnet18, froz
     )
     with pytest.raises(ValueError, match="frozen_stages must be in 0..4"):
         model(x, train=True, frozen_stages=5)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, im2col",
+    [
+        (2, 3, 1, True),  # Stage 4 of 16 px relative-patch inputs.
+        (4, 3, 2, True),  # The stride-2 conv into it: 2x2 out.
+        (1, 3, 1, True),
+        (3, 7, 2, True),  # An ImageNet stem on a tiny image.
+        (1, 1, 1, False),  # A 1x1 kernel fits any map.
+        (4, 3, 1, False),
+        (8, 3, 2, False),
+    ],
+)
+def test_conv_equals_lax_and_takes_im2col_only_where_a_map_is_smaller_than_the_kernel(
+    size, kernel, stride, im2col
+):
+    pad = (kernel - 1) // 2
+    args = ((stride, stride), ((pad, pad), (pad, pad)))
+    kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
+    w = jax.random.normal(jax.random.key(2), (kernel, kernel, 5, 4))
+    g = jax.random.normal(
+        jax.random.key(3), jax.lax.conv_general_dilated(x, w, *args, **kwargs).shape
+    )
+
+    def forward_and_grads(conv):
+        y, vjp = jax.vjp(lambda x, w: conv(x, w, *args, **kwargs), x, w)
+        return (y, *vjp(g))
+
+    ours = forward_and_grads(conv_general_dilated)
+    for a, b in zip(ours, forward_and_grads(jax.lax.conv_general_dilated), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    hlo = jax.jit(lambda x, w: conv_general_dilated(x, w, *args, **kwargs)).lower(x, w).as_text()
+    assert ("convolution" not in hlo) == im2col

@@ -16,6 +16,7 @@ and the pooled features come out in float32, so heads and losses on top of them 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -48,8 +49,40 @@ def conv(
         use_bias=False,
         kernel_init=CONV_INIT,
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    **kwargs: Any,
+) -> jax.Array:
+    """`lax.conv_general_dilated` for the encoder's NHWC convs, as one matmul over the kernel's
+    taps (im2col) where a feature map in or out is smaller than the kernel.
+
+    XLA:CPU's convolutions take a slow path there (3x3 convs on the 2x2 stage-4 maps of 16 px
+    relative-patch inputs run ~60x slower than as a matmul, experiments/bench/RESULTS.md); the
+    matmul computes the same sums, in another order.
+    """
+    kh, kw = rhs.shape[:2]
+    _, h, w, cin = lhs.shape
+    (top, bottom), (left, right) = padding
+    sh, sw = window_strides
+    oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    if min(h, oh) >= kh and min(w, ow) >= kw:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    taps = [
+        padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    columns = jnp.concatenate(taps, axis=-1)  # [n, oh, ow, kh * kw * cin], tap-major like HWIO.
+    return jnp.dot(columns, rhs.reshape(kh * kw * cin, -1), precision=kwargs.get("precision"))
 
 
 def batch_norm(
