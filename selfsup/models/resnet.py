@@ -25,6 +25,7 @@ import ml_collections
 from flax import nnx
 
 from selfsup.config import ConfigError
+from selfsup.models.batch_norm import BatchNorm
 
 STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -87,9 +88,9 @@ def conv_general_dilated(
 
 def batch_norm(
     features: int, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs
-) -> nnx.BatchNorm:
+) -> BatchNorm:
     init = jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones
-    return nnx.BatchNorm(
+    return BatchNorm(
         features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale_init=init, dtype=dtype, rngs=rngs
     )
 
