@@ -201,7 +201,8 @@ def test_loss_and_gradients_equal_on_1_and_8_devices():
             # Constant shifts that the fusion layer's BatchNorm removes: zero up to rounding.
             assert max(np.abs(g1).max(), np.abs(flat8[path]).max()) < 1e-5 * scale, name
             continue
-        np.testing.assert_allclose(g1, flat8[path], rtol=1e-4, atol=1e-5 * np.abs(g1).max())
+        # Rounding only (test_simclr.py says why the bound is 1e-3); wrong statistics are O(1).
+        np.testing.assert_allclose(g1, flat8[path], rtol=1e-3, atol=1e-4 * np.abs(g1).max())
 
 
 @pytest.mark.slow

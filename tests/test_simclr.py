@@ -86,8 +86,11 @@ def test_loss_and_gradients_equal_on_1_and_8_devices():
     np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
     flat1, flat8 = jax.tree.leaves(grads1), jax.tree.leaves(grads8)
     assert len(flat1) == len(flat8) > 10
+    # XLA:CPU's own convolutions sum a 2-image shard in another order than a 16-image batch,
+    # and BatchNorm's backward amplifies it: up to 1.6e-4 relative on a few BatchNorm biases,
+    # whichever BatchNorm (YNNPACK's kernels: 2e-5). Per-shard statistics would be off by O(1).
     for g1, g8 in zip(flat1, flat8):
-        np.testing.assert_allclose(g1, g8, rtol=1e-4, atol=1e-5 * np.abs(g1).max())
+        np.testing.assert_allclose(g1, g8, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
 
 
 def test_bfloat16_encoder_stays_close_to_float32_with_float32_params_and_loss():

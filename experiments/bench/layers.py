@@ -1,0 +1,249 @@
+"""Where the step's time goes, layer by layer, next to PyTorch: every convolution shape of a
+benchmark's encoder (forward, input gradient, weight gradient), BatchNorm + ReLU and the ImageNet
+stem's max-pool (forward and backward), each timed alone in JAX (the encoder's own conv function)
+and in PyTorch eager (NCHW and channels_last), in one process, min of repeats. Totals weight each
+shape by how often the network uses it.
+
+  python experiments/bench/layers.py --model=resnet18_cifar   # also resnet50_224, relpatch
+
+JAX ops are jitted on their own, so XLA cannot fuse them with neighbours as it does in the real
+step: the sum of the rows is what the step would cost with no fusion at all; the gap to the step
+(`train_step.py`) is the rest (loss, head, optimizer, copies) minus what fusion saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import selfsup  # noqa: F401  Sets XLA:CPU flags before JAX starts its backend.
+from selfsup.models.batch_norm import BatchNorm
+from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, conv_general_dilated
+
+IMPLS = ("jax", "torch_eager", "torch_cl")
+# (spatial size in, channels in, channels out, kernel, stride)
+Conv = tuple[int, int, int, int, int]
+
+
+# --model: ResNet depth, stem, input size, default encoder batch (as train_step.py's defaults).
+MODELS = {
+    "resnet18_cifar": (18, "cifar", 32, 512),  # SimCLR: 2 views of 256 images.
+    "resnet50_224": (50, "imagenet", 224, 16),  # SimCLR: 2 views of 8 images.
+    "relpatch": (18, "cifar", 16, 288),  # Relative patch: 9 patches of 32 images.
+}
+
+
+def resnet_layers(depth: int, stem: str, size: int) -> tuple[collections.Counter, ...]:
+    """How often each conv shape and each BatchNorm shape (size, channels) occurs; the ImageNet
+    stem's max-pool is a BatchNorm-free entry (size, channels) of its own."""
+    block, counts = BLOCKS[depth]
+    convs, norms, pools = collections.Counter(), collections.Counter(), collections.Counter()
+    if stem == "imagenet":
+        convs[(size, 3, 64, 7, 2)] += 1
+        norms[(size // 2, 64)] += 1
+        pools[(size // 2, 64)] += 1
+        size //= 4
+    else:
+        convs[(size, 3, 64, 3, 1)] += 1
+        norms[(size, 64)] += 1
+    in_ch = STAGE_WIDTHS[0]
+    for i, (width, count) in enumerate(zip(STAGE_WIDTHS, counts, strict=True)):
+        out_ch = width * block.expansion
+        for j in range(count):
+            stride = 2 if i > 0 and j == 0 else 1
+            out = size // stride
+            if block.expansion == 1:
+                convs[(size, in_ch, width, 3, stride)] += 1
+                convs[(out, width, width, 3, 1)] += 1
+                norms[(out, width)] += 2
+            else:  # v1.5 bottleneck: the stride sits on the 3x3.
+                convs[(size, in_ch, width, 1, 1)] += 1
+                convs[(size, width, width, 3, stride)] += 1
+                convs[(out, width, out_ch, 1, 1)] += 1
+                norms[(size, width)] += 1
+                norms[(out, width)] += 1
+                norms[(out, out_ch)] += 1
+            if stride != 1 or in_ch != out_ch:
+                convs[(size, in_ch, out_ch, 1, stride)] += 1
+                norms[(out, out_ch)] += 1
+            in_ch, size = out_ch, out
+    return convs, norms, pools
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def jax_conv_parts(n: int, shape: Conv, rng) -> dict[str, Callable[[], object]]:
+    size, cin, cout, k, stride = shape
+    pad = (k - 1) // 2
+    x = jnp.asarray(rng.standard_normal((n, size, size, cin), np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) / np.sqrt(k * k * cin))
+    g = jnp.asarray(rng.standard_normal((n, size // stride, size // stride, cout), np.float32))
+
+    def conv(x, w):
+        return conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+    fwd = jax.jit(conv)
+    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+    dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+    return {
+        "forward": lambda: fwd(x, w).block_until_ready(),
+        "input grad": lambda: dx(x, w, g).block_until_ready(),
+        "weight grad": lambda: dw(x, w, g).block_until_ready(),
+    }
+
+
+def torch_conv_parts(
+    n: int, shape: Conv, rng, channels_last: bool
+) -> dict[str, Callable[[], object]]:
+    size, cin, cout, k, stride = shape
+    pad = (k - 1) // 2
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.from_numpy(rng.standard_normal((n, cin, size, size), np.float32)).to(
+        memory_format=fmt
+    )
+    w = torch.from_numpy(rng.standard_normal((cout, cin, k, k), np.float32)).to(memory_format=fmt)
+    g = torch.from_numpy(rng.standard_normal((n, cout, size // stride, size // stride), np.float32))
+    g = g.to(memory_format=fmt)
+
+    def backward(mask):  # The kernels autograd calls.
+        return torch.ops.aten.convolution_backward(
+            g, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], 1, mask
+        )
+
+    return {
+        "forward": lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad),
+        "input grad": lambda: backward([True, False, False]),
+        "weight grad": lambda: backward([False, True, False]),
+    }
+
+
+def jax_norm(n: int, size: int, ch: int, rng) -> Callable[[], object]:
+    """The encoder's BatchNorm (training mode) + ReLU, forward and backward."""
+    graphdef, state = nnx.split(BatchNorm(ch, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
+    g = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
+
+    def loss(state, x):
+        return jnp.sum(jax.nn.relu(nnx.merge(graphdef, state)(x, use_running_average=False)) * g)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return lambda: jax.block_until_ready(grad(state, x))
+
+
+def torch_norm(n: int, size: int, ch: int, rng, channels_last: bool) -> Callable[[], object]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    bn = torch.nn.BatchNorm2d(ch, momentum=0.1, eps=1e-5)
+    x = torch.from_numpy(rng.standard_normal((n, ch, size, size), np.float32))
+    x = x.to(memory_format=fmt).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal((n, ch, size, size), np.float32)).to(memory_format=fmt)
+
+    def step():
+        torch.relu(bn(x)).backward(g)
+        x.grad = None
+
+    return step
+
+
+def jax_pool(n: int, size: int, ch: int, rng) -> Callable[[], object]:
+    """The ImageNet stem's 3x3 stride-2 max-pool, forward and backward."""
+    x = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
+    g = jnp.asarray(rng.standard_normal((n, size // 2, size // 2, ch), np.float32))
+    pool = jax.jit(
+        jax.grad(lambda x: jnp.sum(nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") * g))
+    )
+    return lambda: pool(x).block_until_ready()
+
+
+def torch_pool(n: int, size: int, ch: int, rng, channels_last: bool) -> Callable[[], object]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.from_numpy(rng.standard_normal((n, ch, size, size), np.float32))
+    x = x.to(memory_format=fmt).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal((n, ch, size // 2, size // 2), np.float32))
+    g = g.to(memory_format=fmt)
+
+    def step():
+        torch.nn.functional.max_pool2d(x, 3, 2, padding=1).backward(g)
+        x.grad = None
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="resnet18_cifar")
+    parser.add_argument("--views", type=int, default=0, help="encoder batch; 0: the model's")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    depth, stem, size, views = MODELS[args.model]
+    n, rng = args.views or views, np.random.default_rng(0)
+    convs, norms, pools = resnet_layers(depth, stem, size)
+    print(
+        f"{args.model}: ResNet-{depth} layers at {n} inputs of {size} px, min of {args.repeats}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"load average {os.getloadavg()[0]:.2f}; jax {jax.__version__}, torch {torch.__version__}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch threads {torch.get_num_threads()}"
+    )
+    print(f"| layer | x | part | {' | '.join(f'{i} ms' for i in IMPLS)} | jax ÷ eager |")
+    print("|---|---|---|" + "---|" * len(IMPLS) + "---|")
+    rows = []  # (kind, layer, count, part, {impl: function}).
+    for shape, count in convs.items():
+        parts = {
+            "jax": jax_conv_parts(n, shape, rng),
+            "torch_eager": torch_conv_parts(n, shape, rng, channels_last=False),
+            "torch_cl": torch_conv_parts(n, shape, rng, channels_last=True),
+        }
+        for part in ("forward", "input grad", "weight grad"):
+            if shape[1] != 3 or part != "input grad":  # Nothing needs the images' gradient.
+                fns = {i: parts[i][part] for i in IMPLS}
+                rows.append((f"conv {part}", f"conv {shape}", count, part, fns))
+    for kind, table, jax_fn, torch_fn in (
+        ("BatchNorm + ReLU", norms, jax_norm, torch_norm),
+        ("max-pool", pools, jax_pool, torch_pool),
+    ):
+        for (size, ch), count in table.items():
+            fns = {
+                "jax": jax_fn(n, size, ch, rng),
+                "torch_eager": torch_fn(n, size, ch, rng, channels_last=False),
+                "torch_cl": torch_fn(n, size, ch, rng, channels_last=True),
+            }
+            rows.append((kind, f"{kind} ({size}, {ch})", count, "fwd + bwd", fns))
+    totals = collections.defaultdict(float)
+    for kind, layer, count, part, fns in rows:
+        ms = {i: 1e3 * best_time(fns[i], args.repeats) for i in IMPLS}
+        for i in IMPLS:
+            totals[(kind, i)] += count * ms[i] / 1e3
+            totals[("all", i)] += count * ms[i] / 1e3
+        cells = " | ".join(f"{ms[i]:.1f}" for i in IMPLS)
+        print(f"| {layer} | {count} | {part} | {cells} | {ms['torch_eager'] / ms['jax']:.2f} |")
+    print(f"\n| weighted total | {' | '.join(f'{i} s' for i in IMPLS)} | jax ÷ eager |")
+    print("|---|" + "---|" * len(IMPLS) + "---|")
+    for kind in dict.fromkeys([row[0] for row in rows] + ["all"]):
+        cells = " | ".join(f"{totals[(kind, i)]:.2f}" for i in IMPLS)
+        print(f"| {kind} | {cells} | {totals[(kind, 'torch_eager')] / totals[(kind, 'jax')]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
