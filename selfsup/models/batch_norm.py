@@ -3,7 +3,7 @@ training mode as one function with a hand-written gradient.
 
 Training-mode BatchNorm is reductions: the batch mean and variance forward, the sums of the
 gradient and of the gradient times the normalised input backward. Autodiff of `nnx.BatchNorm`
-lowers them to XLA reductions over the batch and spatial axes, which XLA:CPU runs 3-10x slower
+lowers them to XLA reductions over the batch and spatial axes, which XLA:CPU runs up to 8x slower
 than PyTorch's kernels (experiments/bench/RESULTS.md); on a CPU the per-channel sums here are
 matmuls with a vector of ones, which run at memory speed on every core. Other backends reduce
 well and take `jnp.sum`. The math is the textbook one: statistics in float32 (the variance as
