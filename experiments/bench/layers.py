@@ -1,6 +1,6 @@
 """Where the step's time goes, layer by layer, next to PyTorch: every convolution shape of a
 benchmark's encoder (forward, input gradient, weight gradient), BatchNorm + ReLU and the ImageNet
-stem's max-pool (forward and backward), each timed alone in JAX (the encoder's own conv function)
+stem's max-pool (forward and backward), each timed alone in JAX (the encoder's own conv and BN)
 and in PyTorch eager (NCHW and channels_last), in one process, min of repeats. Totals weight each
 shape by how often the network uses it.
 

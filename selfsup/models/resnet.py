@@ -86,9 +86,7 @@ def conv_general_dilated(
     return jnp.dot(columns, rhs.reshape(kh * kw * cin, -1), precision=kwargs.get("precision"))
 
 
-def batch_norm(
-    features: int, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs
-) -> BatchNorm:
+def batch_norm(features: int, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
     init = jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones
     return BatchNorm(
         features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale_init=init, dtype=dtype, rngs=rngs
