@@ -7,8 +7,8 @@ shape by how often the network uses it.
   python experiments/bench/layers.py --model=resnet18_cifar   # also resnet50_224, relpatch
 
 JAX ops are jitted on their own, so XLA cannot fuse them with neighbours as it does in the real
-step: the sum of the rows is what the step would cost with no fusion at all; the gap to the step
-(`train_step.py`) is the rest (loss, head, optimizer, copies) minus what fusion saves.
+step. The last row times the whole encoder, forward and backward without head, loss or
+optimizer: its gap to the sum of the layers is what joining them costs or saves in each framework.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+import torch_reference  # Next to this file.
 from flax import nnx
 
 import selfsup  # noqa: F401  Sets XLA:CPU flags before JAX starts its backend.
 from selfsup.models.batch_norm import BatchNorm
-from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, conv_general_dilated
+from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_general_dilated
+from selfsup.train.state import split_model
 
 IMPLS = ("jax", "torch_eager", "torch_cl")
 # (spatial size in, channels in, channels out, kernel, stride)
@@ -191,6 +193,35 @@ def torch_pool(n: int, size: int, ch: int, rng, channels_last: bool) -> Callable
     return step
 
 
+def jax_encoder(depth: int, stem: str, n: int, size: int, rng) -> Callable[[], object]:
+    """The whole encoder (training mode), forward and backward of a sum over its features: what
+    the layers cost together, without head, loss or optimizer."""
+    graphdef, params, stats = split_model(ResNet(depth, stem=stem, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(rng.uniform(size=(n, size, size, 3)).astype(np.float32))
+
+    def loss(params):
+        features = nnx.merge(graphdef, params, stats)(x, train=True)
+        return jnp.sum(jnp.square(features))
+
+    grad = jax.jit(jax.grad(loss))
+    return lambda: jax.block_until_ready(grad(params))
+
+
+def torch_encoder(
+    depth: int, stem: str, n: int, size: int, rng, channels_last: bool
+) -> Callable[[], object]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = torch_reference.ResNet(depth, stem, 1.0).to(memory_format=fmt)
+    x = torch.from_numpy(rng.uniform(size=(n, 3, size, size)).astype(np.float32))
+    x = x.to(memory_format=fmt)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.square(model(x)).sum().backward()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=tuple(MODELS), default="resnet18_cifar")
@@ -223,24 +254,38 @@ def main() -> None:
         ("BatchNorm + ReLU", norms, jax_norm, torch_norm),
         ("max-pool", pools, jax_pool, torch_pool),
     ):
-        for (size, ch), count in table.items():
+        for (side, ch), count in table.items():
             fns = {
-                "jax": jax_fn(n, size, ch, rng),
-                "torch_eager": torch_fn(n, size, ch, rng, channels_last=False),
-                "torch_cl": torch_fn(n, size, ch, rng, channels_last=True),
+                "jax": jax_fn(n, side, ch, rng),
+                "torch_eager": torch_fn(n, side, ch, rng, channels_last=False),
+                "torch_cl": torch_fn(n, side, ch, rng, channels_last=True),
             }
-            rows.append((kind, f"{kind} ({size}, {ch})", count, "fwd + bwd", fns))
+            rows.append((kind, f"{kind} ({side}, {ch})", count, "fwd + bwd", fns))
+    rows.append(
+        (
+            "whole encoder",
+            "whole encoder",
+            1,
+            "fwd + bwd",
+            {
+                "jax": jax_encoder(depth, stem, n, size, rng),
+                "torch_eager": torch_encoder(depth, stem, n, size, rng, channels_last=False),
+                "torch_cl": torch_encoder(depth, stem, n, size, rng, channels_last=True),
+            },
+        )
+    )
     totals = collections.defaultdict(float)
     for kind, layer, count, part, fns in rows:
         ms = {i: 1e3 * best_time(fns[i], args.repeats) for i in IMPLS}
         for i in IMPLS:
             totals[(kind, i)] += count * ms[i] / 1e3
-            totals[("all", i)] += count * ms[i] / 1e3
+            if kind != "whole encoder":
+                totals[("all layers", i)] += count * ms[i] / 1e3
         cells = " | ".join(f"{ms[i]:.1f}" for i in IMPLS)
         print(f"| {layer} | {count} | {part} | {cells} | {ms['torch_eager'] / ms['jax']:.2f} |")
     print(f"\n| weighted total | {' | '.join(f'{i} s' for i in IMPLS)} | jax ÷ eager |")
     print("|---|" + "---|" * len(IMPLS) + "---|")
-    for kind in dict.fromkeys([row[0] for row in rows] + ["all"]):
+    for kind in dict.fromkeys([row[0] for row in rows[:-1]] + ["all layers", "whole encoder"]):
         cells = " | ".join(f"{totals[(kind, i)]:.2f}" for i in IMPLS)
         print(f"| {kind} | {cells} | {totals[(kind, 'torch_eager')] / totals[(kind, 'jax')]:.2f} |")
 
