@@ -222,6 +222,15 @@ def torch_encoder(
     return step
 
 
+def implementations(jax_fn: Callable, torch_fn: Callable, *args) -> dict[str, object]:
+    """`jax_fn(*args)` and `torch_fn(*args)` in both PyTorch layouts, by IMPLS name."""
+    return {
+        "jax": jax_fn(*args),
+        "torch_eager": torch_fn(*args, channels_last=False),
+        "torch_cl": torch_fn(*args, channels_last=True),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=tuple(MODELS), default="resnet18_cifar")
@@ -241,11 +250,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(IMPLS) + "---|")
     rows = []  # (kind, layer, count, part, {impl: function}).
     for shape, count in convs.items():
-        parts = {
-            "jax": jax_conv_parts(n, shape, rng),
-            "torch_eager": torch_conv_parts(n, shape, rng, channels_last=False),
-            "torch_cl": torch_conv_parts(n, shape, rng, channels_last=True),
-        }
+        parts = implementations(jax_conv_parts, torch_conv_parts, n, shape, rng)
         for part in ("forward", "input grad", "weight grad"):
             if shape[1] != 3 or part != "input grad":  # Nothing needs the images' gradient.
                 fns = {i: parts[i][part] for i in IMPLS}
@@ -255,25 +260,10 @@ def main() -> None:
         ("max-pool", pools, jax_pool, torch_pool),
     ):
         for (side, ch), count in table.items():
-            fns = {
-                "jax": jax_fn(n, side, ch, rng),
-                "torch_eager": torch_fn(n, side, ch, rng, channels_last=False),
-                "torch_cl": torch_fn(n, side, ch, rng, channels_last=True),
-            }
+            fns = implementations(jax_fn, torch_fn, n, side, ch, rng)
             rows.append((kind, f"{kind} ({side}, {ch})", count, "fwd + bwd", fns))
-    rows.append(
-        (
-            "whole encoder",
-            "whole encoder",
-            1,
-            "fwd + bwd",
-            {
-                "jax": jax_encoder(depth, stem, n, size, rng),
-                "torch_eager": torch_encoder(depth, stem, n, size, rng, channels_last=False),
-                "torch_cl": torch_encoder(depth, stem, n, size, rng, channels_last=True),
-            },
-        )
-    )
+    fns = implementations(jax_encoder, torch_encoder, depth, stem, n, size, rng)
+    rows.append(("whole encoder", "whole encoder", 1, "fwd + bwd", fns))
     totals = collections.defaultdict(float)
     for kind, layer, count, part, fns in rows:
         ms = {i: 1e3 * best_time(fns[i], args.repeats) for i in IMPLS}

@@ -40,10 +40,11 @@ def batch_norm_train(
 
 def _forward(x, scale, bias, epsilon):
     n = x.size // x.shape[-1]
-    mean = channel_sum(x) / n
-    var = jnp.maximum(channel_sum(jnp.square(x.astype(jnp.float32))) / n - jnp.square(mean), 0.0)
+    x32 = x.astype(jnp.float32)
+    mean = channel_sum(x32) / n
+    var = jnp.maximum(channel_sum(jnp.square(x32)) / n - jnp.square(mean), 0.0)
     inv = jax.lax.rsqrt(var + epsilon)
-    y = (x.astype(jnp.float32) - mean) * (inv * scale) + bias
+    y = (x32 - mean) * (inv * scale) + bias
     return (y.astype(x.dtype), mean, var), (x, mean, inv, scale)
 
 
