@@ -1,6 +1,9 @@
 """ResNet encoder: torchvision parameter counts, stage-prefixed paths, shapes for both stems,
 explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, jit/sharding
-behaviour, and the im2col convolution for maps smaller than the kernel."""
+behaviour, the im2col convolution for maps smaller than the kernel, and weight gradients that
+read stored activations."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,7 @@ from selfsup.models.resnet import (
     ResNet,
     conv_general_dilated,
     encoder_from_config,
+    stored,
 )
 from selfsup.train.state import split_model
 
@@ -293,6 +297,9 @@ def test_frozen_stages_keep_their_statistics_and_pass_no_gradient(resnet18, froz
         model(x, train=True, frozen_stages=5)
 
 
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+
 @pytest.mark.parametrize(
     "size, kernel, stride, im2col",
     [
@@ -310,7 +317,7 @@ def test_conv_equals_lax_and_takes_im2col_only_where_a_map_is_smaller_than_the_k
 ):
     pad = (kernel - 1) // 2
     args = ((stride, stride), ((pad, pad), (pad, pad)))
-    kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kwargs = dict(dimension_numbers=DIMS)
     x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
     w = jax.random.normal(jax.random.key(2), (kernel, kernel, 5, 4))
     g = jax.random.normal(
@@ -326,3 +333,46 @@ def test_conv_equals_lax_and_takes_im2col_only_where_a_map_is_smaller_than_the_k
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     hlo = jax.jit(lambda x, w: conv_general_dilated(x, w, *args, **kwargs)).lower(x, w).as_text()
     assert ("convolution" not in hlo) == im2col
+
+
+def fusions_feeding_convolutions(compiled_hlo: str) -> list[int]:
+    """For each fusion a convolution of the compiled program reads: how many 4-D arrays it reads."""
+    entry = compiled_hlo[compiled_hlo.index("\nENTRY") :]
+    instructions = {}  # name -> (rank, opcode, operand names)
+    for m in re.finditer(r"\n\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* ([\w-]+)\(([^)]*)\)", entry):
+        name, dims, opcode, operands = m.groups()
+        instructions[name] = (len(dims.split(",")), opcode, re.findall(r"%([\w.-]+)", operands))
+    counts = []
+    for _, opcode, operands in instructions.values():
+        if opcode == "convolution":
+            for fusion in (o for o in operands if instructions[o][1] == "fusion"):
+                reads = instructions[fusion][2]
+                counts.append(sum(instructions[o][0] == 4 for o in reads if o in instructions))
+    return counts
+
+
+def residual_chain_loss(ws, x):
+    """relu(x + conv(x)) blocks: the residual stream is an elementwise chain through all of them."""
+    args = ((1, 1), ((1, 1), (1, 1)))
+    for w in ws:
+        x = jax.nn.relu(x + conv_general_dilated(x, w, *args, dimension_numbers=DIMS))
+    return jnp.sum(jnp.square(x))
+
+
+def test_weight_gradients_read_stored_activations_and_keep_a_sharded_batch_sharded():
+    """XLA fuses cheap elementwise producers into every consumer; before `stored`, the transpose
+    that starts each weight gradient recomputed the residual stream back through every earlier
+    block, so the fusion feeding the last block's weight gradient read 8 arrays here."""
+    ws = 0.1 * jax.random.normal(jax.random.key(0), (6, 3, 3, 4, 4))
+    x = jax.random.normal(jax.random.key(1), (8, 6, 6, 4))
+    np.testing.assert_array_equal(stored(x), x)
+    grad = jax.jit(jax.grad(residual_chain_loss, argnums=(0, 1)))
+    reads = fusions_feeding_convolutions(grad.lower(ws, x).compile().as_text())
+    assert reads and max(reads) <= 2, reads
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded_x = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+    compiled = grad.lower(ws, sharded_x).compile()
+    assert not re.search(r"all-gather|all-to-all|collective-permute", compiled.as_text())
+    for a, b in zip(compiled(ws, sharded_x), grad(ws, x), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,8 @@ and the pooled features come out in float32, so heads and losses on top of them 
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,13 +64,51 @@ def conv_general_dilated(
     padding: Sequence[tuple[int, int]],
     **kwargs: Any,
 ) -> jax.Array:
-    """`lax.conv_general_dilated` for the encoder's NHWC convs, as one matmul over the kernel's
-    taps (im2col) where a feature map in or out is smaller than the kernel.
+    """`lax.conv_general_dilated` for the encoder's NHWC convs, with two changes for XLA:CPU that
+    compute the same sums (experiments/bench/RESULTS.md has the measurements):
 
-    XLA:CPU's convolutions take a slow path there (3x3 convs on the 2x2 stage-4 maps of 16 px
-    relative-patch inputs run ~60x slower than as a matmul, experiments/bench/RESULTS.md); the
-    matmul computes the same sums, in another order.
+    - Where a feature map in or out is smaller than the kernel, the conv is one matmul over the
+      kernel's taps (im2col): XLA:CPU's convolutions take a slow path there (3x3 convs on the 2x2
+      stage-4 maps of 16 px relative-patch inputs ran ~60x slower than the matmul).
+    - On a CPU, the backward pass reads the conv's input and output gradient as stored arrays
+      (`stored`), as PyTorch's autograd does, instead of XLA recomputing them.
     """
+    conv = functools.partial(_conv, window_strides=window_strides, padding=padding, **kwargs)
+    if jax.default_backend() != "cpu":
+        return conv(lhs, rhs)
+
+    @jax.custom_vjp
+    def conv_reading_stored_arrays(lhs, rhs):
+        return conv(lhs, rhs)
+
+    def forward(lhs, rhs):
+        return jax.vjp(conv, stored(lhs), rhs)  # The VJP function holds the residuals.
+
+    def backward(vjp, g):
+        return vjp(stored(g))
+
+    conv_reading_stored_arrays.defvjp(forward, backward)
+    return conv_reading_stored_arrays(lhs, rhs)
+
+
+def stored(x: jax.Array) -> jax.Array:
+    """x, copied row by row by a gather, which XLA computes once into a buffer of its own.
+
+    XLA's fusion recomputes cheap elementwise results inside each consumer instead of storing
+    them. Each weight gradient starts with an XLA:CPU transpose of the conv's input, and without
+    this copy that transpose recomputed the input's BatchNorm, ReLU and residual sums back
+    through every earlier block, reading up to 13 arrays (ResNet-18 CIFAR at 512 views: the
+    transposes took 5.8 s of a 15 s encoder step, 0.4 s with this copy). A gather is not
+    recomputed, so the transpose reads one stored array. It copies each example's rows by
+    themselves, so a batch sharded over devices stays sharded.
+    """
+    n, *spatial, channels = x.shape
+    rows = math.prod(spatial)
+    copy = jnp.take(x.reshape(n, rows, channels), jnp.arange(rows), axis=1, mode="clip")
+    return copy.reshape(x.shape)
+
+
+def _conv(lhs, rhs, window_strides, padding, **kwargs):
     kh, kw = rhs.shape[:2]
     _, h, w, cin = lhs.shape
     (top, bottom), (left, right) = padding
