@@ -301,19 +301,20 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 @pytest.mark.parametrize(
-    "size, kernel, stride, im2col",
+    "size, kernel, stride, path",
     [
-        (2, 3, 1, True),  # Stage 4 of 16 px relative-patch inputs.
-        (4, 3, 2, True),  # The stride-2 conv into it: 2x2 out.
-        (1, 3, 1, True),
-        (3, 7, 2, True),  # An ImageNet stem on a tiny image.
-        (1, 1, 1, False),  # A 1x1 kernel fits any map.
-        (4, 3, 1, False),
-        (8, 3, 2, False),
+        (2, 3, 1, "pixel pairs"),  # Stage 4 of 16 px relative-patch inputs.
+        (2, 3, 2, "pixel pairs"),
+        (1, 3, 1, "pixel pairs"),
+        (3, 7, 2, "pixel pairs"),  # An ImageNet stem on a tiny image.
+        (4, 3, 2, "im2col"),  # The stride-2 conv into stage 4: 2x2 out.
+        (1, 1, 1, "lax"),  # A 1x1 kernel fits any map.
+        (4, 3, 1, "lax"),
+        (8, 3, 2, "lax"),
     ],
 )
-def test_conv_equals_lax_and_takes_im2col_only_where_a_map_is_smaller_than_the_kernel(
-    size, kernel, stride, im2col
+def test_conv_equals_lax_and_takes_the_matmul_with_fewest_products_where_a_map_is_small(
+    size, kernel, stride, path
 ):
     pad = (kernel - 1) // 2
     args = ((stride, stride), ((pad, pad), (pad, pad)))
@@ -331,8 +332,13 @@ def test_conv_equals_lax_and_takes_im2col_only_where_a_map_is_smaller_than_the_k
     ours = forward_and_grads(conv_general_dilated)
     for a, b in zip(ours, forward_and_grads(jax.lax.conv_general_dilated), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    hlo = jax.jit(lambda x, w: conv_general_dilated(x, w, *args, **kwargs)).lower(x, w).as_text()
-    assert ("convolution" not in hlo) == im2col
+    forward = jax.jit(lambda x, w: conv_general_dilated(x, w, *args, **kwargs)).lower(x, w)
+    assert ("convolution" in forward.as_text()) == (path == "lax")
+    if path != "lax":  # Multiply-adds of the one matmul: all pixel pairs, or output x taps.
+        pixels, out_pixels = size * size, g.shape[1] * g.shape[2]
+        products = pixels if path == "pixel pairs" else kernel * kernel
+        flops = forward.compile().cost_analysis()["flops"]
+        assert flops == 2 * 3 * out_pixels * products * 5 * 4
 
 
 def fusions_feeding_convolutions(compiled_hlo: str) -> list[int]:

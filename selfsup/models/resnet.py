@@ -67,9 +67,12 @@ def conv_general_dilated(
     """`lax.conv_general_dilated` for the encoder's NHWC convs, with two changes for XLA:CPU that
     compute the same sums (experiments/bench/RESULTS.md has the measurements):
 
-    - Where a feature map in or out is smaller than the kernel, the conv is one matmul over the
-      kernel's taps (im2col): XLA:CPU's convolutions take a slow path there (3x3 convs on the 2x2
-      stage-4 maps of 16 px relative-patch inputs ran ~60x slower than the matmul).
+    - Where a feature map in or out is smaller than the kernel, the conv is one matmul:
+      XLA:CPU's convolutions take a slow path there (3x3 convs on the 2x2 stage-4 maps of 16 px
+      relative-patch inputs ran ~60x slower than the matmul). The matmul runs over the kernel's
+      taps (im2col), or, where the map has fewer pixels than the kernel has taps, over all its
+      pixels with a weight block per pair of input and output pixel: on a 2x2 map that is 16
+      blocks, against 36 taps for im2col of which 20 multiply padding zeros.
     - On a CPU, the backward pass reads the conv's input and output gradient as stored arrays
       (`stored`), as PyTorch's autograd does, instead of XLA recomputing them.
     """
@@ -110,20 +113,41 @@ def stored(x: jax.Array) -> jax.Array:
 
 def _conv(lhs, rhs, window_strides, padding, **kwargs):
     kh, kw = rhs.shape[:2]
-    _, h, w, cin = lhs.shape
+    n, h, w, cin = lhs.shape
     (top, bottom), (left, right) = padding
     sh, sw = window_strides
     oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    precision = kwargs.get("precision")
     if min(h, oh) >= kh and min(w, ow) >= kw:
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    if h * w < kh * kw:
+        # Fewer pixels than taps: a matmul over all input pixels, with one weight block per
+        # (input pixel, output pixel) pair: the tap that joins them, or zeros.
+        taps, zeros = rhs.reshape(kh * kw, cin, -1), jnp.zeros_like(rhs[0, 0])
+
+        def block(y, x, i, j):
+            a, b = y - i * sh + top, x - j * sw + left
+            return taps[a * kw + b] if 0 <= a < kh and 0 <= b < kw else zeros
+
+        rows = [
+            jnp.stack([block(y, x, i, j) for i in range(oh) for j in range(ow)], axis=1)
+            for y in range(h)
+            for x in range(w)
+        ]  # Per input pixel: [cin, oh * ow, cout].
+        dense = jnp.stack(rows).reshape(h * w * cin, -1)
+        out = jnp.dot(lhs.reshape(n, h * w * cin), dense, precision=precision)
+        return out.reshape(n, oh, ow, -1)
+    # Otherwise one matmul over the kernel's taps (im2col).
     padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    taps = [
-        padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    columns = jnp.concatenate(taps, axis=-1)  # [n, oh, ow, kh * kw * cin], tap-major like HWIO.
-    return jnp.dot(columns, rhs.reshape(kh * kw * cin, -1), precision=kwargs.get("precision"))
+    columns = jnp.concatenate(
+        [
+            padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=-1,
+    )  # [n, oh, ow, kh * kw * cin], tap-major like HWIO.
+    return jnp.dot(columns, rhs.reshape(kh * kw * cin, -1), precision=precision)
 
 
 def batch_norm(features: int, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
