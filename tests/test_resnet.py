@@ -23,6 +23,7 @@ from selfsup.models.resnet import (
     ResNet,
     conv_general_dilated,
     encoder_from_config,
+    max_pool,
     stored,
 )
 from selfsup.train.state import split_model
@@ -382,3 +383,21 @@ def test_weight_gradients_read_stored_activations_and_keep_a_sharded_batch_shard
     assert not re.search(r"all-gather|all-to-all|collective-permute", compiled.as_text())
     for a, b in zip(compiled(ws, sharded_x), grad(ws, x), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 7, 112])
+def test_max_pool_equals_nnx_and_sends_the_gradient_to_each_windows_first_maximum(size):
+    # Few distinct values: windows hold ties, which must go to the first maximum, as autodiff
+    # of nnx.max_pool (XLA's select_and_scatter) sends them.
+    x = jax.random.randint(jax.random.key(0), (2, size, size, 3), 0, 4).astype(jnp.float32)
+    g = jax.random.normal(jax.random.key(1), (2, (size + 1) // 2, (size + 1) // 2, 3))
+
+    def forward_and_grad(pool):
+        y, vjp = jax.vjp(pool, x)
+        return y, vjp(g)[0]
+
+    ours = forward_and_grad(jax.jit(lambda x: max_pool(x, 3, 2)))
+    reference = forward_and_grad(lambda x: nnx.max_pool(x, (3, 3), (2, 2), padding="SAME"))
+    np.testing.assert_array_equal(ours[0], reference[0])
+    np.testing.assert_allclose(ours[1], reference[1], rtol=1e-6, atol=1e-6)
+    assert np.count_nonzero(ours[1]) < ours[1].size / 2  # Gradients reach few inputs.

@@ -28,7 +28,7 @@ from flax import nnx
 
 import selfsup  # noqa: F401  Sets XLA:CPU flags before JAX starts its backend.
 from selfsup.models.batch_norm import BatchNorm
-from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_general_dilated
+from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_general_dilated, max_pool
 from selfsup.train.state import split_model
 
 IMPLS = ("jax", "torch_eager", "torch_cl")
@@ -173,9 +173,7 @@ def jax_pool(n: int, size: int, ch: int, rng) -> Callable[[], object]:
     """The ImageNet stem's 3x3 stride-2 max-pool, forward and backward."""
     x = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
     g = jnp.asarray(rng.standard_normal((n, size // 2, size // 2, ch), np.float32))
-    pool = jax.jit(
-        jax.grad(lambda x: jnp.sum(nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") * g))
-    )
+    pool = jax.jit(jax.grad(lambda x: jnp.sum(max_pool(x, 3, 2) * g)))
     return lambda: pool(x).block_until_ready()
 
 

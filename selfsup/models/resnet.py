@@ -150,6 +150,56 @@ def _conv(lhs, rhs, window_strides, padding, **kwargs):
     return jnp.dot(columns, rhs.reshape(kh * kw * cin, -1), precision=precision)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """`nnx.max_pool` over square windows with "SAME" padding, whose gradient, like XLA's
+    `select_and_scatter` that autodiff would use, goes to the first maximum of each window in
+    row-major order. The gradient here is compares, pads and adds, which XLA fuses: for
+    ResNet-50/224's stem at 16 views on a CPU, `select_and_scatter` took 0.21 s and this 0.045 s
+    (PyTorch eager: 0.06 s)."""
+    return nnx.max_pool(x, (window, window), strides=(stride, stride), padding="SAME")
+
+
+def _max_pool_forward(x, window, stride):
+    return max_pool(x, window, stride), x
+
+
+def _max_pool_backward(window, stride, x, g):
+    (top, bottom), (left, right) = jax.lax.padtype_to_pads(
+        x.shape[1:3], (window, window), (stride, stride), "SAME"
+    )
+    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+    _, oh, ow, _ = g.shape
+    span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    taps = [(a, b) for a in range(window) for b in range(window)]
+
+    def tap(a, b):  # The window's element (a, b), for every window.
+        return padded[:, a : a + span_h : stride, b : b + span_w : stride]
+
+    # Per window: its maximum so far, and which tap first held it.
+    best, first = tap(0, 0), jnp.zeros(g.shape, jnp.int32)
+    for t, (a, b) in enumerate(taps[1:], start=1):
+        best, first = jnp.maximum(best, tap(a, b)), jnp.where(tap(a, b) > best, t, first)
+    zero = jnp.zeros((), g.dtype)
+    grad = sum(
+        jax.lax.pad(
+            jnp.where(first == t, g, zero),
+            zero,
+            (
+                (0, 0, 0),
+                (a, padded.shape[1] - a - span_h, stride - 1),
+                (b, padded.shape[2] - b - span_w, stride - 1),
+                (0, 0, 0),
+            ),
+        )
+        for t, (a, b) in enumerate(taps)
+    )
+    return (grad[:, top : top + x.shape[1], left : left + x.shape[2]],)
+
+
+max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
 def batch_norm(features: int, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
     init = jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones
     return BatchNorm(
@@ -320,7 +370,7 @@ class ResNet(nnx.Module):
 
         x = nnx.relu(self.stem(x, train=train and frozen_stages == 0))
         if self.max_pool:
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = max_pool(x, 3, 2)
         x = output(0, x)
         out = {"stem": x}
         for i, name in enumerate(STAGE_NAMES[1:], start=1):
