@@ -100,9 +100,9 @@ def stored(x: jax.Array) -> jax.Array:
     XLA's fusion recomputes cheap elementwise results inside each consumer instead of storing
     them. Each weight gradient starts with an XLA:CPU transpose of the conv's input, and without
     this copy that transpose recomputed the input's BatchNorm, ReLU and residual sums back
-    through every earlier block, reading each of their conv outputs (ResNet-18 CIFAR, 512 views: the
-    transposes took 5.8 s of a 15 s encoder step, 0.4 s with this copy). A gather is not
-    recomputed, so the transpose reads one stored array. It copies each example's rows by
+    through every earlier block, reading each of their conv outputs (ResNet-18 CIFAR, 512
+    views: the transposes took 5.8 s of a 15 s encoder step, 0.4 s with this copy). A gather is
+    not recomputed, so the transpose reads one stored array. It copies each example's rows by
     themselves, so a batch sharded over devices stays sharded.
     """
     n, *spatial, channels = x.shape
