@@ -309,12 +309,13 @@ DIMS = ("NHWC", "HWIO", "NHWC")
         (1, 3, 1, "pixel pairs"),
         (3, 7, 2, "pixel pairs"),  # An ImageNet stem on a tiny image.
         (4, 3, 2, "im2col"),  # The stride-2 conv into stage 4: 2x2 out.
-        (1, 1, 1, "lax"),  # A 1x1 kernel fits any map.
+        (1, 1, 1, "1x1"),
+        (8, 1, 2, "1x1"),  # A projection shortcut.
         (4, 3, 1, "lax"),
         (8, 3, 2, "lax"),
     ],
 )
-def test_conv_equals_lax_and_takes_the_matmul_with_fewest_products_where_a_map_is_small(
+def test_conv_equals_lax_and_is_one_matmul_for_1x1_kernels_and_maps_smaller_than_the_kernel(
     size, kernel, stride, path
 ):
     pad = (kernel - 1) // 2
