@@ -7,8 +7,10 @@ shape by how often the network uses it.
   python experiments/bench/layers.py --model=resnet18_cifar   # also resnet50_224, relpatch
 
 JAX ops are jitted on their own, so XLA cannot fuse them with neighbours as it does in the real
-step. The last row times the whole encoder, forward and backward without head, loss or
-optimizer: its gap to the sum of the layers is what joining them costs or saves in each framework.
+step; a conv row is the encoder's conv arithmetic (`resnet.conv_kernels`), without the stored
+copies of its operands (`resnet.stored`), which only pay off in the whole network. The last row
+times the whole encoder, forward and backward without head, loss or optimizer: its gap to the
+sum of the layers is what joining them costs or saves in each framework.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from flax import nnx
 
 import selfsup  # noqa: F401  Sets XLA:CPU flags before JAX starts its backend.
 from selfsup.models.batch_norm import BatchNorm
-from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_general_dilated, max_pool
+from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_kernels, max_pool
 from selfsup.train.state import split_model
 
 IMPLS = ("jax", "torch_eager", "torch_cl")
@@ -99,7 +101,7 @@ def jax_conv_parts(n: int, shape: Conv, rng) -> dict[str, Callable[[], object]]:
     g = jnp.asarray(rng.standard_normal((n, size // stride, size // stride, cout), np.float32))
 
     def conv(x, w):
-        return conv_general_dilated(
+        return conv_kernels(
             x,
             w,
             (stride, stride),

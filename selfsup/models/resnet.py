@@ -79,7 +79,7 @@ def conv_general_dilated(
     - On a CPU, the backward pass reads the conv's input and output gradient as stored arrays
       (`stored`), as PyTorch's autograd does, instead of XLA recomputing them.
     """
-    conv = functools.partial(_conv, window_strides=window_strides, padding=padding, **kwargs)
+    conv = functools.partial(conv_kernels, window_strides=window_strides, padding=padding, **kwargs)
     if jax.default_backend() != "cpu":
         return conv(lhs, rhs)
 
@@ -114,7 +114,15 @@ def stored(x: jax.Array) -> jax.Array:
     return copy.reshape(x.shape)
 
 
-def _conv(lhs, rhs, window_strides, padding, **kwargs):
+def conv_kernels(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    **kwargs: Any,
+) -> jax.Array:
+    """The arithmetic of `conv_general_dilated`: one matmul for 1x1 kernels and small maps,
+    else `lax.conv_general_dilated`; without `stored`, which concerns the whole network."""
     kh, kw = rhs.shape[:2]
     n, h, w, cin = lhs.shape
     (top, bottom), (left, right) = padding
