@@ -219,7 +219,9 @@ def test_learns_a_trivially_solvable_set_to_near_100_percent(tmp_path):
     config.relpatch.update(resize_size=72, grayscale_probability=0.0, embed_dim=16)
     config.relpatch.fusion_hidden_dim = 32
     config.batch_size = 16
-    config.optim.update(learning_rate=1.6, decay_epochs=[])  # 0.1 at batch 16, constant.
+    # 0.05 at batch 16, constant. At 0.1, 100 steps reached 0.79-1.0 across seeds and sums in
+    # another order: too close to the edge of stability for a test of the wiring.
+    config.optim.update(learning_rate=0.8, decay_epochs=[])
     config.total_steps = 100
     config.eval_every_steps = 100
     config.log_every_steps = 50
