@@ -157,13 +157,21 @@ def conv_kernels(
     padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
     columns = jnp.concatenate(
         [
-            padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+            window_element(padded, i, j, window_strides, (oh, ow))
             for i in range(kh)
             for j in range(kw)
         ],
         axis=-1,
     )  # [n, oh, ow, kh * kw * cin], tap-major like HWIO.
     return jnp.dot(columns, rhs.reshape(kh * kw * cin, -1), precision=precision)
+
+
+def window_element(
+    padded: jax.Array, i: int, j: int, strides: Sequence[int], out: Sequence[int]
+) -> jax.Array:
+    """Element (i, j) of every window of a padded NHWC map: [n, out_h, out_w, c]."""
+    (sh, sw), (oh, ow) = strides, out
+    return padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -188,14 +196,11 @@ def _max_pool_backward(window, stride, x, g):
     _, oh, ow, _ = g.shape
     span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
     taps = [(a, b) for a in range(window) for b in range(window)]
-
-    def tap(a, b):  # The window's element (a, b), for every window.
-        return padded[:, a : a + span_h : stride, b : b + span_w : stride]
-
+    elements = [window_element(padded, a, b, (stride, stride), (oh, ow)) for a, b in taps]
     # Per window: its maximum so far, and which tap first held it.
-    best, first = tap(0, 0), jnp.zeros(g.shape, jnp.int32)
-    for t, (a, b) in enumerate(taps[1:], start=1):
-        best, first = jnp.maximum(best, tap(a, b)), jnp.where(tap(a, b) > best, t, first)
+    best, first = elements[0], jnp.zeros(g.shape, jnp.int32)
+    for t, element in enumerate(elements[1:], start=1):
+        best, first = jnp.maximum(best, element), jnp.where(element > best, t, first)
     zero = jnp.zeros((), g.dtype)
     grad = sum(
         jax.lax.pad(
