@@ -3,6 +3,7 @@ explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, jit/s
 behaviour, convolutions that are one matmul (1x1 kernels, maps smaller than the kernel), weight
 gradients that read stored activations, and the stem max-pool's gradient."""
 
+import functools
 import re
 
 import jax
@@ -341,6 +342,36 @@ def test_conv_equals_lax_and_is_one_matmul_for_1x1_kernels_and_maps_smaller_than
         products = pixels if path == "pixel pairs" else kernel * kernel
         flops = forward.compile().cost_analysis()["flops"]
         assert flops == 2 * 3 * out_pixels * products * 5 * 4
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding",
+    [
+        (8, 3, 2, (1, 1)),  # ResNet's stride-2 3x3 convs.
+        (16, 7, 2, (3, 3)),  # The ImageNet stem.
+        (8, 3, 2, (0, 1)),  # "SAME" padding.
+        (8, 4, 2, (1, 1)),
+        (12, 5, 3, (2, 1)),
+    ],
+)
+def test_strided_conv_input_gradient_has_no_dilated_convolution(size, kernel, stride, padding):
+    """On a CPU the input gradient of a strided conv is stride-1 convs over the input's phases
+    (`resnet.phase_input_gradient`), not XLA's convolution of the stride-dilated gradient."""
+    args = ((stride, stride), (padding, padding[::-1]))
+    x = jax.random.normal(jax.random.key(1), (3, size, size + stride, 5))
+    w = jax.random.normal(jax.random.key(2), (kernel, kernel, 5, 4))
+
+    def input_and_weight_grads(conv, x, w):
+        y, vjp = jax.vjp(lambda x, w: conv(x, w, *args, dimension_numbers=DIMS), x, w)
+        g = jax.random.normal(jax.random.key(3), y.shape)
+        return (y, *vjp(g))
+
+    reference = input_and_weight_grads(jax.lax.conv_general_dilated, x, w)
+    ours = jax.jit(functools.partial(input_and_weight_grads, conv_general_dilated))
+    for a, b in zip(ours(x, w), reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    hlo = ours.lower(x, w).compile().as_text()
+    assert "convolution" in hlo and "lhs_dilate" not in hlo
 
 
 def fusions_feeding_convolutions(compiled_hlo: str) -> list[int]:
