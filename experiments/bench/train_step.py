@@ -296,7 +296,17 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--peak_tflops", type=float, default=0.0, help="0: measure or look up")
     parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument(
+        "--keep_freed_memory",
+        action="store_true",
+        help="glibc serves large allocations from its heap and keeps what is freed (no mmap, "
+        "no trim), as a caching allocator would; see RESULTS.md",
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        libc, m_trim_threshold, m_mmap_max = ctypes.CDLL("libc.so.6"), -1, -4
+        if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+            parser.error("--keep_freed_memory: glibc's mallopt refused")
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}: use {','.join(MODES)}")
@@ -305,6 +315,7 @@ def main() -> None:
 
     info = machine()
     info["load_average_start"] = os.getloadavg()
+    info["malloc"] = "keep freed memory" if args.keep_freed_memory else "glibc defaults"
     measure_peak = not args.peak_tflops and not on_gpu
     if args.peak_tflops:
         peak, info["peak"] = args.peak_tflops * 1e12, "--peak_tflops"
@@ -374,7 +385,7 @@ def print_table(args, info, rows, speed, flops) -> None:
         f"{info['date']}; {info['cpu']} ({info['cpu_cores']} cores), device {info['device']}; "
         f"load average {info['load_average_start'][0]:.2f} -> {info['load_average_end'][0]:.2f}; "
         f"{' '.join(f'{k} {v}' for k, v in info['versions'].items())}; "
-        f"XLA_FLAGS={info['xla_flags']!r}"
+        f"XLA_FLAGS={info['xla_flags']!r}; malloc: {info['malloc']}"
     )
     print(f"utilisation against: {info['peak']}; XLA FLOPs/step: {fmt(flops, '.4g')}")
     print(
