@@ -18,7 +18,9 @@ a GPU.
 Peak memory is, on a CPU, how far one step raises the process's peak resident memory above its
 resident memory before the step (Linux `clear_refs`), for both frameworks alike; on a GPU it is
 XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
-PyTorch.
+PyTorch. Kernel CPU s is the system CPU time of the process per step: on a CPU mostly page
+faults, the kernel zeroing the pages of buffers that glibc's malloc maps afresh for every large
+allocation; `--keep_freed_memory` makes glibc keep freed memory for reuse instead (RESULTS.md).
 
   python experiments/bench/train_step.py --model=resnet18_cifar --batch=256 --repeats=3
 """
@@ -32,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -115,6 +118,7 @@ class Mode:
     compiler_memory: int | None = None  # XLA's own account: arguments + outputs + temporaries.
     peak_memory: int | None = None
     times: list[float] = dataclasses.field(default_factory=list)
+    kernel_times: list[float] = dataclasses.field(default_factory=list)  # System CPU seconds.
 
 
 def compile_jax_step(
@@ -226,6 +230,12 @@ def peak_memory(mode: Mode, *, on_gpu: bool) -> int:
     return status("VmHWM") - before
 
 
+def kernel_seconds() -> float:
+    """System CPU seconds this process has used: on a CPU mostly page faults, the kernel zeroing
+    the pages of freshly mapped buffers."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def matmul_peak_flops(n: int = 2048, repeats: int = 3) -> float:
     """The best fp32 matmul FLOP/s of JAX and (if installed) PyTorch on this CPU."""
     best = 0.0
@@ -305,7 +315,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.keep_freed_memory:
         libc, m_trim_threshold, m_mmap_max = ctypes.CDLL("libc.so.6"), -1, -4
-        if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, -1)):
             parser.error("--keep_freed_memory: glibc's mallopt refused")
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
@@ -343,10 +353,11 @@ def main() -> None:
 
     for r in range(args.repeats):
         for mode in built if r % 2 == 0 else built[::-1]:
-            start = time.perf_counter()
+            start, kernel_start = time.perf_counter(), kernel_seconds()
             for _ in range(args.steps):
                 mode.step()
             mode.times.append((time.perf_counter() - start) / args.steps)
+            mode.kernel_times.append((kernel_seconds() - kernel_start) / args.steps)
         if measure_peak:  # Between the steps, so a shared machine's load weighs on both alike.
             peak = max(peak, matmul_peak_flops())
         print(f"repeat {r + 1}/{args.repeats} done", flush=True)
@@ -363,6 +374,7 @@ def main() -> None:
                 "images_per_s": args.batch / step_s,
                 "step_s": step_s,
                 "step_s_all": mode.times,
+                "kernel_s": statistics.median(mode.kernel_times),
                 "compile_s": mode.compile_s,
                 "peak_memory_mb": mode.peak_memory / 2**20,
                 "compiler_memory_mb": mode.compiler_memory and mode.compiler_memory / 2**20,
@@ -389,10 +401,10 @@ def print_table(args, info, rows, speed, flops) -> None:
     )
     print(f"utilisation against: {info['peak']}; XLA FLOPs/step: {fmt(flops, '.4g')}")
     print(
-        "| mode | images/s | jax ÷ this | jax_bf16 ÷ this | step s (median) | compile s "
-        "| peak memory MB | MB/image | XLA memory MB | utilisation |"
+        "| mode | images/s | jax ÷ this | jax_bf16 ÷ this | step s (median) | kernel CPU s "
+        "| compile s | peak memory MB | MB/image | XLA memory MB | utilisation |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ratios = [
             fmt(speed[ours] / row["images_per_s"], ".2f") if ours in speed else ""
@@ -400,7 +412,7 @@ def print_table(args, info, rows, speed, flops) -> None:
         ]
         print(
             f"| {row['mode']} | {row['images_per_s']:.3g} | {ratios[0]} | {ratios[1]} "
-            f"| {row['step_s']:.3f} | {fmt(row['compile_s'], '.1f')} "
+            f"| {row['step_s']:.3f} | {row['kernel_s']:.2f} | {fmt(row['compile_s'], '.1f')} "
             f"| {row['peak_memory_mb']:.0f} | {row['peak_memory_mb'] / args.batch:.2f} "
             f"| {fmt(row['compiler_memory_mb'], '.0f')} "
             f"| {fmt(row['utilisation'] and 100 * row['utilisation'], '.1f')}% |"

@@ -76,6 +76,8 @@ def conv_general_dilated(
       taps (im2col), or, where the map has fewer pixels than the kernel has taps, over all its
       pixels with a weight block per pair of input and output pixel: on a 2x2 map that is 16
       blocks, against 36 taps for im2col of which 20 multiply padding zeros.
+    - On a CPU, a strided conv's input gradient is stride-1 convs, one per phase of the input
+      (`phase_input_gradient`), instead of XLA's convolution of the stride-dilated gradient.
     - On a CPU, the backward pass reads the conv's input and output gradient as stored arrays
       (`stored`), as PyTorch's autograd does, instead of XLA recomputing them.
     """
@@ -122,7 +124,8 @@ def conv_kernels(
     **kwargs: Any,
 ) -> jax.Array:
     """The arithmetic of `conv_general_dilated`: one matmul for 1x1 kernels and small maps,
-    else `lax.conv_general_dilated`; without `stored`, which concerns the whole network."""
+    else `lax.conv_general_dilated` (with `phase_input_gradient` for strided convs on a CPU);
+    without `stored`, which concerns the whole network."""
     kh, kw = rhs.shape[:2]
     n, h, w, cin = lhs.shape
     (top, bottom), (left, right) = padding
