@@ -1,7 +1,8 @@
 """ResNet encoder: torchvision parameter counts, stage-prefixed paths, shapes for both stems,
 explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, jit/sharding
-behaviour, convolutions that are one matmul (1x1 kernels, maps smaller than the kernel), weight
-gradients that read stored activations, and the stem max-pool's gradient."""
+behaviour, convolutions that are one matmul (1x1 kernels, maps smaller than the kernel), strided
+convs' input gradients by phases, weight gradients that read stored activations, and the stem
+max-pool's gradient."""
 
 import functools
 import re
