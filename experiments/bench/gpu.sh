@@ -4,7 +4,7 @@
 #      channels_last + bf16 autocast), utilisation against the GPU's dense bf16 peak (MFU);
 #   2. ResNet-18 CIFAR stem, batch 256, against every PyTorch mode on the same GPU.
 # Installs what is missing into the active Python environment first: the project, CUDA JAX and
-# CUDA PyTorch (PyPI's Linux torch wheel is the CUDA build).
+# CUDA PyTorch (PyPI's Linux torch wheel is the CUDA build; a CPU-only torch is replaced by it).
 #
 #   bash experiments/bench/gpu.sh [OUTPUT_DIR]      # tables to stdout, JSON to OUTPUT_DIR
 set -euo pipefail
@@ -12,12 +12,14 @@ cd "$(dirname "$0")/../.."
 out=${1:-bench_gpu}
 mkdir -p "$out"
 
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python -c "import selfsup, ml_collections" 2>/dev/null || pip install -q -e .
 python -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null \
   || pip install -q "jax[cuda12]>=0.10.2,<0.11"
-python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null \
-  || pip install -q -e ".[bench]"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  pip uninstall -q -y torch 2>/dev/null || true  # A CPU build (2.13.0+cpu) satisfies the pin.
+  pip install -q -e ".[bench]"
+fi
 
 # Both frameworks share the GPU in one process: JAX allocates as it goes instead of taking 75%.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false

@@ -170,6 +170,11 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
     import torch_reference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if jax.default_backend() == "gpu" and device == "cpu":
+        raise RuntimeError(
+            f"JAX runs on the GPU but torch {torch.__version__} has no CUDA: install PyPI's CUDA "
+            "build (pip uninstall torch; pip install -e '.[bench]'), as gpu.sh does"
+        )
     torch.manual_seed(0)
     model = torch_reference.build(config).to(device)
     channels_last = name in ("torch_cl", "torch_cl_bf16")
