@@ -191,8 +191,8 @@ def strided_conv(
 
     def backward(residuals, g):
         lhs, rhs = residuals
-        _, weight_vjp = jax.vjp(lambda rhs: conv(lhs, rhs, strides, padding), rhs)
-        return phase_input_gradient(g, rhs, lhs.shape, strides, padding, conv), *weight_vjp(g)
+        weight_grad = jax.linear_transpose(lambda rhs: conv(lhs, rhs, strides, padding), rhs)
+        return phase_input_gradient(g, rhs, lhs.shape, strides, padding, conv), *weight_grad(g)
 
     strided.defvjp(forward, backward)
     return strided(lhs, rhs)
