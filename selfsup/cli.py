@@ -140,6 +140,7 @@ def main(argv: list[str]) -> None:
         from selfsup import parallel
 
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        parallel.reuse_step_memory()
         config = _CONFIG.value
         try:
             if config is not None:

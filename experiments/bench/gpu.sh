@@ -21,7 +21,7 @@ if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; the
   pip install -q -e ".[bench]"
 fi
 
-# Both frameworks share the GPU in one process: JAX allocates as it goes instead of taking 75%.
+# The modes' processes share the GPU: JAX allocates as it goes instead of taking 75%.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 bench="python experiments/bench/train_step.py --warmup=3 --repeats=5"
 $bench --model=resnet50_224 --batch=128 --steps=10 --modes=jax_bf16,torch_cl_bf16 \

@@ -1,26 +1,30 @@
-"""The pretraining step of this project next to a plain PyTorch reference, in one process.
+"""The pretraining step of this project next to a plain PyTorch reference, alternating.
 
 The JAX side is the project's own step: the task's model and loss from `selfsup.pretext`, the
 optimizer from `selfsup.train.optim`, jitted as pretraining runs it (`loop.jit_train_step`:
-donated state, batch sharded over the mesh). The PyTorch side is the same network and loss
-written plainly (ResNet v1.5, projection head or patch-pair head, NT-Xent or 8-way
-cross-entropy, SGD with momentum), run eager in fp32, eager channels_last, under `torch.compile`
-and eager channels_last with bf16 autocast. Both sides use SGD with momentum 0.9 and weight
-decay 1e-4 (the SimCLR recipe's LARS adds a per-tensor norm, well under 0.1% of the step's
-FLOPs). The modes run alternately, one timed step each per repeat (order reversed every other
-repeat), after warm-up; the table gives medians.
+donated state, batch sharded over the mesh) in a process set up as `python -m selfsup` sets up
+its own (`parallel.reuse_step_memory`). The PyTorch side is the same network and loss written
+plainly (ResNet v1.5, projection head or patch-pair head, NT-Xent or 8-way cross-entropy, SGD
+with momentum), run eager in fp32, eager channels_last, under `torch.compile` and eager
+channels_last with bf16 autocast. Both sides use SGD with momentum 0.9 and weight decay 1e-4
+(the SimCLR recipe's LARS adds a per-tensor norm, well under 0.1% of the step's FLOPs). Each
+mode runs in its own worker process, as each framework runs alone in training, so no mode's
+threads, heap or allocator state reach another's; one invocation alternates them, one timed
+sample each per repeat (order reversed every other repeat) after warm-up, so a shared machine's
+load weighs on all alike. The table gives medians.
 
 Utilisation is achieved FLOP/s over a peak: the FLOPs are XLA's `cost_analysis()` of the
 compiled JAX step (the same network, so the same count is used for every mode); the peak is the
-best fp32 matmul FLOP/s measured before and after every repeat on a CPU (the load of a shared
-machine then weighs on peak and steps alike), and the device's dense bf16 peak from a table on
-a GPU.
-Peak memory is, on a CPU, how far one step raises the process's peak resident memory above its
+best fp32 matmul FLOP/s that any worker's framework measured after every repeat on a CPU, and
+the device's dense bf16 peak from a table on a GPU.
+Peak memory is, on a CPU, how far one step raises the worker's peak resident memory above its
 resident memory before the step (Linux `clear_refs`), for both frameworks alike; on a GPU it is
 XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
-PyTorch. Kernel CPU s is the system CPU time of the process per step: on a CPU mostly page
+PyTorch. Kernel CPU s is the system CPU time of the worker per step: on a CPU mostly page
 faults, the kernel zeroing the pages of buffers that glibc's malloc maps afresh for every large
-allocation; `--keep_freed_memory` makes glibc keep freed memory for reuse instead (RESULTS.md).
+allocation. The project's processes keep freed memory for reuse instead; PyTorch's run with
+glibc's defaults, as PyTorch runs out of the box, or keep it too with `--torch_keep_freed_memory`
+(RESULTS.md).
 
   python experiments/bench/train_step.py --model=resnet18_cifar --batch=256 --repeats=3
 """
@@ -32,6 +36,7 @@ import ctypes
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -39,6 +44,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import jax
@@ -112,7 +118,7 @@ def host_batch(config: ml_collections.ConfigDict, rng: np.random.Generator) -> d
 @dataclasses.dataclass
 class Mode:
     name: str
-    step: Callable[[], None]  # One training step, returned only once it has finished.
+    step: Callable[[], None] | None  # One training step, returned once finished (None: sent).
     compile_s: float | None = None
     flops_per_step: float | None = None
     compiler_memory: int | None = None  # XLA's own account: arguments + outputs + temporaries.
@@ -227,8 +233,8 @@ def peak_memory(mode: Mode, *, on_gpu: bool) -> int:
                 return int(line.split()[1]) * 1024
         raise KeyError(key)
 
-    # Memory that earlier modes freed but glibc kept would be reused without raising the peak.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    # Freed memory glibc kept (compilation's, here) would be reused without raising the peak.
+    ctypes.CDLL(None).malloc_trim(0)
     before = status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # Resets VmHWM to the current RSS.
     mode.step()
@@ -241,27 +247,76 @@ def kernel_seconds() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 3) -> float:
-    """The best fp32 matmul FLOP/s of JAX and (if installed) PyTorch on this CPU."""
-    best = 0.0
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dot(a, a).block_until_ready()
-        best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    try:
+def matmul_peak_flops(framework: str, n: int = 2048, repeats: int = 3) -> float:
+    """The best fp32 matmul FLOP/s of `framework` ("jax" or "torch") on this CPU."""
+    if framework == "jax":
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        dot = jax.jit(jnp.dot)
+
+        def matmul() -> None:
+            dot(a, a).block_until_ready()
+
+    else:
         import torch
-    except ImportError:
-        return best
-    t = torch.randn(n, n)
-    torch.mm(t, t)
+
+        t = torch.randn(n, n)
+
+        def matmul() -> None:
+            torch.mm(t, t)
+
+    matmul()
+    best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(t, t)
+        matmul()
         best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
+
+
+def keep_freed_memory() -> None:
+    """glibc serves large blocks from its heap and keeps what is freed, as `reuse_step_memory`
+    sets it for the project's processes (a PyTorch process's steps run on its main thread)."""
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-4, 0)  # M_MMAP_MAX
+    libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD
+
+
+def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
+    """Builds mode `name` in this process, reports it, then serves "step", "peak" and "stop"."""
+    sys.path.insert(0, str(Path(__file__).parent))  # torch_reference, next to this file.
+    framework = "jax" if name.startswith("jax") else "torch"
+    if framework == "jax":
+        parallel.reuse_step_memory()  # As `python -m selfsup` sets up its process.
+    elif args.torch_keep_freed_memory:
+        keep_freed_memory()
+    config = project_config(args.model, args.batch, "bfloat16" if name == "jax_bf16" else "float32")
+    batch = host_batch(config, np.random.default_rng(0))
+    try:
+        mode = (jax_mode if framework == "jax" else torch_mode)(name, config, batch)
+    except Exception as e:  # torch.compile needs a C++ toolchain on CPU, Triton on GPU.
+        conn.send(f"unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        return
+    if framework == "jax":
+        device = jax.devices()[0].device_kind
+    else:
+        import torch
+
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    on_gpu = device != "cpu"
+    mode.peak_memory = peak_memory(mode, on_gpu=on_gpu)  # Also the first warm-up step.
+    for _ in range(args.warmup):
+        mode.step()
+    conn.send(dataclasses.replace(mode, step=None))
+    conn.send(device)
+    while (command := conn.recv()) != "stop":
+        if command == "peak":
+            conn.send(0.0 if on_gpu else matmul_peak_flops(framework))
+            continue
+        start, kernel_start = time.perf_counter(), kernel_seconds()
+        for _ in range(args.steps):
+            mode.step()
+        conn.send(((time.perf_counter() - start) / args.steps,
+                   (kernel_seconds() - kernel_start) / args.steps))  # fmt: skip
 
 
 def machine() -> dict:
@@ -288,7 +343,6 @@ def machine() -> dict:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cpu_cores": os.cpu_count(),
-        "device": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": versions,
     }
@@ -312,66 +366,69 @@ def main() -> None:
     parser.add_argument("--peak_tflops", type=float, default=0.0, help="0: measure or look up")
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument(
-        "--keep_freed_memory",
+        "--torch_keep_freed_memory",
         action="store_true",
-        help="glibc serves large allocations from its heap and keeps what is freed (no mmap, "
-        "no trim), as a caching allocator would; see RESULTS.md",
+        help="PyTorch's processes too serve large allocations from glibc's heap and keep what is "
+        "freed (no mmap, no trim), as the project's do; see RESULTS.md",
     )
     args = parser.parse_args()
-    if args.keep_freed_memory:
-        libc, m_trim_threshold, m_mmap_max = ctypes.CDLL("libc.so.6"), -1, -4
-        if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, -1)):
-            parser.error("--keep_freed_memory: glibc's mallopt refused")
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}: use {','.join(MODES)}")
-    sys.path.insert(0, str(Path(__file__).parent))  # torch_reference, next to this file.
-    on_gpu = jax.default_backend() == "gpu"
 
     info = machine()
     info["load_average_start"] = os.getloadavg()
-    info["malloc"] = "keep freed memory" if args.keep_freed_memory else "glibc defaults"
+    info["malloc"] = "freed memory kept (jax" + (
+        ", torch)" if args.torch_keep_freed_memory else "); torch: glibc defaults"
+    )
+    # Built one at a time, so no compilation competes with another; then they take turns.
+    context = multiprocessing.get_context("spawn")
+    workers: dict[str, tuple[Connection, Mode]] = {}
+    devices = set()
+    for name in modes:
+        conn, child = context.Pipe()
+        context.Process(target=worker, args=(child, name, args), daemon=True).start()
+        built = conn.recv()
+        if isinstance(built, str):
+            print(f"{name}: {built}")
+            continue
+        workers[name] = (conn, built)
+        devices.add(conn.recv())
+        print(f"{name}: built and warmed up", flush=True)
+    if len(devices) > 1:
+        raise SystemExit(f"the modes ran on different devices ({sorted(devices)}): install a "
+                         "torch build for this device, as gpu.sh does")  # fmt: skip
+    info["device"] = devices.pop()
+    on_gpu = info["device"] != "cpu"
     measure_peak = not args.peak_tflops and not on_gpu
     if args.peak_tflops:
         peak, info["peak"] = args.peak_tflops * 1e12, "--peak_tflops"
     elif on_gpu:
         peak, info["peak"] = gpu_peak(info["device"])
     else:
-        peak = matmul_peak_flops()
-
-    batch = host_batch(project_config(args.model, args.batch, "float32"), np.random.default_rng(0))
-    built: list[Mode] = []
-    for name in modes:
-        dtype = "bfloat16" if name == "jax_bf16" else "float32"
-        config = project_config(args.model, args.batch, dtype)
-        try:
-            mode = (jax_mode if name.startswith("jax") else torch_mode)(name, config, batch)
-        except Exception as e:  # torch.compile needs a C++ toolchain on CPU, Triton on GPU.
-            print(f"{name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-            continue
-        mode.peak_memory = peak_memory(mode, on_gpu=on_gpu)  # Also the first warm-up step.
-        for _ in range(args.warmup):
-            mode.step()
-        built.append(mode)
-        print(f"{name}: built and warmed up", flush=True)
-    flops = next((m.flops_per_step for m in built if m.flops_per_step), None)
+        peak = 0.0
+    flops = next((m.flops_per_step for _, m in workers.values() if m.flops_per_step), None)
 
     for r in range(args.repeats):
-        for mode in built if r % 2 == 0 else built[::-1]:
-            start, kernel_start = time.perf_counter(), kernel_seconds()
-            for _ in range(args.steps):
-                mode.step()
-            mode.times.append((time.perf_counter() - start) / args.steps)
-            mode.kernel_times.append((kernel_seconds() - kernel_start) / args.steps)
+        for name in workers if r % 2 == 0 else list(workers)[::-1]:
+            conn, mode = workers[name]
+            conn.send("step")
+            step_s, kernel_s = conn.recv()
+            mode.times.append(step_s)
+            mode.kernel_times.append(kernel_s)
         if measure_peak:  # Between the steps, so a shared machine's load weighs on both alike.
-            peak = max(peak, matmul_peak_flops())
+            for conn, _ in workers.values():
+                conn.send("peak")
+                peak = max(peak, conn.recv())
         print(f"repeat {r + 1}/{args.repeats} done", flush=True)
+    for conn, _ in workers.values():
+        conn.send("stop")
     if measure_peak:
         info["peak"] = f"fp32 matmul peak measured in this run: {peak / 1e9:.0f} GFLOP/s"
     info["load_average_end"] = os.getloadavg()
 
     rows = []
-    for mode in built:
+    for _, mode in workers.values():
         step_s = statistics.median(mode.times)
         rows.append(
             {
