@@ -22,7 +22,8 @@ resident memory before the step (Linux `clear_refs`), for both frameworks alike;
 XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
 PyTorch. Kernel CPU s is the system CPU time of the worker per step: on a CPU mostly page
 faults, the kernel zeroing the pages of buffers that glibc's malloc maps afresh for every large
-allocation. The project's processes keep freed memory for reuse instead; PyTorch's run with
+allocation. The project's processes keep freed memory for reuse instead (`jax_no_reuse`: the
+project's step without that, as before `parallel.reuse_step_memory`); PyTorch's run with
 glibc's defaults, as PyTorch runs out of the box, or keep it too with `--torch_keep_freed_memory`
 (RESULTS.md).
 
@@ -62,8 +63,15 @@ from selfsup.train.loop import jit_train_step  # noqa: E402
 from selfsup.train.optim import make_optimizer  # noqa: E402
 from selfsup.train.state import create_train_state, model_graphdef  # noqa: E402
 
-MODES = ("jax", "jax_bf16", "torch_eager", "torch_cl", "torch_compile", "torch_cl_bf16")
-BF16_MODES = ("jax_bf16", "torch_cl_bf16")
+MODES = (
+    "jax",
+    "jax_bf16",
+    "jax_no_reuse",
+    "torch_eager",
+    "torch_cl",
+    "torch_compile",
+    "torch_cl_bf16",
+)
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; the first name that
 # occurs in the device's name wins, so more specific names come first.
 GPU_BF16_PEAK_TFLOPS = (
@@ -285,7 +293,7 @@ def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
     """Builds mode `name` in this process, reports it, then serves "step", "peak" and "stop"."""
     sys.path.insert(0, str(Path(__file__).parent))  # torch_reference, next to this file.
     framework = "jax" if name.startswith("jax") else "torch"
-    if framework == "jax":
+    if framework == "jax" and name != "jax_no_reuse":
         parallel.reuse_step_memory()  # As `python -m selfsup` sets up its process.
     elif args.torch_keep_freed_memory:
         keep_freed_memory()
