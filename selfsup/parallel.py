@@ -60,19 +60,25 @@ def reuse_step_memory() -> None:
 
     XLA:CPU allocates a step's buffers afresh in every step (1.4 GB for a ResNet-50/224 SimCLR
     step on 16 views). glibc's malloc maps blocks that large from the kernel and unmaps them
-    when they are freed, so each step faults in every page again: 360k page faults and 0.6 s of
-    kernel CPU time in a 1.8 s ResNet-50 step on 2 cores. Two settings let the blocks be reused,
-    as XLA's GPU and TPU allocators reuse theirs: single-device CPU steps run on the calling
-    thread (`jax_cpu_enable_async_dispatch=False`), whose blocks come from glibc's main heap
-    (a runtime thread's blocks this large are always mapped afresh), and glibc serves large
-    blocks from that heap and keeps what is freed (`mallopt`). The steps of
-    `experiments/bench/train_step.py` get 15-20% faster (RESULTS.md there). Memory a step used
-    stays with the process until it exits, as on an accelerator. Only the CPU client reads the
-    first setting; the second is applied only when the default backend is the CPU, on glibc.
-    Computations over several CPU devices still run on runtime threads and still fault.
+    when they are freed, so each step faults in every page again: 359k page faults and 0.6-2.3 s
+    of kernel CPU time per ResNet-50 step on 2 cores. Two settings let the blocks be reused, as
+    XLA's GPU and TPU allocators reuse theirs: single-device CPU steps run on the calling thread
+    (`jax_cpu_enable_async_dispatch=False`), whose blocks come from glibc's main heap (a runtime
+    thread's blocks this large are always mapped afresh), and `keep_freed_host_memory`. The
+    benchmark's steps get 1.11-1.65x faster (`experiments/bench/RESULTS.md`, change 9). Only the
+    CPU client reads the first setting; the second is made only when the default backend is the
+    CPU. Computations over several CPU devices still run on runtime threads and still fault.
     """
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    if jax.default_backend() != "cpu" or platform.libc_ver()[0] != "glibc":
+    if jax.default_backend() == "cpu":
+        keep_freed_host_memory()
+
+
+def keep_freed_host_memory() -> None:
+    """glibc's malloc serves large blocks from its heap and keeps what is freed there for reuse
+    (`mallopt`: no mmap, no trim), as a caching allocator would: the process keeps the most
+    memory it needed until it exits. Does nothing on other C libraries."""
+    if platform.libc_ver()[0] != "glibc":
         return
     libc = ctypes.CDLL(None)  # The process's own symbols, glibc's among them.
     libc.mallopt(_M_MMAP_MAX, 0)

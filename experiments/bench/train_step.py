@@ -184,11 +184,6 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
     import torch_reference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if jax.default_backend() == "gpu" and device == "cpu":
-        raise RuntimeError(
-            f"JAX runs on the GPU but torch {torch.__version__} has no CUDA: install PyPI's CUDA "
-            "build (pip uninstall torch; pip install -e '.[bench]'), as gpu.sh does"
-        )
     torch.manual_seed(0)
     model = torch_reference.build(config).to(device)
     channels_last = name in ("torch_cl", "torch_cl_bf16")
@@ -281,14 +276,6 @@ def matmul_peak_flops(framework: str, n: int = 2048, repeats: int = 3) -> float:
     return best
 
 
-def keep_freed_memory() -> None:
-    """glibc serves large blocks from its heap and keeps what is freed, as `reuse_step_memory`
-    sets it for the project's processes (a PyTorch process's steps run on its main thread)."""
-    libc = ctypes.CDLL(None)
-    libc.mallopt(-4, 0)  # M_MMAP_MAX
-    libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD
-
-
 def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
     """Builds mode `name` in this process, reports it, then serves "step", "peak" and "stop"."""
     sys.path.insert(0, str(Path(__file__).parent))  # torch_reference, next to this file.
@@ -296,7 +283,7 @@ def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
     if framework == "jax" and name != "jax_no_reuse":
         parallel.reuse_step_memory()  # As `python -m selfsup` sets up its process.
     elif args.torch_keep_freed_memory:
-        keep_freed_memory()
+        parallel.keep_freed_host_memory()  # A PyTorch step runs on the main thread: all it takes.
     config = project_config(args.model, args.batch, "bfloat16" if name == "jax_bf16" else "float32")
     batch = host_batch(config, np.random.default_rng(0))
     try:
@@ -305,17 +292,17 @@ def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
         conn.send(f"unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         return
     if framework == "jax":
-        device = jax.devices()[0].device_kind
+        on_gpu, device = jax.default_backend() == "gpu", jax.devices()[0].device_kind
     else:
         import torch
 
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    on_gpu = device != "cpu"
+        on_gpu = torch.cuda.is_available()
+        device = torch.cuda.get_device_name() if on_gpu else "cpu"
     mode.peak_memory = peak_memory(mode, on_gpu=on_gpu)  # Also the first warm-up step.
     for _ in range(args.warmup):
         mode.step()
     conn.send(dataclasses.replace(mode, step=None))
-    conn.send(device)
+    conn.send((on_gpu, device))
     while (command := conn.recv()) != "stop":
         if command == "peak":
             conn.send(0.0 if on_gpu else matmul_peak_flops(framework))
@@ -386,28 +373,29 @@ def main() -> None:
 
     info = machine()
     info["load_average_start"] = os.getloadavg()
-    info["malloc"] = "freed memory kept (jax" + (
-        ", torch)" if args.torch_keep_freed_memory else "); torch: glibc defaults"
+    info["malloc"] = "jax keeps freed memory (jax_no_reuse: glibc defaults); torch: " + (
+        "keeps freed memory" if args.torch_keep_freed_memory else "glibc defaults"
     )
     # Built one at a time, so no compilation competes with another; then they take turns.
     context = multiprocessing.get_context("spawn")
     workers: dict[str, tuple[Connection, Mode]] = {}
-    devices = set()
+    devices = {}  # Mode -> (on a GPU, device name).
     for name in modes:
         conn, child = context.Pipe()
         context.Process(target=worker, args=(child, name, args), daemon=True).start()
+        child.close()  # So a worker that dies ends `recv` with EOFError instead of a hang.
         built = conn.recv()
         if isinstance(built, str):
             print(f"{name}: {built}")
             continue
         workers[name] = (conn, built)
-        devices.add(conn.recv())
+        devices[name] = conn.recv()
         print(f"{name}: built and warmed up", flush=True)
-    if len(devices) > 1:
-        raise SystemExit(f"the modes ran on different devices ({sorted(devices)}): install a "
-                         "torch build for this device, as gpu.sh does")  # fmt: skip
-    info["device"] = devices.pop()
-    on_gpu = info["device"] != "cpu"
+    if len({on_gpu for on_gpu, _ in devices.values()}) > 1:
+        raise SystemExit(f"the modes ran on different devices ({devices}): on a GPU host, "
+                         "install PyPI's CUDA torch (pip uninstall torch; pip install -e "
+                         "'.[bench]'), as gpu.sh does")  # fmt: skip
+    on_gpu, info["device"] = next(iter(devices.values()))
     measure_peak = not args.peak_tflops and not on_gpu
     if args.peak_tflops:
         peak, info["peak"] = args.peak_tflops * 1e12, "--peak_tflops"
