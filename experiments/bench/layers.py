@@ -2,7 +2,8 @@
 benchmark's encoder (forward, input gradient, weight gradient), BatchNorm + ReLU and the ImageNet
 stem's max-pool (forward and backward), each timed alone in JAX (the encoder's own conv and BN)
 and in PyTorch eager (NCHW and channels_last), in one process, min of repeats. Totals weight each
-shape by how often the network uses it.
+shape by how often the network uses it. The process reuses freed memory as the project's
+commands do (`parallel.reuse_step_memory`), which glibc then does for PyTorch's tensors too.
 
   python experiments/bench/layers.py --model=resnet18_cifar   # also resnet50_224, relpatch
 
@@ -29,6 +30,7 @@ import torch_reference  # Next to this file.
 from flax import nnx
 
 import selfsup  # noqa: F401  Sets XLA:CPU flags before JAX starts its backend.
+from selfsup import parallel
 from selfsup.models.batch_norm import BatchNorm
 from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_kernels, max_pool
 from selfsup.train.state import split_model
@@ -237,6 +239,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=0, help="encoder batch; 0: the model's")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    parallel.reuse_step_memory()
     depth, stem, size, views = MODELS[args.model]
     n, rng = args.views or views, np.random.default_rng(0)
     convs, norms, pools = resnet_layers(depth, stem, size)
