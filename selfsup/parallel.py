@@ -68,6 +68,7 @@ def reuse_step_memory() -> None:
     benchmark's steps get 1.11-1.65x faster (`experiments/bench/RESULTS.md`, change 9). Only the
     CPU client reads the first setting; the second is made only when the default backend is the
     CPU. Computations over several CPU devices still run on runtime threads and still fault.
+    Code that runs `pretrain` or `evaluate` itself can call it first, as the commands do.
     """
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     if jax.default_backend() == "cpu":
