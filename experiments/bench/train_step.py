@@ -301,11 +301,10 @@ def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
     mode.peak_memory = peak_memory(mode, on_gpu=on_gpu)  # Also the first warm-up step.
     for _ in range(args.warmup):
         mode.step()
-    conn.send(dataclasses.replace(mode, step=None))
-    conn.send((on_gpu, device))
+    conn.send((dataclasses.replace(mode, step=None), on_gpu, device))
     while (command := conn.recv()) != "stop":
         if command == "peak":
-            conn.send(0.0 if on_gpu else matmul_peak_flops(framework))
+            conn.send(matmul_peak_flops(framework))  # Asked on a CPU only.
             continue
         start, kernel_start = time.perf_counter(), kernel_seconds()
         for _ in range(args.steps):
@@ -388,8 +387,8 @@ def main() -> None:
         if isinstance(built, str):
             print(f"{name}: {built}")
             continue
-        workers[name] = (conn, built)
-        devices[name] = conn.recv()
+        workers[name] = (conn, built[0])
+        devices[name] = built[1:]
         print(f"{name}: built and warmed up", flush=True)
     if len({on_gpu for on_gpu, _ in devices.values()}) > 1:
         raise SystemExit(f"the modes ran on different devices ({devices}): on a GPU host, "
