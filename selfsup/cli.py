@@ -43,6 +43,12 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..nu
 _NUM_IMAGES = flags.DEFINE_integer(
     "num_images", 8, "show-augmentations: how many training images to show."
 )
+_RESUME_STEP = flags.DEFINE_integer(
+    "resume_step",
+    None,
+    "pretrain: resume from the checkpoint of this step instead of the latest (after a "
+    "divergence); newer checkpoints are moved aside to checkpoints/<step>.abandoned.",
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
     False,
@@ -148,15 +154,23 @@ def main(argv: list[str]) -> None:
         except OSError as e:
             raise ConfigError(f"cannot load --config: {str(e).splitlines()[-1].strip()}") from None
         if command == "demo":
+            from selfsup.workdir import claim
+
             config = load_config_file(DEMO_CONFIG) if config is None else config
-            demo(config, Path(_WORKDIR.value or "runs/demo"))
+            with claim(_WORKDIR.value or "runs/demo", "demo"):
+                demo(config, Path(_WORKDIR.value or "runs/demo"))
             return
         if config is None or _WORKDIR.value is None:
             raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
         if command == "pretrain":
             from selfsup.train.loop import pretrain
 
-            pretrain(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+            pretrain(
+                config,
+                _WORKDIR.value,
+                allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                resume_step=_RESUME_STEP.value,
+            )
         elif command == "show-augmentations":
             from selfsup.data.show import show_augmentations
 

@@ -1,7 +1,9 @@
 """A run's claim on its workdir: an exclusive lock held for the run's life, so a second run
-pointed at a workdir that a live run uses is refused, and the check that a workdir being
-resumed was made by the same config (resuming under another config mixes two experiments
-in one set of checkpoints and metrics)."""
+pointed at a workdir that a live run uses is refused; the command that made a workdir,
+so no other kind of command writes into it (an evaluation into a pretraining workdir would
+replace its config.json and metrics); and the check that a workdir being resumed was made by
+the same config (resuming under another config mixes two experiments in one set of
+checkpoints and metrics)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import ml_collections
 from selfsup.config import ConfigError, read_saved_config
 
 LOCK_FILE = ".lock"
+COMMAND_FILE = ".command"  # The command that made the workdir: `pretrain`, `evaluate`, ...
 # Keys that change how a run reports or where it finds its data, not what it computes.
 REPORTING_KEYS = frozenset(
     {
@@ -30,11 +33,50 @@ REPORTING_KEYS = frozenset(
     }
 )
 _MISSING = "<absent>"
+# A summary.json key each command writes, for recognising workdirs that predate COMMAND_FILE.
+LEGACY_SUMMARY_KEYS = {
+    "pretrain/steps": "pretrain",
+    "evaluate/wall_seconds": "evaluate",
+    "demo/wall_seconds": "demo",
+    "show/images": "show-augmentations",
+}
+
+
+def made_by(workdir: str | Path) -> str | None:
+    """The command that made `workdir`, or None for a new folder or one no command wrote.
+    Workdirs written before `.command` existed are recognised by their files."""
+    workdir = Path(workdir)
+    if (workdir / COMMAND_FILE).is_file():
+        return (workdir / COMMAND_FILE).read_text().strip()
+    if (workdir / "checkpoints").is_dir():
+        return "pretrain"
+    summary = workdir / "summary.json"
+    try:
+        keys = json.loads(summary.read_text()) if summary.is_file() else {}
+    except json.JSONDecodeError:
+        raise ConfigError(
+            f"{summary} is not valid JSON, so which command made {workdir} is unknown: "
+            f"write `pretrain`, `evaluate`, `demo` or `show-augmentations` into {workdir}/"
+            f"{COMMAND_FILE}, or pass another --workdir."
+        ) from None
+    return next((c for key, c in LEGACY_SUMMARY_KEYS.items() if key in keys), None)
+
+
+def check_made_by(workdir: str | Path, command: str, *, flag: str = "--workdir") -> None:
+    """Refuses a workdir that another kind of command made (`flag` names where it came from)."""
+    maker = made_by(workdir)
+    if maker not in (None, command):
+        other = "a new or empty folder, or " if flag == "--workdir" else ""
+        raise ConfigError(
+            f"{flag}={workdir} holds the output of `python -m selfsup {maker}`, not of "
+            f"`{command}`: pass {other}a folder that `{command}` made."
+        )
 
 
 @contextlib.contextmanager
-def claim(workdir: str | Path) -> Iterator[None]:
-    """Holds an exclusive `flock` on `workdir/.lock` while the block runs, or refuses.
+def claim(workdir: str | Path, command: str) -> Iterator[None]:
+    """Holds an exclusive `flock` on `workdir/.lock` while the block runs, or refuses; marks
+    the workdir as `command`'s, and refuses one that another kind of command made.
 
     The kernel releases the lock when its process ends, however it ends (SIGKILL, OOM, a
     crashed host), so a dead run's lock file never blocks the next run. In a multi-process run
@@ -42,6 +84,7 @@ def claim(workdir: str | Path) -> Iterator[None]:
     (local disk, most NFS setups), not object stores such as GCS.
     """
     workdir = Path(workdir)
+    check_made_by(workdir, command)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() != 0:
         yield
@@ -59,6 +102,8 @@ def claim(workdir: str | Path) -> Iterator[None]:
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
+        check_made_by(workdir, command)  # Again, now that no other run can be writing it.
+        (workdir / COMMAND_FILE).write_text(command + "\n")
         try:
             yield
         finally:

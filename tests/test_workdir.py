@@ -1,5 +1,6 @@
-"""Workdir safety: one live run per workdir (a dead run's lock never blocks), and no resuming
-a workdir under a different config unless asked."""
+"""Workdir safety: one live run per workdir (a dead run's lock never blocks), no command
+writing into a workdir another kind of command made, and no resuming a workdir under a
+different config unless asked."""
 
 import json
 import os
@@ -17,12 +18,15 @@ from selfsup.config import (
     load_saved_config,
     save_config,
 )
+from selfsup.evaluate.run import evaluate
 from selfsup.train import loop
-from selfsup.workdir import LOCK_FILE, check_same_config, claim
+from selfsup.train.checkpoint import load_train_state
+from selfsup.workdir import COMMAND_FILE, LOCK_FILE, check_same_config, claim, made_by
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 HOLD_LOCK = (
-    "import sys; from selfsup.workdir import claim; c = claim(sys.argv[1]); c.__enter__(); "
+    "import sys; from selfsup.workdir import claim; c = claim(sys.argv[1], 'pretrain'); "
+    "c.__enter__(); "
     "print('held', flush=True); sys.stdin.read()"
 )
 
@@ -44,12 +48,12 @@ def test_a_live_runs_workdir_is_refused_and_a_killed_runs_is_not(tmp_path):
     holder.send_signal(signal.SIGKILL)  # Dies holding the lock; its lock file stays behind.
     holder.wait(timeout=30)
     assert (tmp_path / LOCK_FILE).exists()
-    with claim(tmp_path):
+    with claim(tmp_path, "pretrain"):
         assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
         with pytest.raises(ConfigError, match="in use by a running job"):
-            with claim(tmp_path):  # Another claim while this one lives.
+            with claim(tmp_path, "pretrain"):  # Another claim while this one lives.
                 pass
-    with claim(tmp_path):  # Released at the end of the block.
+    with claim(tmp_path, "pretrain"):  # Released at the end of the block.
         pass
 
 
@@ -103,3 +107,52 @@ def test_a_workdir_written_before_a_key_was_added_resumes_and_loads_with_its_def
     config.corrupt_images = "skip"
     with pytest.raises(ConfigError, match="corrupt_images: 'error' -> 'skip'"):
         check_same_config(config, tmp_path, allow_change=False)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_command_refuses_a_workdir_another_kind_of_command_made(image_folder, tmp_path):
+    run = tmp_path / "run"
+    config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
+    config.update(dict(data=image_folder, image_size=16, batch_size=16, total_steps=1))
+    config.update(dict(eval_every_steps=0, online_probe_classes=0))
+    loop.pretrain(config, run)
+    assert made_by(run) == "pretrain"
+    before = tree(run)
+    probe = load_config_file(CONFIGS / "linear_probe.py", "runlocal")
+    probe.checkpoint = str(run)
+    with pytest.raises(ConfigError, match="--workdir=.* holds the output of `python -m selfsup "
+                       "pretrain`, not of `evaluate`: pass a new or empty folder"):  # fmt: skip
+        evaluate(probe, run)
+    assert tree(run) == before  # Nothing written: config.json, metrics, summary all kept.
+
+    evaluation = tmp_path / "evaluation"
+    with claim(evaluation, "evaluate"):
+        pass
+    assert (evaluation / COMMAND_FILE).read_text() == "evaluate\n"
+    with pytest.raises(ConfigError, match="holds the output of `python -m selfsup evaluate`"):
+        loop.pretrain(config, evaluation)
+    with pytest.raises(ConfigError, match="--config.checkpoint=.* holds the output of `python "
+                       "-m selfsup evaluate`, not of `pretrain`: pass a folder that"):  # fmt: skip
+        load_train_state(evaluation, loop.parallel.make_mesh())
+
+
+@pytest.mark.parametrize(
+    "files, command",
+    [
+        ({"checkpoints/2/x": ""}, "pretrain"),
+        ({"summary.json": '{"pretrain/steps": 4}'}, "pretrain"),
+        ({"summary.json": '{"evaluate/wall_seconds": 3.0}'}, "evaluate"),
+        ({"summary.json": '{"demo/wall_seconds": 3.0}'}, "demo"),
+        ({"summary.json": '{"show/images": 8}'}, "show-augmentations"),
+        ({"notes.txt": "mine"}, None),
+        ({}, None),
+    ],
+)
+def test_workdirs_that_predate_the_command_file_are_recognised(files, command, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert made_by(tmp_path) == command

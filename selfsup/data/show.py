@@ -23,6 +23,7 @@ from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate import report
 from selfsup.pretext import get_task
+from selfsup.workdir import claim
 
 GAP = 2  # White pixels between and around the panels.
 
@@ -60,6 +61,11 @@ def show_augmentations(
     `config.train_split`; returns its path."""
     if num_images < 1:
         raise ConfigError(f"--num_images={num_images}: set it to at least 1.")
+    with claim(workdir, "show-augmentations"):
+        return _show(config, Path(workdir), num_images)
+
+
+def _show(config: ml_collections.ConfigDict, workdir: Path, num_images: int) -> Path:
     source = open_source(config.data, data_dir=config.data_dir or None)
     source, _ = pipeline.drop_undecodable_images(
         source, [config.train_split], config.corrupt_images

@@ -258,7 +258,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Ro
     """Runs the suite; writes and returns the flat summary and the result rows. Refuses a
     workdir that a live run holds."""
     check_config(config)
-    with claim(workdir):
+    with claim(workdir, "evaluate"):
         return _evaluate(config, Path(workdir))
 
 

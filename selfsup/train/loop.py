@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -32,7 +33,7 @@ from selfsup.evaluate import report
 from selfsup.evaluate.report import read_metrics
 from selfsup.models.heads import online_probe_loss
 from selfsup.pretext import get_task
-from selfsup.train.checkpoint import Checkpointer
+from selfsup.train.checkpoint import Checkpointer, Restored
 from selfsup.train.optim import make_optimizer
 from selfsup.train.state import (
     TrainState,
@@ -142,9 +143,10 @@ def heldout_metrics(heldout_step, state: TrainState, batches) -> dict[str, float
 
 
 class MetricsLog:
-    """`metrics.jsonl`, TensorBoard scalars and the progress line (loss, images/s, ETA); on
-    resume, drops the lines past the restored step. In a multi-process run only process 0
-    writes and prints; the others just compute what it logs."""
+    """`metrics.jsonl`, TensorBoard scalars and the progress line (loss, images/s, ETA). On
+    resume it drops the records past the restored step and rebuilds TensorBoard's events from
+    the rest, so each step has one record and one event whatever runs were killed. In a
+    multi-process run only process 0 writes and prints; the others just compute what it logs."""
 
     def __init__(self, workdir: Path, *, start_step: int, total_steps: int, batch_size: int):
         self.path = workdir / "metrics.jsonl"
@@ -152,7 +154,10 @@ class MetricsLog:
         if self.writes:
             kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            shutil.rmtree(workdir / "tensorboard", ignore_errors=True)  # Derived from the records.
             self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+            for record in kept:
+                self._write_events(record["step"], record)
         self.total_steps, self.batch_size = total_steps, batch_size
         self.timer = (time.perf_counter(), start_step)  # Throughput is measured from here.
         self.first_write = True
@@ -173,10 +178,7 @@ class MetricsLog:
             return metrics
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        with self.tensorboard.as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(k, v)
-        self.tensorboard.flush()
+        self._write_events(step, metrics)
         eta = (self.total_steps - step) * self.batch_size / images_per_s
         heldout = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.startswith("heldout/"))
         print(
@@ -185,6 +187,13 @@ class MetricsLog:
             flush=True,
         )
         return metrics
+
+    def _write_events(self, step: int, metrics: dict[str, float]) -> None:
+        with self.tensorboard.as_default(step=step):
+            for k, v in metrics.items():
+                if k != "step":
+                    tf.summary.scalar(k, v)
+        self.tensorboard.flush()
 
     def close(self) -> None:
         if self.writes:
@@ -223,17 +232,96 @@ def format_duration(seconds: float) -> str:
 
 
 def pretrain(
-    config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    allow_config_change: bool = False,
+    resume_step: int | None = None,
 ) -> dict[str, float]:
     """Trains (or resumes) `config` in `workdir`; returns the flat summary it also writes.
 
-    Refuses a workdir that a live run holds, and (unless `allow_config_change`) one that an
-    earlier run of a different config made."""
+    Resumes from the latest checkpoint, or from `resume_step` (newer checkpoints are then
+    moved aside, never deleted). Refuses a workdir that a live run holds, that another kind of
+    command made, or (unless `allow_config_change`) that a run of a different config made."""
     check_minimums(config, PRETRAIN_MINIMUMS)
     workdir = Path(workdir)
     # Whatever ends the run, its checkpoint saves finish and its files are closed.
-    with claim(workdir), contextlib.ExitStack() as cleanup:
-        return _train(config, workdir, cleanup, allow_config_change=allow_config_change)
+    with claim(workdir, "pretrain"), contextlib.ExitStack() as cleanup:
+        return _train(
+            config,
+            workdir,
+            cleanup,
+            allow_config_change=allow_config_change,
+            resume_step=resume_step,
+        )
+
+
+def initial_state(
+    checkpointer: Checkpointer, abstract_state: TrainState, fresh, *, resume_step: int | None
+) -> Restored:
+    """The state a run starts from: checkpoint `resume_step` (newer ones moved aside as
+    `<step>.abandoned`), else the latest readable checkpoint, else `fresh()` at step 0. A
+    workdir whose checkpoints were all set aside is refused rather than started over."""
+    if resume_step is not None:
+        restored = checkpointer.restore(resume_step, abstract_state)  # Damage is an error here.
+        for step in checkpointer.steps():
+            if step > resume_step:
+                aside = checkpointer.move_aside(step, "abandoned")
+                print(f"Moved the checkpoint at step {step}, after step {resume_step}, to {aside}.")
+        return restored
+    if checkpointer.steps():
+        return checkpointer.restore_latest(abstract_state)
+    if aside := checkpointer.set_aside():
+        raise ConfigError(
+            f"{checkpointer.directory} has no checkpoint to resume from, only ones set aside "
+            f"({', '.join(aside)}): move that folder away to start over, or pass another --workdir."
+        )
+    return Restored(0, fresh(), {})
+
+
+def window_to_json(sums: dict[str, np.ndarray] | None, steps: int) -> dict:
+    """Metric sums since the last log, exactly (float32 values are exact as JSON doubles)."""
+    sums = sums or {}
+    return {
+        "steps": steps,
+        "sums": {k: [float(v), np.asarray(v).dtype.name] for k, v in sums.items()},
+    }
+
+
+def window_from_json(saved: dict, mesh: jax.sharding.Mesh) -> tuple[dict | None, int]:
+    """The device-side metric sums `window_to_json` saved, and how many steps they cover."""
+    if not saved.get("steps"):
+        return None, 0
+    sums = {k: np.asarray(v, jnp.dtype(dtype)) for k, (v, dtype) in saved["sums"].items()}
+    return jax.device_put(sums, parallel.replicated(mesh)), saved["steps"]
+
+
+# No healthy ResNet weight comes near this; a run whose weights pass it has diverged even if
+# its loss is still finite, and a checkpoint of it would only diverge again when resumed.
+WEIGHT_LIMIT = 1e6
+
+
+@jax.jit
+def largest_weight(params) -> jax.Array:
+    """max |w| over all parameters (NaN if any is NaN)."""
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)]))
+
+
+def divergence_error(problem: str, step: int, checkpointer: Checkpointer) -> NonFiniteLossError:
+    steps = checkpointer.steps()
+    if not steps:
+        where = (
+            "no checkpoint was saved yet, so a re-run starts from step 0. Lower "
+            "--config.optim.learning_rate or check the data first."
+        )
+    else:
+        where = (
+            f"the last checkpoint is step {steps[-1]} in {checkpointer.directory} (kept: "
+            f"{', '.join(map(str, steps))}). Lower --config.optim.learning_rate (with "
+            "--allow_config_change) or check the data, then re-run to resume from it, or from "
+            "an older one with --resume_step=N."
+        )
+    return NonFiniteLossError(f"{problem} by step {step}; {where}")
 
 
 def _train(
@@ -242,6 +330,7 @@ def _train(
     cleanup: contextlib.ExitStack,
     *,
     allow_config_change: bool,
+    resume_step: int | None,
 ) -> dict[str, float]:
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
@@ -266,13 +355,14 @@ def _train(
     cleanup.callback(checkpointer.close)
     if unfinished := checkpointer.unfinished_saves():  # This run holds the workdir: all dead.
         print(f"Ignoring unfinished checkpoint saves (cut short): {', '.join(unfinished)}.")
-    if checkpointer.latest_step() is None:
-        start_step = 0
-        state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
-    else:
-        start_step, state = checkpointer.restore_latest(
-            abstract_train_state(task.build_model, tx, mesh=mesh)
-        )
+    restored = initial_state(
+        checkpointer,
+        abstract_train_state(task.build_model, tx, mesh=mesh),
+        lambda: create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh),
+        resume_step=resume_step,
+    )
+    start_step, state = restored.step, restored.state
+    if start_step:
         print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
     if jax.process_index() == 0:
         save_config(config, workdir)
@@ -315,9 +405,9 @@ def _train(
         f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
     )
 
-    last_saved = start_step
     host_metrics = (read_metrics(log.path) or [{}])[-1]
-    window, window_steps = None, 0  # Device-side metric sums since the last log.
+    # Device-side metric sums since the last log, carried across a resume by the checkpoint.
+    window, window_steps = window_from_json(restored.metric_window, mesh)
     with sigterm_requests() as sigterm:
         for step in range(start_step + 1, total_steps + 1):
             batch = next(batches)  # The one intended host-to-device copy, outside the guard.
@@ -335,21 +425,14 @@ def _train(
             should_save = step % config.checkpoint_every_steps == 0 or is_last
             if should_log or should_save or preempted:
                 # Means since the last log; a NaN anywhere in the window shows in the mean.
-                host_metrics = {
-                    k: float(v) / window_steps for k, v in jax.device_get(window).items()
-                }
+                sums = jax.device_get(window)
+                host_metrics = {k: float(v) / window_steps for k, v in sums.items()}
                 if not np.isfinite([host_metrics["loss"], host_metrics["grad_norm"]]).all():
-                    last_good = (
-                        f"is step {last_saved} in {workdir}/checkpoints"
-                        if checkpointer.latest_step() is not None
-                        else "does not exist yet"
-                    )
-                    raise NonFiniteLossError(
+                    raise divergence_error(
                         f"loss is {host_metrics['loss']} and gradient norm "
-                        f"{host_metrics['grad_norm']} by step {step}; the last good checkpoint "
-                        f"{last_good}. Lower --config.optim."
-                        "learning_rate (with --allow_config_change) or check the data, then "
-                        "re-run to resume from it."
+                        f"{host_metrics['grad_norm']}",
+                        step,
+                        checkpointer,
                     )
             if should_eval:
                 start = time.perf_counter()
@@ -363,10 +446,16 @@ def _train(
                 log.exclude(time.perf_counter() - start)
             if should_log:
                 host_metrics = log.write(step, host_metrics)
-                window, window_steps = None, 0
+                window, window_steps, sums = None, 0, None
             if should_save or preempted:
-                checkpointer.save(step, state)
-                last_saved = step
+                if not (largest := float(largest_weight(state.params))) <= WEIGHT_LIMIT:
+                    raise divergence_error(
+                        f"the weights have diverged (largest |w| {largest:.3g}, a healthy run "
+                        f"stays under {WEIGHT_LIMIT:g}; not checkpointed)",
+                        step,
+                        checkpointer,
+                    )
+                checkpointer.save(step, state, metric_window=window_to_json(sums, window_steps))
             if preempted:
                 raise PreemptedError(
                     f"SIGTERM: saved a checkpoint at step {step}/{total_steps} in "

@@ -1,0 +1,169 @@
+"""Checkpoint faults: each checkpoint judged by itself (damage, checksums, not fitting the
+model), readers that change nothing, divergence that is never checkpointed, and resuming from
+a chosen step. `run6` is one uninterrupted run (checkpoints 2, 4, 6) that each test copies."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_loop import final_params, tiny_config
+
+from selfsup.config import ConfigError
+from selfsup.train import loop
+from selfsup.train.checkpoint import CHECKSUMS, Checkpointer, load_train_state
+
+
+def settings(image_folder, **overrides):
+    defaults = dict(total_steps=6, checkpoint_every_steps=2, keep_checkpoints=3)
+    return tiny_config(image_folder, **{**defaults, **overrides})
+
+
+@pytest.fixture(scope="module")
+def run6(image_folder, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("run6") / "run"
+    loop.pretrain(settings(image_folder), workdir)
+    return workdir
+
+
+def copy_run(run6: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run6, tmp_path / "run", symlinks=True))
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file's sha256 and every folder, by relative path: equal means untouched."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else ""
+        for p in sorted(folder.rglob("*"))
+        if p.name != ".lock"
+    }
+
+
+def assert_same_params(a_dir: Path, b_dir: Path) -> None:
+    (step_a, a), (step_b, b) = final_params(a_dir), final_params(b_dir)
+    assert step_a == step_b
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def flip_a_byte(folder: Path) -> Path:
+    """Flips one byte in the middle of the folder's largest array file."""
+    largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
+    return largest
+
+
+def test_every_save_records_the_checksum_of_each_of_its_files(run6):
+    for step in (2, 4, 6):
+        folder = run6 / "checkpoints" / str(step)
+        listed = dict(
+            reversed(line.split("  ", 1)) for line in (folder / CHECKSUMS).read_text().splitlines()
+        )
+        files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+        assert set(listed) == files - {CHECKSUMS}
+        for name, sha in listed.items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha
+
+
+@pytest.mark.parametrize("damage", ["empty folder", "no item folder", "one flipped byte"])
+def test_a_damaged_checkpoint_is_set_aside_alone(run6, image_folder, tmp_path, capsys, damage):
+    workdir = copy_run(run6, tmp_path)
+    checkpoints = workdir / "checkpoints"
+    if damage == "one flipped byte":
+        flip_a_byte(checkpoints / "6")
+    else:
+        shutil.rmtree(checkpoints / "6" / ("default" if damage == "no item folder" else ""))
+        (checkpoints / "6").mkdir(exist_ok=True)
+    kept = digest(checkpoints / "4")
+    loop.pretrain(settings(image_folder), workdir)
+
+    out = capsys.readouterr().out
+    assert "Checkpoint at step 6 is damaged" in out and "step 4 is damaged" not in out
+    if damage == "one flipped byte":
+        assert "changed since it was saved (checksum mismatch)" in out
+    assert "Resuming from checkpoint at step 4/6" in out
+    assert (checkpoints / "6.unreadable").is_dir()  # Kept for inspection, never deleted.
+    assert digest(checkpoints / "4") == kept
+    assert_same_params(workdir, run6)  # Steps 5-6 redone: the state the damaged save held.
+
+
+def test_a_workdir_whose_checkpoints_are_all_damaged_is_never_started_over(
+    run6, image_folder, tmp_path
+):
+    workdir = copy_run(run6, tmp_path)
+    for step in ("2", "4", "6"):
+        flip_a_byte(workdir / "checkpoints" / step)
+    with pytest.raises(ConfigError, match="no readable checkpoint"):
+        loop.pretrain(settings(image_folder), workdir)
+    metrics = (workdir / "metrics.jsonl").read_bytes()
+    for _ in range(2):  # However often it is re-run, it refuses: never a silent step 0.
+        with pytest.raises(ConfigError, match=r"no checkpoint to resume from, only ones set aside"):
+            loop.pretrain(settings(image_folder), workdir)
+    assert (workdir / "metrics.jsonl").read_bytes() == metrics
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
+        "2.unreadable",
+        "4.unreadable",
+        "6.unreadable",
+    ]
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_config_error(run6, image_folder, tmp_path):
+    workdir = copy_run(run6, tmp_path)
+    before = digest(workdir / "checkpoints")
+    wider = settings(image_folder)
+    wider.model.width = 2 * wider.model.width
+    with pytest.raises(ConfigError, match=r"does not fit the model .*bn1/mean \(8,\) vs \(16,\)"):
+        loop.pretrain(wider, workdir, allow_config_change=True)
+    assert digest(workdir / "checkpoints") == before  # Nothing renamed.
+
+    # A reader whose config.json disagrees with the checkpoints: same error, nothing touched.
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["model"]["width"] = wider.model.width
+    (workdir / "config.json").write_text(json.dumps(saved))
+    before = digest(workdir)
+    with pytest.raises(ConfigError, match="does not fit the model"):
+        load_train_state(workdir, loop.parallel.make_mesh())
+    assert digest(workdir) == before
+
+
+def test_reading_a_run_skips_a_damaged_checkpoint_and_changes_nothing(run6, tmp_path, capsys):
+    workdir = copy_run(run6, tmp_path)
+    flip_a_byte(workdir / "checkpoints" / "6")
+    before = digest(workdir)
+    _, step, state = load_train_state(workdir, loop.parallel.make_mesh())
+    assert step == 4 and "step 6 is damaged" in capsys.readouterr().out
+    assert digest(workdir) == before
+    _, _, state_4 = load_train_state(run6, loop.parallel.make_mesh(), step=4)
+    for a, b in zip(
+        jax.device_get(jax.tree.leaves(state)), jax.device_get(jax.tree.leaves(state_4))
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_is_never_checkpointed_and_a_chosen_step_resumes(run6, image_folder, tmp_path):
+    workdir = copy_run(run6, tmp_path)
+    config = settings(image_folder, checkpoint_every_steps=1, log_every_steps=100)
+    config.total_steps = 10
+    config.optim.learning_rate = 1e10  # Step 7's update sends the weights past the limit.
+    with pytest.raises(
+        loop.NonFiniteLossError,
+        match=r"weights have diverged .* by step 7; the last checkpoint is step 6",
+    ):
+        loop.pretrain(config, workdir, allow_config_change=True)
+    assert Checkpointer(workdir, read_only=True).steps() == [2, 4, 6]
+
+    # Going back past a checkpoint (6) that was saved: it is moved aside, not deleted.
+    original_6 = digest(workdir / "checkpoints" / "6")
+    config = settings(image_folder)
+    loop.pretrain(config, workdir, resume_step=4, allow_config_change=True)
+    assert digest(workdir / "checkpoints" / "6.abandoned") == original_6
+    assert_same_params(workdir, run6)  # Steps 5-6 redone from 4 as the original run did them.
+    with pytest.raises(ConfigError, match=r"no checkpoint at step 3 .*\(steps: 2, 4, 6\)"):
+        loop.pretrain(config, workdir, resume_step=3, allow_config_change=True)
