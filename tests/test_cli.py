@@ -270,7 +270,7 @@ def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(im
         batch_size=16,
         image_size=16,
         total_steps=16,
-        log_every_steps=1,
+        log_every_steps=3,  # Not a divisor of the checkpoint interval: windows span a kill.
         checkpoint_every_steps=4,
         eval_every_steps=0,
     )
@@ -311,3 +311,13 @@ def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(im
     assert len(leaves_killed) == len(leaves_full)
     for a, b in zip(jax.device_get(leaves_killed), jax.device_get(leaves_full)):
         np.testing.assert_array_equal(a, b)
+    # The same metric lines, timings aside.
+    killed_log, full_log = (
+        [
+            {k: v for k, v in json.loads(line).items() if k != "images_per_second"}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
+        for run in ("killed", "uninterrupted")
+    )
+    assert [r["step"] for r in full_log] == [3, 6, 9, 12, 15, 16]
+    assert killed_log == full_log
