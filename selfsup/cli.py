@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m selfsup {{{','.join(COMMANDS)}}} [--flags]")
     command = argv[1]
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    from selfsup.train.loop import NonFiniteLossError, PreemptedError  # Imports TF.
+    from selfsup.train.engine import NonFiniteLossError, PreemptedError
 
     try:
         from selfsup import parallel

@@ -13,7 +13,7 @@ import pytest
 from test_loop import final_params, tiny_config
 
 from selfsup.config import ConfigError
-from selfsup.train import loop
+from selfsup.train import engine, loop
 from selfsup.train.checkpoint import CHECKSUMS, Checkpointer, load_train_state
 
 
@@ -153,7 +153,7 @@ def test_divergence_is_never_checkpointed_and_a_chosen_step_resumes(run6, image_
     config.total_steps = 10
     config.optim.learning_rate = 1e10  # Step 7's update sends the weights past the limit.
     with pytest.raises(
-        loop.NonFiniteLossError,
+        engine.NonFiniteLossError,
         match=r"weights have diverged .* by step 7; the last checkpoint is step 6",
     ):
         loop.pretrain(config, workdir, allow_config_change=True)

@@ -11,7 +11,7 @@ import pytest
 
 from selfsup.config import load_config_file
 from selfsup.pretext import simclr
-from selfsup.train import loop
+from selfsup.train import engine, loop
 from selfsup.train.checkpoint import Checkpointer, load_pretrained_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -81,7 +81,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, mo
     config.total_steps = 6  # ...extended, and the extension diverges.
     monkeypatch.setattr(simclr, "nt_xent_loss", nan_loss)
     message = "by step 5; the last checkpoint is step 4 .*kept: 2, 4"
-    with pytest.raises(loop.NonFiniteLossError, match=message):
+    with pytest.raises(engine.NonFiniteLossError, match=message):
         loop.pretrain(config, tmp_path, allow_config_change=True)
     assert Checkpointer(tmp_path, keep=3).latest_step() == 4  # Nothing good was lost.
 
@@ -155,7 +155,7 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_too(image_folder, tmp_pat
     nt_xent = simclr.nt_xent_loss
     monkeypatch.setattr(simclr, "nt_xent_loss", nan_gradient)
     with pytest.raises(
-        loop.NonFiniteLossError,
+        engine.NonFiniteLossError,
         match=r"loss is \d+\.\d+ and gradient norm nan by step 1; no checkpoint was saved yet, "
         "so a re-run starts from step 0",
     ):

@@ -118,7 +118,7 @@ def step_rate(config, *, batch: int, steps: int) -> float:
 
     from selfsup import parallel
     from selfsup.pretext import get_task
-    from selfsup.train.loop import make_train_step
+    from selfsup.train.loop import jit_train_step
     from selfsup.train.optim import make_optimizer
     from selfsup.train.state import create_train_state, model_graphdef
 
@@ -128,12 +128,7 @@ def step_rate(config, *, batch: int, steps: int) -> float:
         config.optim, batch_size=batch, total_steps=1000, warmup_steps=10, steps_per_epoch=100.0
     )
     state = create_train_state(task.build_model, tx, seed=0, mesh=mesh)
-    step = jax.jit(
-        make_train_step(task, model_graphdef(task.build_model), tx, schedule, seed=0),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step = jit_train_step(task, model_graphdef(task.build_model), tx, schedule, seed=0, mesh=mesh)
     rng = np.random.default_rng(0)
     size = config.image_size
     data = jax.device_put(

@@ -11,8 +11,9 @@ layer-wise decay `stage_lr_decay ** (5 - i)` for stage i (stem 0, stage1..4 = 1.
 Recipe (google-research/simclr's fine-tuning preprocessing, `color_distort=False`): random
 resized crop (area in [min_crop_area, 1]) + left-right flip, no colour distortion; SGD with
 momentum, linear warmup then cosine decay, for a fixed number of steps; the head starts at zero.
-The step follows the pretraining step (`train.loop.make_train_step`): jitted, donated, with the
-batch sharded over every device, so BatchNorm statistics are those of the global batch.
+It runs on the engine pretraining runs on (`train.engine`): the same jitted, donated step with
+the batch sharded over every device (so BatchNorm statistics are those of the global batch),
+the same NaN stop and progress line; only the loss and the parameter groups are its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tensorflow as tf
 from flax import nnx
@@ -36,7 +36,7 @@ from selfsup.config import ConfigError
 from selfsup.data import augment, pipeline
 from selfsup.data.sources import Source
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, STAGE_NAMES
-from selfsup.train.loop import NonFiniteLossError, format_duration
+from selfsup.train import engine
 from selfsup.train.optim import (
     lr_multipliers,
     make_optimizer,
@@ -131,26 +131,36 @@ def _train_example(config: ml_collections.ConfigDict, preprocess: Callable[[tf.T
     return example
 
 
-def make_finetune_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, frozen_stages: int
-):
-    """The pure update `(state, batch) -> (state, metrics)` of the classifier's cross-entropy, in
-    the pretraining step's pattern (`train.loop.make_train_step`): merge inside, one gradient,
-    new BatchNorm statistics out."""
+def finetune_loss(graphdef: nnx.GraphDef, *, frozen_stages: int) -> engine.LossFn:
+    """The classifier's cross-entropy, for `engine.make_train_step`."""
 
-    def finetune_step(state: TrainState, batch: dict[str, jax.Array]):
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.batch_stats)
-            logits = model(batch["image"], train=True, frozen_stages=frozen_stages)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    def loss_fn(params, batch_stats, batch, rng):
+        model = nnx.merge(graphdef, params, batch_stats)
+        logits = model(batch["image"], train=True, frozen_stages=frozen_stages)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, ({"loss": loss}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, batch_stats, opt_state), {"loss": loss}
+    return loss_fn
 
-    return finetune_step
+
+@dataclasses.dataclass
+class FinetuneHooks(engine.Hooks):
+    """The engine's hooks for fine-tuning: a progress line per log, no checkpoints."""
+
+    what: str
+    throughput: engine.Throughput
+
+    def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        _, rate = self.throughput.report(step)
+        total = self.throughput.total_steps
+        print(f"  {self.what}: step {step}/{total}  loss {metrics['loss']:.4f}{rate}", flush=True)
+        return metrics
+
+    def diverged(self, problem: str, step: int) -> engine.NonFiniteLossError:
+        return engine.NonFiniteLossError(
+            f"{self.what}: fine-tuning {problem} at step {step}; lower "
+            "--config.finetune.optim.learning_rate."
+        )
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -200,13 +210,21 @@ def _programs(
         params, batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
         return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
-    train_step = jax.jit(
-        make_finetune_step(graphdef, tx, frozen_stages=frozen_stages),
-        in_shardings=(replicated, parallel.batch_sharding(mesh)),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-    return jax.jit(init, out_shardings=replicated), train_step
+    step = engine.make_train_step(finetune_loss(graphdef, frozen_stages=frozen_stages), tx, seed=0)
+    return jax.jit(init, out_shardings=replicated), engine.jit_step(step, mesh)
+
+
+def fitting_batch_size(batch_size: int, num_examples: int, mesh, *, what: str) -> int:
+    """`batch_size`, shrunk to fit a small label fraction that holds fewer examples than one
+    batch (a multiple of the device count)."""
+    devices = mesh.devices.size
+    fitting = min(batch_size, num_examples // devices * devices)
+    if fitting == 0:
+        raise ConfigError(
+            f"{what}: {num_examples} training examples cannot fill one per device on "
+            f"{devices} devices; use a larger label fraction."
+        )
+    return fitting
 
 
 def finetune(
@@ -227,13 +245,7 @@ def finetune(
     dataset (`eval_dataset`s of `preprocess`ed images) and the fine-tuned classifier."""
     start = time.perf_counter()
     num_examples = source.num_examples(train_split)
-    # A small label fraction may hold fewer examples than one batch: shrink the batch to fit.
-    batch_size = min(config.batch_size, num_examples // mesh.devices.size * mesh.devices.size)
-    if batch_size == 0:
-        raise ConfigError(
-            f"{what}: {num_examples} training examples cannot fill one per device on "
-            f"{mesh.devices.size} devices; use a larger label fraction."
-        )
+    batch_size = fitting_batch_size(config.batch_size, num_examples, mesh, what=what)
     graphdef, params, batch_stats = split_model(
         Classifier(encoder, source.num_classes, rngs=nnx.Rngs(seed))
     )
@@ -255,50 +267,33 @@ def finetune(
         mesh=mesh,
     )
     state = init(params, batch_stats)
-    local_batch = parallel.local_batch_size(batch_size, mesh, what="finetune.batch_size")
     ds = pipeline.train_dataset(
         source,
         train_split,
         _train_example(config, preprocess),
-        local_batch_size=local_batch,
+        local_batch_size=parallel.local_batch_size(batch_size, mesh, what="finetune.batch_size"),
         seed=seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     batches = pipeline.global_batches(ds, mesh, what=f"{source.spec} split {train_split!r}")
-
-    window, window_steps, loss, timer = None, 0, float("nan"), None
-    for step in range(1, config.steps + 1):
-        batch = next(batches)  # The one intended host-to-device copy, outside the guard.
-        with jax.transfer_guard("disallow"):
-            state, metrics = train_step(state, batch)
-        window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
-        window_steps += 1
-        if step % config.log_every_steps == 0 or step == config.steps:
-            loss = float(window["loss"]) / window_steps
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{what}: fine-tuning loss is {loss} at step {step}; lower "
-                    "--config.finetune.optim.learning_rate."
-                )
-            if timer is None:  # From the first log on, compilation no longer skews the rate.
-                timer, rate = (time.perf_counter(), step), ""
-            else:
-                images_per_s = (step - timer[1]) * batch_size / (time.perf_counter() - timer[0])
-                eta = (config.steps - step) * batch_size / images_per_s
-                rate = f"  {images_per_s:.0f} images/s  ETA {format_duration(eta)}"
-            print(f"  {what}: step {step}/{config.steps}  loss {loss:.4f}{rate}", flush=True)
-            window, window_steps = None, 0
-
-    accuracies = {
-        name: accuracy(
-            graphdef, state.params, state.batch_stats, eval_ds, mesh, what=f"{what} {name}"
-        )
-        for name, eval_ds in evaluation.items()
-    }
+    throughput = engine.Throughput(start_step=0, total_steps=config.steps, batch_size=batch_size)
+    state, logged = engine.run(
+        state,
+        train_step,
+        batches,
+        start_step=0,
+        cadence=engine.Cadence(total_steps=config.steps, log_every=config.log_every_steps),
+        hooks=FinetuneHooks(what, throughput),
+    )
     result = FinetuneResult(
-        accuracy=accuracies,
-        train_loss=loss,
+        accuracy={
+            name: accuracy(
+                graphdef, state.params, state.batch_stats, ds, mesh, what=f"{what} {name}"
+            )
+            for name, ds in evaluation.items()
+        },
+        train_loss=logged["loss"],
         learning_rate=peak_learning_rate(config.optim, batch_size),
         steps=config.steps,
         batch_size=batch_size,

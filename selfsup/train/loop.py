@@ -1,5 +1,6 @@
-"""The pretraining loop: a jitted, donated train step over a sharded batch, periodic logging
-with throughput and ETA, checkpoints, and resume from the workdir's latest checkpoint.
+"""Pretraining on the engine (`train.engine`): the pretext loss plus the online probe,
+metrics.jsonl / TensorBoard / the progress line, held-out pretext metrics, checkpoints and
+resume from the workdir's latest (or a chosen) checkpoint.
 
 It knows nothing about a particular pretext task: the task supplies the training example
 (TF side), the model and the loss.
@@ -8,20 +9,17 @@ It knows nothing about a particular pretext task: the task supplies the training
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 import tensorflow as tf
 from flax import nnx
 
@@ -33,7 +31,9 @@ from selfsup.evaluate import report
 from selfsup.evaluate.report import read_metrics
 from selfsup.models.heads import online_probe_loss
 from selfsup.pretext import get_task
+from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
+from selfsup.train.engine import NonFiniteLossError
 from selfsup.train.optim import make_optimizer
 from selfsup.train.state import (
     TrainState,
@@ -55,68 +55,24 @@ PRETRAIN_MINIMUMS = {
 }
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient became NaN or infinite; the message names the step and the last
-    checkpoint."""
+def pretrain_loss(task, graphdef) -> engine.LossFn:
+    """The pretext task's loss plus the online probe's (on stop-gradient features); the
+    metrics report the pretext loss alone as `loss`."""
 
+    def loss_fn(params, batch_stats, batch, rng):
+        model = nnx.merge(graphdef, params, batch_stats)
+        loss, metrics, features = task.loss(model, batch, rng, train=True)
+        probe_loss, probe_metrics = online_probe_loss(model.online_probe, features, batch["label"])
+        batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        return loss + probe_loss, ({**metrics, **probe_metrics, "loss": loss}, batch_stats)
 
-class PreemptedError(RuntimeError):
-    """SIGTERM arrived; a checkpoint of the current step was saved before stopping."""
-
-
-@contextlib.contextmanager
-def sigterm_requests() -> Iterator[threading.Event]:
-    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) sets while the
-    block runs, so the loop can checkpoint and stop between steps; restores the old handler."""
-    requested = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def make_train_step(task, graphdef, tx, schedule, *, seed: int):
-    """The pure update `(state, batch) -> (state, metrics)`."""
-
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.batch_stats)
-            loss, metrics, features = task.loss(model, batch, rng, train=True)
-            probe_loss, probe_metrics = online_probe_loss(
-                model.online_probe, features, batch["label"]
-            )
-            batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            return loss + probe_loss, (loss, {**metrics, **probe_metrics}, batch_stats)
-
-        (_, (loss, metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(state.step),
-        }
-        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
-
-    return train_step
+    return loss_fn
 
 
 def jit_train_step(task, graphdef, tx, schedule, *, seed: int, mesh: jax.sharding.Mesh):
-    """`make_train_step` compiled as pretraining runs it (and experiments/bench measures it):
-    state replicated and donated, batch sharded over the mesh, metrics replicated."""
-    state_sharding = parallel.replicated(mesh)
-    return jax.jit(
-        make_train_step(task, graphdef, tx, schedule, seed=seed),
-        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
+    """The pretraining step as the engine runs it (and experiments/bench measures it)."""
+    step = engine.make_train_step(pretrain_loss(task, graphdef), tx, seed=seed, schedule=schedule)
+    return engine.jit_step(step, mesh)
 
 
 def make_heldout_step(task, graphdef, *, seed: int):
@@ -158,33 +114,23 @@ class MetricsLog:
             self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
             for record in kept:
                 self._write_events(record["step"], record)
-        self.total_steps, self.batch_size = total_steps, batch_size
-        self.timer = (time.perf_counter(), start_step)  # Throughput is measured from here.
-        self.first_write = True
-
-    def exclude(self, seconds: float) -> None:
-        """Leaves `seconds` of non-training work (held-out evaluation) out of the throughput."""
-        start_time, start_step = self.timer
-        self.timer = (start_time + seconds, start_step)
+        self.total_steps = total_steps
+        self.throughput = engine.Throughput(
+            start_step=start_step, total_steps=total_steps, batch_size=batch_size
+        )
 
     def write(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """Logs `metrics` plus throughput; returns what it logged."""
-        start_time, start_step = self.timer
-        images_per_s = (step - start_step) * self.batch_size / (time.perf_counter() - start_time)
-        if self.first_write:  # From the first write on, compilation no longer skews throughput.
-            self.timer, self.first_write = (time.perf_counter(), step), False
+        images_per_s, rate = self.throughput.report(step)
         metrics = {**metrics, "images_per_second": images_per_s}
         if not self.writes:
             return metrics
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         self._write_events(step, metrics)
-        eta = (self.total_steps - step) * self.batch_size / images_per_s
         heldout = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.startswith("heldout/"))
         print(
-            f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}{heldout}  "
-            f"{images_per_s:.1f} images/s  ETA {format_duration(eta)}",
-            flush=True,
+            f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}{heldout}{rate}", flush=True
         )
         return metrics
 
@@ -222,15 +168,6 @@ def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> tu
     return total, warmup
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )
-
-
 def pretrain(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -262,6 +199,8 @@ def initial_state(
     """The state a run starts from: checkpoint `resume_step` (newer ones moved aside as
     `<step>.abandoned`), else the latest readable checkpoint, else `fresh()` at step 0. A
     workdir whose checkpoints were all set aside is refused rather than started over."""
+    if unfinished := checkpointer.unfinished_saves():  # This run holds the workdir: all dead.
+        print(f"Ignoring unfinished checkpoint saves (cut short): {', '.join(unfinished)}.")
     if resume_step is not None:
         restored = checkpointer.restore(resume_step, abstract_state)  # Damage is an error here.
         for step in checkpointer.steps():
@@ -277,23 +216,6 @@ def initial_state(
             f"({', '.join(aside)}): move that folder away to start over, or pass another --workdir."
         )
     return Restored(0, fresh(), {})
-
-
-def window_to_json(sums: dict[str, np.ndarray] | None, steps: int) -> dict:
-    """Metric sums since the last log, exactly (float32 values are exact as JSON doubles)."""
-    sums = sums or {}
-    return {
-        "steps": steps,
-        "sums": {k: [float(v), np.asarray(v).dtype.name] for k, v in sums.items()},
-    }
-
-
-def window_from_json(saved: dict, mesh: jax.sharding.Mesh) -> tuple[dict | None, int]:
-    """The device-side metric sums `window_to_json` saved, and how many steps they cover."""
-    if not saved.get("steps"):
-        return None, 0
-    sums = {k: np.asarray(v, jnp.dtype(dtype)) for k, (v, dtype) in saved["sums"].items()}
-    return jax.device_put(sums, parallel.replicated(mesh)), saved["steps"]
 
 
 # No healthy ResNet weight comes near this; a run whose weights pass it has diverged even if
@@ -324,6 +246,37 @@ def divergence_error(problem: str, step: int, checkpointer: Checkpointer) -> Non
     return NonFiniteLossError(f"{problem} by step {step}; {where}")
 
 
+@dataclasses.dataclass
+class PretrainHooks(engine.Hooks):
+    """The engine's hooks for pretraining: metrics.jsonl and TensorBoard, held-out pretext
+    metrics (left out of the throughput), and checkpoints never of a diverged state."""
+
+    metrics_log: MetricsLog
+    checkpointer: Checkpointer
+    heldout: Callable[[TrainState], dict[str, float]] | None
+
+    def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        return self.metrics_log.write(step, metrics)
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = self.heldout(state)
+        self.metrics_log.throughput.exclude(time.perf_counter() - start)
+        return metrics
+
+    def save(self, step: int, state: TrainState, window: dict) -> None:
+        if not (largest := float(largest_weight(state.params))) <= WEIGHT_LIMIT:
+            problem = (
+                f"the weights have diverged (largest |w| {largest:.3g}, a healthy run stays "
+                f"under {WEIGHT_LIMIT:g}; not checkpointed)"
+            )
+            raise self.diverged(problem, step)
+        self.checkpointer.save(step, state, metric_window=window)
+
+    def diverged(self, problem: str, step: int) -> NonFiniteLossError:
+        return divergence_error(problem, step, self.checkpointer)
+
+
 def _train(
     config: ml_collections.ConfigDict,
     workdir: Path,
@@ -333,13 +286,8 @@ def _train(
     resume_step: int | None,
 ) -> dict[str, float]:
     mesh = parallel.make_mesh()
-    local_batch = parallel.local_batch_size(config.batch_size, mesh)
-    source = open_source(config.data, data_dir=config.data_dir or None)
-    resolve_online_probe(config, source)
-    # After resolving: config.json records resolved values, and this is how a rerun compares.
-    check_same_config(config, workdir, allow_change=allow_config_change)
-    read_splits = [config.train_split] + ([config.eval_split] if config.eval_every_steps else [])
-    source, skipped = pipeline.drop_undecodable_images(source, read_splits, config.corrupt_images)
+    local_batch = parallel.local_batch_size(config.batch_size, mesh)  # Fails before any work.
+    source, skipped = _open_data(config, workdir, allow_config_change=allow_config_change)
     task = get_task(config)
     num_examples = source.num_examples(config.train_split)
     total_steps, warmup_steps = schedule_lengths(config, num_examples)
@@ -350,30 +298,65 @@ def _train(
         warmup_steps=warmup_steps,
         steps_per_epoch=num_examples / config.batch_size,
     )
-
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     cleanup.callback(checkpointer.close)
-    if unfinished := checkpointer.unfinished_saves():  # This run holds the workdir: all dead.
-        print(f"Ignoring unfinished checkpoint saves (cut short): {', '.join(unfinished)}.")
     restored = initial_state(
         checkpointer,
         abstract_train_state(task.build_model, tx, mesh=mesh),
         lambda: create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh),
         resume_step=resume_step,
     )
-    start_step, state = restored.step, restored.state
-    if start_step:
-        print(f"Resuming from checkpoint at step {start_step}/{total_steps} in {workdir}.")
+    if restored.step:
+        print(f"Resuming from checkpoint at step {restored.step}/{total_steps} in {workdir}.")
     if jax.process_index() == 0:
         save_config(config, workdir)
     log = MetricsLog(
-        workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size
+        workdir, start_step=restored.step, total_steps=total_steps, batch_size=config.batch_size
     )
     cleanup.callback(log.close)
-
-    state_sharding = parallel.replicated(mesh)
     graphdef = model_graphdef(task.build_model)
-    train_step = jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh)
+    print(
+        f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
+        f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
+    )
+    _, host_metrics = engine.run(
+        restored.state,
+        jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh),
+        _train_batches(config, source, task, mesh, local_batch, start_step=restored.step),
+        start_step=restored.step,
+        cadence=engine.Cadence(
+            total_steps=total_steps,
+            log_every=config.log_every_steps,
+            eval_every=config.eval_every_steps,
+            save_every=config.checkpoint_every_steps,
+        ),
+        hooks=PretrainHooks(
+            log, checkpointer, _heldout(config, source, task, graphdef, mesh, local_batch)
+        ),
+        window=engine.Window.from_json(restored.metric_window, mesh),
+    )
+    # A finished run re-run trains nothing: its last record stands.
+    host_metrics = host_metrics or (read_metrics(log.path) or [{}])[-1]
+    summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
+    summary |= {"pretrain/steps": total_steps, "pretrain/examples": num_examples}
+    summary["data/skipped_images"] = len(skipped)
+    if jax.process_index() == 0:
+        report.write_pretrain_report(workdir, config, summary)
+    return summary
+
+
+def _open_data(config: ml_collections.ConfigDict, workdir: Path, *, allow_config_change: bool):
+    """(source, skipped images) of the run, once its config is resolved against the data and
+    checked against the workdir's."""
+    source = open_source(config.data, data_dir=config.data_dir or None)
+    resolve_online_probe(config, source)
+    # After resolving: config.json records resolved values, and this is how a rerun compares.
+    check_same_config(config, workdir, allow_change=allow_config_change)
+    read_splits = [config.train_split] + ([config.eval_split] if config.eval_every_steps else [])
+    return pipeline.drop_undecodable_images(source, read_splits, config.corrupt_images)
+
+
+def _train_batches(config, source: Source, task, mesh, local_batch: int, *, start_step: int):
     ds = pipeline.train_dataset(
         source,
         config.train_split,
@@ -384,87 +367,28 @@ def _train(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    batches = pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
-    if config.eval_every_steps:
-        heldout_step = jax.jit(
-            make_heldout_step(task, graphdef, seed=config.seed),
-            in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-            out_shardings=parallel.replicated(mesh),
-        )
-        heldout_ds = pipeline.heldout_dataset(
-            source,
-            config.eval_split,
-            task.train_example,
-            local_batch_size=local_batch,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    print(
-        f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
-        f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
-    )
+    return pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
 
-    host_metrics = (read_metrics(log.path) or [{}])[-1]
-    # Device-side metric sums since the last log, carried across a resume by the checkpoint.
-    window, window_steps = window_from_json(restored.metric_window, mesh)
-    with sigterm_requests() as sigterm:
-        for step in range(start_step + 1, total_steps + 1):
-            batch = next(batches)  # The one intended host-to-device copy, outside the guard.
-            with jax.transfer_guard("disallow"):
-                state, metrics = train_step(state, batch)
-            window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
-            window_steps += 1
-            # SIGTERM may reach only some hosts of a pod: all stop at the same step or none.
-            preempted = parallel.any_process(sigterm.is_set())
-            is_last = step == total_steps
-            should_eval = bool(config.eval_every_steps) and (
-                step % config.eval_every_steps == 0 or is_last
-            )
-            should_log = step % config.log_every_steps == 0 or is_last or should_eval
-            should_save = step % config.checkpoint_every_steps == 0 or is_last
-            if should_log or should_save or preempted:
-                # Means since the last log; a NaN anywhere in the window shows in the mean.
-                sums = jax.device_get(window)
-                host_metrics = {k: float(v) / window_steps for k, v in sums.items()}
-                if not np.isfinite([host_metrics["loss"], host_metrics["grad_norm"]]).all():
-                    raise divergence_error(
-                        f"loss is {host_metrics['loss']} and gradient norm "
-                        f"{host_metrics['grad_norm']}",
-                        step,
-                        checkpointer,
-                    )
-            if should_eval:
-                start = time.perf_counter()
-                host_metrics |= heldout_metrics(
-                    heldout_step,
-                    state,
-                    pipeline.global_batches(
-                        heldout_ds, mesh, what=f"{config.data} split {config.eval_split!r}"
-                    ),
-                )
-                log.exclude(time.perf_counter() - start)
-            if should_log:
-                host_metrics = log.write(step, host_metrics)
-                window, window_steps, sums = None, 0, None
-            if should_save or preempted:
-                if not (largest := float(largest_weight(state.params))) <= WEIGHT_LIMIT:
-                    raise divergence_error(
-                        f"the weights have diverged (largest |w| {largest:.3g}, a healthy run "
-                        f"stays under {WEIGHT_LIMIT:g}; not checkpointed)",
-                        step,
-                        checkpointer,
-                    )
-                checkpointer.save(step, state, metric_window=window_to_json(sums, window_steps))
-            if preempted:
-                raise PreemptedError(
-                    f"SIGTERM: saved a checkpoint at step {step}/{total_steps} in "
-                    f"{workdir}/checkpoints; re-run the same command to resume from it."
-                )
-    summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
-    summary["pretrain/steps"] = total_steps
-    summary["pretrain/examples"] = num_examples
-    summary["data/skipped_images"] = len(skipped)
-    if jax.process_index() == 0:
-        report.write_pretrain_report(workdir, config, summary)
-    return summary
+
+def _heldout(config, source: Source, task, graphdef, mesh, local_batch: int):
+    """`state -> held-out metrics` over `config.eval_split`, or None without evaluations."""
+    if not config.eval_every_steps:
+        return None
+    heldout_step = jax.jit(
+        make_heldout_step(task, graphdef, seed=config.seed),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
+    )
+    ds = pipeline.heldout_dataset(
+        source,
+        config.eval_split,
+        task.train_example,
+        local_batch_size=local_batch,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    what = f"{config.data} split {config.eval_split!r}"
+    return lambda state: heldout_metrics(
+        heldout_step, state, pipeline.global_batches(ds, mesh, what=what)
+    )

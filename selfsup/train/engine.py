@@ -1,0 +1,217 @@
+"""The training engine that pretraining and fine-tuning share: a step factory (one gradient of a
+loss over the parameters, the optimizer update, new BatchNorm statistics out) compiled jitted
+and donated over a batch-sharded mesh, and a runner that drives it (metric windows summed on
+device, a NaN/Inf stop, logging and checkpoint cadence, SIGTERM, the transfer guard).
+
+What differs between uses comes in as arguments: the loss, and `Hooks` (how a log line is
+written, what a held-out evaluation measures, how a checkpoint is saved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from selfsup import parallel
+from selfsup.train.state import TrainState
+
+# (params, batch_stats, batch, rng) -> (loss to differentiate, (metrics, new batch_stats)).
+LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss, the gradient or the weights diverged; the message names the step and what to
+    resume from."""
+
+
+class PreemptedError(RuntimeError):
+    """SIGTERM arrived; the run stopped between steps (after saving, where it saves)."""
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, seed: int, schedule=None):
+    """The pure update `(state, batch) -> (state, metrics)`: `metrics` are the loss's own plus
+    `grad_norm` and, given a `schedule`, `learning_rate`. The step's key folds the step number
+    into `seed`, so a resumed run draws what an uninterrupted one does."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, rng
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
+        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+    return train_step
+
+
+def jit_step(train_step, mesh: jax.sharding.Mesh):
+    """`train_step` compiled as the runner runs it: state replicated and donated, batch sharded
+    over the mesh (so BatchNorm statistics are the global batch's), metrics replicated."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated, parallel.batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+@contextlib.contextmanager
+def sigterm_requests() -> Iterator[threading.Event]:
+    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) sets while the
+    block runs, so the runner can stop between steps; restores the old handler."""
+    requested = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """Which steps log, evaluate held-out data and save (0 = never); the last step does all."""
+
+    total_steps: int
+    log_every: int
+    eval_every: int = 0
+    save_every: int = 0
+
+    def due(self, step: int) -> tuple[bool, bool, bool]:
+        """(evaluate, log, save) at `step`; an evaluation is always logged."""
+        last = step == self.total_steps
+        evaluate = bool(self.eval_every) and (step % self.eval_every == 0 or last)
+        log = step % self.log_every == 0 or last or evaluate
+        save = bool(self.save_every) and (step % self.save_every == 0 or last)
+        return evaluate, log, save
+
+
+class Hooks:
+    """What a use of the runner does at its cadence's steps; `log` and `diverged` are required,
+    `evaluate` only with `Cadence.eval_every`, `save` only with `Cadence.save_every`."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Records the means since the last log; returns what it recorded."""
+        raise NotImplementedError
+
+    def diverged(self, problem: str, step: int) -> NonFiniteLossError:
+        """The error that stops a run whose loss or gradient is no longer finite."""
+        raise NotImplementedError
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        """Held-out metrics at an evaluation step."""
+        raise NotImplementedError
+
+    def save(self, step: int, state: TrainState, window: dict) -> None:
+        """Saves `state`; `window` (`Window.to_json`) lets a resume continue the log window."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Window:
+    """Device-side metric sums since the last log, and how many steps they cover."""
+
+    sums: dict[str, jax.Array] | None = None
+    steps: int = 0
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
+        self.steps += 1
+
+    def to_json(self, host_sums: dict[str, np.ndarray] | None) -> dict:
+        """The sums exactly (float32 values are exact as JSON doubles), for a checkpoint."""
+        sums = {k: [float(v), np.asarray(v).dtype.name] for k, v in (host_sums or {}).items()}
+        return {"steps": self.steps, "sums": sums}
+
+    @classmethod
+    def from_json(cls, saved: dict, mesh: jax.sharding.Mesh) -> Window:
+        if not saved.get("steps"):
+            return cls()
+        sums = {k: np.asarray(v, jnp.dtype(dtype)) for k, (v, dtype) in saved["sums"].items()}
+        return cls(jax.device_put(sums, parallel.replicated(mesh)), saved["steps"])
+
+
+def run(
+    state: TrainState,
+    train_step,
+    batches: Iterator[dict[str, jax.Array]],
+    *,
+    start_step: int,
+    cadence: Cadence,
+    hooks: Hooks,
+    window: Window | None = None,
+) -> tuple[TrainState, dict[str, float]]:
+    """Steps `start_step + 1 .. cadence.total_steps`; returns the final state and the last
+    logged metrics. Raises `hooks.diverged(...)` on a non-finite loss or gradient (checked at
+    every log or save, so a bad state is never saved) and PreemptedError after SIGTERM."""
+    window, host = window or Window(), {}
+    with sigterm_requests() as sigterm:
+        for step in range(start_step + 1, cadence.total_steps + 1):
+            batch = next(batches)  # The one intended host-to-device copy, outside the guard.
+            with jax.transfer_guard("disallow"):
+                state, metrics = train_step(state, batch)
+            window.add(metrics)
+            # SIGTERM may reach only some hosts of a pod: all stop at the same step or none.
+            preempted = parallel.any_process(sigterm.is_set())
+            evaluate, log, save = cadence.due(step)
+            save = save or (preempted and bool(cadence.save_every))
+            if log or save:
+                sums = jax.device_get(window.sums)  # A NaN anywhere in the window shows.
+                host = {k: float(v) / window.steps for k, v in sums.items()}
+                if not np.isfinite([host["loss"], host["grad_norm"]]).all():
+                    problem = f"loss is {host['loss']} and gradient norm {host['grad_norm']}"
+                    raise hooks.diverged(problem, step)
+            if evaluate:
+                host |= hooks.evaluate(state)
+            if log:
+                host, window, sums = hooks.log(step, host), Window(), None
+            if save:
+                hooks.save(step, state, window.to_json(sums))
+            if preempted:
+                saved = f"saved a checkpoint at step {step}" if save else f"stopped at step {step}"
+                raise PreemptedError(
+                    f"SIGTERM: {saved}/{cadence.total_steps}; re-run the same command to resume."
+                )
+    return state, host
+
+
+class Throughput:
+    """Images/s and ETA since the first report (which compilation would skew), minus time
+    excluded for non-training work (held-out evaluation)."""
+
+    def __init__(self, *, start_step: int, total_steps: int, batch_size: int):
+        self.total_steps, self.batch_size = total_steps, batch_size
+        self.since, self.first = (time.perf_counter(), start_step), True
+
+    def exclude(self, seconds: float) -> None:
+        self.since = (self.since[0] + seconds, self.since[1])
+
+    def report(self, step: int) -> tuple[float, str]:
+        """(images/s, '  N images/s  ETA 1m02s') at `step`."""
+        start_time, start_step = self.since
+        rate = (step - start_step) * self.batch_size / max(time.perf_counter() - start_time, 1e-9)
+        if self.first:
+            self.since, self.first = (time.perf_counter(), step), False
+        eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
+        return rate, f"  {rate:.1f} images/s  ETA {format_duration(eta)}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
