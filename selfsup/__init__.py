@@ -3,8 +3,8 @@
 import os
 
 # XLA:CPU in jaxlib 0.10 hands convolutions and matmuls to YNNPACK by default, whose convolutions
-# run on one thread; XLA's own kernels use every core. Turning YNNPACK off makes a ResNet-18
-# SimCLR step 1.9x faster on 2 cores (experiments/bench/RESULTS.md). XLA reads the flag when JAX
+# run on one thread; XLA's own kernels use every core, so YNNPACK is turned off (measured in
+# experiments/bench/RESULTS.md). XLA reads the flag when JAX
 # starts its CPU backend, so it is set on import, before any selfsup module imports JAX; a value
 # the user put in XLA_FLAGS wins. Other backends ignore it.
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"

@@ -58,16 +58,15 @@ def reuse_step_memory() -> None:
     """On a CPU, lets every step reuse the memory the step before it freed, instead of having
     the kernel fault in and zero fresh pages; the commands call it before JAX starts a backend.
 
-    XLA:CPU allocates a step's buffers afresh in every step (1.4 GB for a ResNet-50/224 SimCLR
-    step on 16 views). glibc's malloc maps blocks that large from the kernel and unmaps them
-    when they are freed, so each step faults in every page again: 359k page faults and 0.6-2.3 s
-    of kernel CPU time per ResNet-50 step on 2 cores. Two settings let the blocks be reused, as
-    XLA's GPU and TPU allocators reuse theirs: single-device CPU steps run on the calling thread
+    XLA:CPU allocates a step's buffers afresh in every step, and glibc's malloc maps blocks that
+    large from the kernel and unmaps them when they are freed, so each step faults in every
+    page again. Two settings let the blocks be reused, as XLA's GPU and TPU allocators reuse
+    theirs: single-device CPU steps run on the calling thread
     (`jax_cpu_enable_async_dispatch=False`), whose blocks come from glibc's main heap (a runtime
-    thread's blocks this large are always mapped afresh), and `keep_freed_host_memory`. The
-    benchmark's steps get 1.11-1.65x faster (`experiments/bench/RESULTS.md`, change 9). Only the
-    CPU client reads the first setting; the second is made only when the default backend is the
-    CPU. Computations over several CPU devices still run on runtime threads and still fault.
+    thread's blocks this large are always mapped afresh), and `keep_freed_host_memory`
+    (measurements: `experiments/bench/RESULTS.md`, change 9). Only the CPU client reads the
+    first setting; the second is made only when the default backend is the CPU. Computations
+    over several CPU devices still run on runtime threads and still fault.
     Code that runs `pretrain` or `evaluate` itself can call it first, as the commands do.
     """
     jax.config.update("jax_cpu_enable_async_dispatch", False)

@@ -94,8 +94,8 @@ def gaussian_filter(image: jax.Array, kernel_size: int, sigma: jax.Array) -> jax
 
     Each pass is a product with a banded matrix whose rows hold the taps, cut off at the image
     border (that cut-off is the zero padding). With one random sigma per image, vmap turns a
-    convolution into a grouped one with a kernel per image, which ran 6x slower on CPU than
-    this batched matmul.
+    convolution into a grouped one with a kernel per image, which ran several times slower on
+    CPU than this batched matmul.
     """
     radius = kernel_size // 2
     taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
