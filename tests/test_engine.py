@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -174,3 +175,25 @@ def test_the_engine_runs_without_tensorflow():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "3"
+
+
+def test_prefetch_keeps_order_runs_ahead_and_raises_where_the_error_was():
+    produced = []
+
+    def items():
+        for i in range(5):
+            produced.append(i)
+            if i == 3:
+                raise ValueError("item 3 is unreadable")
+            yield i
+
+    got = engine.prefetch(items(), size=2)
+    assert next(got) == 0
+    deadline = time.monotonic() + 10
+    while len(produced) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert produced[:3] == [0, 1, 2]  # Items 1 and 2 were made before anyone asked for them.
+    assert [next(got), next(got)] == [1, 2]
+    with pytest.raises(ValueError, match="item 3 is unreadable"):
+        next(got)
+    assert list(engine.prefetch(iter(range(4)))) == [0, 1, 2, 3]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import queue
 import signal
 import threading
 import time
@@ -159,15 +160,19 @@ def run(
     logged metrics. Raises `hooks.diverged(...)` on a non-finite loss or gradient (checked at
     every log or save, so a bad state is never saved) and PreemptedError after SIGTERM."""
     window, host = window or Window(), {}
+    batches = prefetch(batches)  # Batches arrive on the devices while the step before runs.
     with sigterm_requests() as sigterm:
         for step in range(start_step + 1, cadence.total_steps + 1):
-            batch = next(batches)  # The one intended host-to-device copy, outside the guard.
-            with jax.transfer_guard("disallow"):
+            batch = next(batches)
+            with jax.transfer_guard("disallow"):  # An accidental copy is an error, not a stall.
                 state, metrics = train_step(state, batch)
             window.add(metrics)
-            # SIGTERM may reach only some hosts of a pod: all stop at the same step or none.
-            preempted = parallel.any_process(sigterm.is_set())
             evaluate, log, save = cadence.due(step)
+            # SIGTERM may reach only some hosts of a pod: all stop at the same step or none.
+            # Agreeing is a cross-process sync, so a pod agrees on logging and saving steps only.
+            preempted = (log or save or jax.process_count() == 1) and parallel.any_process(
+                sigterm.is_set()
+            )
             save = save or (preempted and bool(cadence.save_every))
             if log or save:
                 sums = jax.device_get(window.sums)  # A NaN anywhere in the window shows.
@@ -187,6 +192,39 @@ def run(
                     f"SIGTERM: {saved}/{cadence.total_steps}; re-run the same command to resume."
                 )
     return state, host
+
+
+def prefetch(items: Iterator, size: int = 2) -> Iterator:
+    """`items`, produced `size` ahead by a background thread, so the host's input work and the
+    host-to-device copies overlap the device's step instead of adding to it. Order is kept; an
+    exception in `items` is raised here, at the item it replaced."""
+    ready: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    with contextlib.suppress(queue.Full):
+                        ready.put((True, item), timeout=0.1)
+                        break
+                if stop.is_set():
+                    return
+            ready.put((False, None))
+        except Exception as error:  # Handed to the consumer, raised at its next item.
+            ready.put((False, error))
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while True:
+            ok, item = ready.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 class Throughput:
