@@ -25,7 +25,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.config import ConfigError, check_minimums, save_config
+from selfsup.config import ConfigError, check_minimums, resolve_model_dtype, save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
@@ -247,6 +247,7 @@ def _train(
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
     source = open_source(config.data, data_dir=config.data_dir or None)
     resolve_online_probe(config, source)
+    resolve_model_dtype(config, jax.default_backend())
     # After resolving: config.json records resolved values, and this is how a rerun compares.
     check_same_config(config, workdir, allow_change=allow_config_change)
     read_splits = [config.train_split] + ([config.eval_split] if config.eval_every_steps else [])
@@ -375,6 +376,7 @@ def _train(
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     summary["pretrain/steps"] = total_steps
     summary["pretrain/examples"] = num_examples
+    summary["model/dtype"] = config.model.dtype
     summary["data/skipped_images"] = len(skipped)
     if jax.process_index() == 0:
         report.write_pretrain_report(workdir, config, summary)
