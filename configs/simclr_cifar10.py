@@ -42,9 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
     # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
     # and config.json records which ran (README: `model.dtype`).
-    config.model = ml_collections.ConfigDict(
-        dict(depth=18, stem="cifar", width=1.0, dtype="auto")
-    )
+    config.model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=1.0, dtype="auto"))
     config.simclr = ml_collections.ConfigDict(
         dict(
             temperature=0.5,
