@@ -44,10 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 128  # Images; each gives 9 patches and all 8 (neighbour, centre) pairs.
     config.num_epochs = 35.0
     config.total_steps = 0  # > 0 overrides num_epochs.
-    # dtype: the encoder's compute dtype; "bfloat16" keeps float32 parameters, optimizer
-    # state, heads and loss (README: `model.dtype`).
+    # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
+    # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
+    # and config.json records which ran (README: `model.dtype`).
     config.model = ml_collections.ConfigDict(
-        dict(depth=50, stem="imagenet", width=2.0, dtype="float32")
+        dict(depth=50, stem="imagenet", width=2.0, dtype="auto")
     )
     config.relpatch = ml_collections.ConfigDict(
         dict(

@@ -39,11 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 512
     config.num_epochs = 1000.0
     config.total_steps = 0  # > 0 overrides num_epochs (simclr's --train_steps).
-    # dtype: the encoder's compute dtype; "bfloat16" keeps float32 parameters, optimizer
-    # state, heads and loss (README: `model.dtype`).
-    config.model = ml_collections.ConfigDict(
-        dict(depth=18, stem="cifar", width=1.0, dtype="float32")
-    )
+    # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
+    # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
+    # and config.json records which ran (README: `model.dtype`).
+    config.model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=1.0, dtype="auto"))
     config.simclr = ml_collections.ConfigDict(
         dict(
             temperature=0.5,

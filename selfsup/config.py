@@ -39,6 +39,17 @@ def check_minimums(config: ml_collections.ConfigDict, minimums: dict[str, float]
             )
 
 
+def resolve_model_dtype(config: ml_collections.ConfigDict, platform: str) -> None:
+    """Replaces `config.model.dtype="auto"` with the compute dtype for `platform` (as
+    `jax.default_backend()` names it): bfloat16 on "gpu" and "tpu", whose matrix units are built
+    for it, float32 elsewhere (XLA:CPU convolves bf16 in float32: no faster, more memory).
+    Pretraining resolves it before writing config.json, which so records the dtype that ran: a
+    resume on the same backend matches it, one on another backend is refused as a config change
+    instead of silently switching the arithmetic mid-run."""
+    if config.model.dtype == "auto":
+        config.model.dtype = "bfloat16" if platform in ("gpu", "tpu") else "float32"
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
     Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 

@@ -183,6 +183,7 @@ def test_color_augment_matches_the_colour_part_of_a_tf_view():
 def _on_device_config(**simclr) -> ml_collections.ConfigDict:
     config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
     config.online_probe_classes = 0
+    config.model.dtype = "float32"  # The recipe's "auto" is resolved by pretraining.
     config.simclr.update({"color_on_device": True, "blur": True, "solarize": 0.2, **simclr})
     return config
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.config import ConfigError, check_minimums, load_config_file
+from selfsup.config import ConfigError, check_minimums, load_config_file, resolve_model_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs/ and the studies' own configs in experiments/ (files with a `get_config`).
@@ -109,9 +109,34 @@ def test_a_value_out_of_range_is_named_with_its_fix():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_model_computes_in_float32_unless_asked(path):
+def test_every_model_computes_in_float32_on_a_cpu(path):
     for arg in (None, "runlocal"):
         config = load_config_file(path, arg)
         runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
         for run in [r for r in runs if "model" in r]:
+            resolve_model_dtype(run, "cpu")
             assert run.model.dtype == "float32"
+
+
+@pytest.mark.parametrize("name", ["simclr_cifar10", "simclr_imagenet", "relpatch_cifar10",
+                                  "relpatch_imagenet"])  # fmt: skip
+def test_published_recipes_compute_in_bf16_on_gpus_and_tpus(name):
+    for platform, dtype in (("gpu", "bfloat16"), ("tpu", "bfloat16"), ("cpu", "float32")):
+        config = load_config_file(ROOT / "configs" / f"{name}.py")
+        assert config.model.dtype == "auto"
+        resolve_model_dtype(config, platform)
+        assert config.model.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu", "some_plugin"])
+def test_an_explicit_dtype_is_kept_on_every_backend_and_auto_is_float32_off_gpus_and_tpus(
+    dtype, platform
+):
+    config = load_config_file(ROOT / "configs" / "simclr_cifar10.py")
+    config.model.dtype = dtype
+    resolve_model_dtype(config, platform)
+    assert config.model.dtype == dtype
+    config.model.dtype = "auto"
+    resolve_model_dtype(config, platform)
+    assert config.model.dtype == ("bfloat16" if platform in ("gpu", "tpu") else "float32")

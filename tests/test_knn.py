@@ -1,8 +1,11 @@
-"""Weighted kNN against a brute-force NumPy implementation."""
+"""Weighted kNN against a brute-force NumPy implementation; its similarities in full float32
+whatever the backend's default matmul precision."""
 
+import jax
 import numpy as np
 import pytest
 
+from selfsup.evaluate import knn
 from selfsup.evaluate.knn import knn_accuracy, knn_predict
 
 
@@ -50,3 +53,14 @@ def test_knn_rejects_bad_settings(k, temperature, message):
     x = np.ones((10, 4))
     with pytest.raises(ValueError, match=message):
         knn_predict(x, np.zeros(10, int), x, num_classes=2, k=k, temperature=temperature)
+
+
+def test_the_similarity_matmul_asks_for_full_float32_under_a_bf16_default():
+    # XLA:CPU ignores a dot's precision config, so the program is what shows a GPU's or TPU's.
+    x = np.ones((6, 4), np.float32)
+    with jax.default_matmul_precision("bfloat16"):
+        lowered = knn._class_scores.lower(
+            x, np.zeros(6, np.int32), x, np.float32(0.1), num_classes=2, k=3
+        )
+    dots = [line for line in lowered.as_text().splitlines() if "dot_general" in line]
+    assert dots and all("precision = [HIGHEST, HIGHEST]" in dot for dot in dots), dots

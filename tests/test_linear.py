@@ -1,9 +1,11 @@
 """Linear probe: the L-BFGS logistic regression against scikit-learn's on standardised digits
 (objective in float64 NumPy, weights, test accuracy), optimality at the solution, limiting
-cases of the penalty, l2 selection on minival and input errors."""
+cases of the penalty, l2 selection on minival and input errors, and full float32 precision
+whatever the backend's default matmul precision."""
 
 import functools
 
+import jax
 import numpy as np
 import pytest
 from scipy.special import logsumexp, softmax
@@ -121,6 +123,41 @@ def test_one_compilation_serves_the_l2_sweep():
     for l2 in [0.0, 1e-3, 1e3]:
         linear.fit_logistic_regression(x, y, num_classes=3, l2=l2)
     assert linear._minimize._cache_size() == compiled
+
+
+def dot_lines(lowered) -> list[str]:
+    """The dot_general ops of a lowered program (StableHLO), each with its precision config."""
+    return [line for line in lowered.as_text().splitlines() if "dot_general" in line]
+
+
+def test_every_matmul_of_the_probe_asks_for_full_float32_under_a_bf16_default():
+    # XLA:CPU multiplies float32 in full float32 whatever a dot's precision config says, so on a
+    # CPU only the program shows what a GPU (TF32) or TPU (one bf16 pass) would run: each dot of
+    # the L-BFGS solve (its objective, gradient and line search) and of predict must say HIGHEST.
+    x, y = blobs(num_per_class=7)
+    with jax.default_matmul_precision("bfloat16"):
+        solve = linear._minimize.lower(
+            x, y, np.float32(1e-3), np.int32(10), np.float32(1e-6), num_classes=3
+        )
+        predict = linear._predict.lower(np.zeros((5, 3), np.float32), np.zeros(3, np.float32), x)
+    for program in (solve, predict):
+        dots = dot_lines(program)
+        assert dots and all("precision = [HIGHEST, HIGHEST]" in dot for dot in dots), dots
+
+
+def test_the_probe_under_a_bf16_default_reaches_the_float32_solution():
+    # Bites where the default precision changes the arithmetic (GPU, TPU); on a CPU the test
+    # above is the one that fails if a matmul follows the default.
+    train_x, train_y, test_x, test_y = digits()
+    fits = {}
+    for precision in ("float32", "bfloat16"):
+        with jax.default_matmul_precision(precision):
+            fit = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=1e-3)
+            fits[precision] = fit, linear.accuracy(fit, test_x, test_y)
+    (full, full_accuracy), (bf16, bf16_accuracy) = fits["float32"], fits["bfloat16"]
+    assert full.converged and bf16.converged and bf16.num_iter == full.num_iter
+    np.testing.assert_allclose(bf16.W, full.W, rtol=1e-5, atol=1e-6)
+    assert bf16_accuracy == full_accuracy
 
 
 def test_probe_on_digits_picks_the_argmax_of_the_sweep():

@@ -49,6 +49,9 @@ def test_pretrain_writes_outputs_and_resumes_exactly(image_folder, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[0]["learning_rate"] == pytest.approx(1.0 * 16 / 256)  # No warmup; lr * B/256.
     assert json.loads((tmp_path / "full" / "summary.json").read_text()) == summary
+    # The recipe's dtype "auto" ran, and is recorded, as float32 on the CPU.
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert summary["model/dtype"] == saved["model"]["dtype"] == "float32"
 
     # An interrupted run: it stopped after the step-2 checkpoint (later ones never written).
     loop.pretrain(config, tmp_path / "resumed")

@@ -164,6 +164,7 @@ def test_impossible_grid_is_a_config_error_and_small_images_are_resized():
 
 def _loss_and_grads(mesh, patches):
     config = load_config_file(CONFIGS / "relpatch_cifar10.py", "runlocal")
+    config.model.dtype = "float32"  # The recipe's "auto" is resolved by pretraining.
     model = relpatch.RelPatchModel(config, rngs=nnx.Rngs(0))
     graphdef, params, stats = split_model(model)
     params, stats = jax.device_put((params, stats), NamedSharding(mesh, P()))

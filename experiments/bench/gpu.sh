@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The train-step benchmark on one NVIDIA GPU, in one command (about 5 minutes once installed):
 #   1. ResNet-50 at 224 px, SimCLR step in bf16 (JAX with model.dtype=bfloat16 next to PyTorch
-#      channels_last + bf16 autocast), utilisation against the GPU's dense bf16 peak (MFU);
+#      channels_last + bf16 autocast), MFU against the GPU's dense bf16 peak;
 #   2. ResNet-18 CIFAR stem, batch 256, against every PyTorch mode on the same GPU.
 # Installs what is missing into the active Python environment first: the project, CUDA JAX and
 # CUDA PyTorch (PyPI's Linux torch wheel is the CUDA build; a CPU-only torch is replaced by it).
@@ -15,7 +15,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python -c "import selfsup, ml_collections" 2>/dev/null || pip install -q -e .
 python -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null \
-  || pip install -q "jax[cuda12]>=0.10.2,<0.11"
+  || pip install -q -e . "jax[cuda12]"  # CUDA JAX in the project's jax range.
 if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   pip uninstall -q -y torch 2>/dev/null || true  # A CPU build (2.13.0+cpu) satisfies the pin.
   pip install -q -e ".[bench]"

@@ -117,12 +117,14 @@ def step_rate(config, *, batch: int, steps: int) -> float:
     import numpy as np
 
     from selfsup import parallel
+    from selfsup.config import resolve_model_dtype
     from selfsup.pretext import get_task
     from selfsup.train.loop import jit_train_step
     from selfsup.train.optim import make_optimizer
     from selfsup.train.state import create_train_state, model_graphdef
 
     mesh = parallel.make_mesh()
+    resolve_model_dtype(config, jax.default_backend())  # As pretraining runs the recipe.
     task = get_task(config)
     tx, schedule = make_optimizer(
         config.optim, batch_size=batch, total_steps=1000, warmup_steps=10, steps_per_epoch=100.0

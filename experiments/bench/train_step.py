@@ -13,10 +13,15 @@ threads, heap or allocator state reach another's; one invocation alternates them
 sample each per repeat (order reversed every other repeat) after warm-up, so a shared machine's
 load weighs on all alike. The table gives medians.
 
-Utilisation is achieved FLOP/s over a peak: the FLOPs are XLA's `cost_analysis()` of the
-compiled JAX step (the same network, so the same count is used for every mode); the peak is the
-best fp32 matmul FLOP/s that any worker's framework measured after every repeat on a CPU, and
-the device's dense bf16 peak from a table on a GPU.
+Every mode runs on the same single device: JAX's first device (a mesh of one) and PyTorch's
+`cuda:0` on a GPU host (the same GPU under any CUDA_VISIBLE_DEVICES), the CPU on a CPU.
+MFU is model FLOPs per second over the peak of the row's precision: the model FLOPs are counted
+analytically (`flops.py`: convolutions and dense layers, 3x the forward pass), the same for
+every mode, with XLA's `cost_analysis()` count of the compiled JAX step printed beside them.
+fp32 rows run TF32 convolutions on an NVIDIA GPU (both frameworks' default) and count against
+the dense TF32 peak, bf16 rows against the dense bf16 peak, both from a table of data sheets;
+on a CPU the peaks are the best fp32 and bf16 matmul FLOP/s that any worker's framework
+measured after every repeat.
 Peak memory is, on a CPU, how far one step raises the worker's peak resident memory above its
 resident memory before the step (Linux `clear_refs`), for both frameworks alike; on a GPU it is
 XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
@@ -56,6 +61,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import flops  # noqa: E402  Beside this file.
+
 from selfsup import parallel  # noqa: E402
 from selfsup.config import load_config_file  # noqa: E402
 from selfsup.pretext import get_task  # noqa: E402
@@ -72,24 +79,26 @@ MODES = (
     "torch_compile",
     "torch_cl_bf16",
 )
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; the first name that
-# occurs in the device's name wins, so more specific names come first.
-GPU_BF16_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # SXM.
-    ("H200", 989.0),
-    ("H800", 989.0),
-    ("GH200", 989.0),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-    ("A10G", 70.0),
-    ("A10", 125.0),
-    ("V100", 125.0),
-    ("T4", 65.0),
+BF16_MODES = ("jax_bf16", "torch_cl_bf16")
+PRECISIONS = ("fp32", "bf16")  # Of the peaks: fp32 is TF32 on a GPU.
+# Dense (not sparse) tensor-core peaks in TFLOP/s from the vendors' data sheets: (bf16, TF32).
+# The first name that occurs in the device's name wins, so more specific names come first. NVL
+# parts run at lower clocks and power than SXM ones; PCIe likewise.
+GPU_PEAK_TFLOPS = (
+    ("H100 NVL", (835.0, 418.0)),
+    ("H100 PCIe", (756.0, 378.0)),
+    ("H200 NVL", (835.0, 418.0)),
+    ("GH200", (989.0, 495.0)),
+    ("H100", (989.0, 495.0)),  # SXM.
+    ("H200", (989.0, 495.0)),  # SXM.
+    ("H800", (989.0, 495.0)),
+    ("B200", (2250.0, 1125.0)),
+    ("A100", (312.0, 156.0)),
+    ("A800", (312.0, 156.0)),
+    ("L40S", (362.0, 183.0)),
+    ("L40", (181.0, 90.5)),
+    ("L4", (121.0, 60.0)),
+    ("A10", (125.0, 62.5)),
 )
 
 
@@ -141,7 +150,11 @@ def compile_jax_step(
     """The project's step for `config`, compiled for `batch` as pretraining compiles it: the
     compiled step, a function running one step on fresh state, and the compile seconds."""
     task = get_task(config)
-    mesh = parallel.make_mesh()
+    # One device, as PyTorch uses one: on a multi-GPU host JAX would otherwise shard over all.
+    mesh = jax.make_mesh(
+        (1,), (parallel.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+        devices=jax.devices()[:1],
+    )  # fmt: skip
     tx, schedule = make_optimizer(
         config.optim,
         batch_size=config.batch_size,
@@ -183,7 +196,7 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
     import torch
     import torch_reference
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # JAX's first device too.
     torch.manual_seed(0)
     model = torch_reference.build(config).to(device)
     channels_last = name in ("torch_cl", "torch_cl_bf16")
@@ -198,7 +211,9 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
     loss_fn = model.loss
     if name == "torch_compile":
         loss_fn = torch.compile(model.loss)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=name == "torch_cl_bf16")
+    autocast = torch.autocast(
+        device.split(":")[0], dtype=torch.bfloat16, enabled=name == "torch_cl_bf16"
+    )
 
     def run() -> None:
         with autocast:
@@ -206,7 +221,7 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if device == "cuda":
+        if device != "cpu":
             torch.cuda.synchronize()
 
     compile_s = None
@@ -250,10 +265,12 @@ def kernel_seconds() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
-def matmul_peak_flops(framework: str, n: int = 2048, repeats: int = 3) -> float:
-    """The best fp32 matmul FLOP/s of `framework` ("jax" or "torch") on this CPU."""
+def matmul_peak_flops(framework: str, precision: str, n: int = 2048, repeats: int = 3) -> float:
+    """The best matmul FLOP/s of `framework` ("jax" or "torch") on this CPU in `precision`
+    ("fp32" or "bf16")."""
     if framework == "jax":
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
         dot = jax.jit(jnp.dot)
 
         def matmul() -> None:
@@ -262,7 +279,7 @@ def matmul_peak_flops(framework: str, n: int = 2048, repeats: int = 3) -> float:
     else:
         import torch
 
-        t = torch.randn(n, n)
+        t = torch.randn(n, n, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
 
         def matmul() -> None:
             torch.mm(t, t)
@@ -297,14 +314,14 @@ def worker(conn: Connection, name: str, args: argparse.Namespace) -> None:
         import torch
 
         on_gpu = torch.cuda.is_available()
-        device = torch.cuda.get_device_name() if on_gpu else "cpu"
+        device = torch.cuda.get_device_name(0) if on_gpu else "cpu"
     mode.peak_memory = peak_memory(mode, on_gpu=on_gpu)  # Also the first warm-up step.
     for _ in range(args.warmup):
         mode.step()
     conn.send((dataclasses.replace(mode, step=None), on_gpu, device))
     while (command := conn.recv()) != "stop":
-        if command == "peak":
-            conn.send(matmul_peak_flops(framework))  # Asked on a CPU only.
+        if command in PRECISIONS:  # A CPU's matmul peak; asked on a CPU only.
+            conn.send(matmul_peak_flops(framework, command))
             continue
         start, kernel_start = time.perf_counter(), kernel_seconds()
         for _ in range(args.steps):
@@ -342,11 +359,20 @@ def machine() -> dict:
     }
 
 
-def gpu_peak(device_kind: str) -> tuple[float, str]:
-    for name, tflops in GPU_BF16_PEAK_TFLOPS:
+def gpu_peaks(device_kind: str) -> tuple[dict[str, float], str]:
+    """{"bf16": FLOP/s, "fp32": FLOP/s (TF32)} of an NVIDIA GPU from the table, and a note."""
+    for name, (bf16, tf32) in GPU_PEAK_TFLOPS:
         if name in device_kind:
-            return tflops * 1e12, f"{name} dense bf16 peak {tflops:g} TFLOP/s (data sheet)"
-    raise SystemExit(f"no bf16 peak known for {device_kind!r}: pass --peak_tflops.")
+            note = f"{name} dense peaks (data sheet): bf16 {bf16:g}, TF32 {tf32:g} TFLOP/s"
+            return {"bf16": bf16 * 1e12, "fp32": tf32 * 1e12}, note
+    raise SystemExit(f"no peaks known for {device_kind!r}: pass --peak_tflops=BF16,TF32.")
+
+
+def precision(mode: str, *, on_gpu: bool) -> str:
+    """The arithmetic a mode's convolutions run in: bf16, TF32 (fp32 on an NVIDIA GPU) or fp32."""
+    if mode in BF16_MODES:
+        return "bf16"
+    return "tf32" if on_gpu else "fp32"
 
 
 def main() -> None:
@@ -357,7 +383,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="steps per timed sample")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps after the first")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    parser.add_argument("--peak_tflops", type=float, default=0.0, help="0: measure or look up")
+    parser.add_argument(
+        "--peak_tflops", default="", help="BF16,FP32 peaks (FP32: TF32 on a GPU); default: "
+        "measured on a CPU, looked up on a GPU"
+    )  # fmt: skip
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument(
         "--torch_keep_freed_memory",
@@ -375,7 +404,56 @@ def main() -> None:
     info["malloc"] = "jax keeps freed memory (jax_no_reuse: glibc defaults); torch: " + (
         "keeps freed memory" if args.torch_keep_freed_memory else "glibc defaults"
     )
-    # Built one at a time, so no compilation competes with another; then they take turns.
+    workers, on_gpu, info["device"] = start_workers(modes, args)
+    if args.peak_tflops:
+        bf16, fp32 = (float(v) * 1e12 for v in args.peak_tflops.split(","))
+        peaks, info["peak"] = {"bf16": bf16, "fp32": fp32}, f"--peak_tflops={args.peak_tflops}"
+    elif on_gpu:
+        peaks, info["peak"] = gpu_peaks(info["device"])
+    else:
+        peaks = dict.fromkeys(PRECISIONS, 0.0)
+    measure_peaks = not args.peak_tflops and not on_gpu
+
+    for r in range(args.repeats):
+        for name in workers if r % 2 == 0 else list(workers)[::-1]:
+            conn, mode = workers[name]
+            conn.send("step")
+            step_s, kernel_s = conn.recv()
+            mode.times.append(step_s)
+            mode.kernel_times.append(kernel_s)
+        if measure_peaks:  # Between the steps, so a shared machine's load weighs on both alike.
+            for conn, _ in workers.values():
+                for p in PRECISIONS:
+                    conn.send(p)
+                    peaks[p] = max(peaks[p], conn.recv())
+        print(f"repeat {r + 1}/{args.repeats} done", flush=True)
+    for conn, _ in workers.values():
+        conn.send("stop")
+    if measure_peaks:
+        info["peak"] = "matmul peaks measured in this run: " + ", ".join(
+            f"{p} {peaks[p] / 1e9:.0f} GFLOP/s" for p in PRECISIONS
+        )
+    info["load_average_end"] = os.getloadavg()
+    config = project_config(args.model, args.batch, "float32")  # Either dtype: the same FLOPs.
+    info["model_flops_per_step"] = flops.train_step_flops(config)
+    info["xla_flops_per_step"] = next(
+        (m.flops_per_step for _, m in workers.values() if m.flops_per_step), None
+    )
+    info["peaks_flops"] = peaks
+    rows = [
+        result_row(mode, args, info["model_flops_per_step"], peaks, on_gpu=on_gpu)
+        for _, mode in workers.values()
+    ]
+    print_table(args, info, rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), **info, "rows": rows}, indent=1))
+
+
+def start_workers(
+    modes: list[str], args: argparse.Namespace
+) -> tuple[dict[str, tuple[Connection, Mode]], bool, str]:
+    """One worker process per mode, built one at a time, so no compilation competes with
+    another: {mode: (connection, Mode)}, whether they run on a GPU, and the device's name."""
     context = multiprocessing.get_context("spawn")
     workers: dict[str, tuple[Connection, Mode]] = {}
     devices = {}  # Mode -> (on a GPU, device name).
@@ -394,61 +472,36 @@ def main() -> None:
         raise SystemExit(f"the modes ran on different devices ({devices}): on a GPU host, "
                          "install PyPI's CUDA torch (pip uninstall torch; pip install -e "
                          "'.[bench]'), as gpu.sh does")  # fmt: skip
-    on_gpu, info["device"] = next(iter(devices.values()))
-    measure_peak = not args.peak_tflops and not on_gpu
-    if args.peak_tflops:
-        peak, info["peak"] = args.peak_tflops * 1e12, "--peak_tflops"
-    elif on_gpu:
-        peak, info["peak"] = gpu_peak(info["device"])
-    else:
-        peak = 0.0
-    flops = next((m.flops_per_step for _, m in workers.values() if m.flops_per_step), None)
-
-    for r in range(args.repeats):
-        for name in workers if r % 2 == 0 else list(workers)[::-1]:
-            conn, mode = workers[name]
-            conn.send("step")
-            step_s, kernel_s = conn.recv()
-            mode.times.append(step_s)
-            mode.kernel_times.append(kernel_s)
-        if measure_peak:  # Between the steps, so a shared machine's load weighs on both alike.
-            for conn, _ in workers.values():
-                conn.send("peak")
-                peak = max(peak, conn.recv())
-        print(f"repeat {r + 1}/{args.repeats} done", flush=True)
-    for conn, _ in workers.values():
-        conn.send("stop")
-    if measure_peak:
-        info["peak"] = f"fp32 matmul peak measured in this run: {peak / 1e9:.0f} GFLOP/s"
-    info["load_average_end"] = os.getloadavg()
-
-    rows = []
-    for _, mode in workers.values():
-        step_s = statistics.median(mode.times)
-        rows.append(
-            {
-                "mode": mode.name,
-                "images_per_s": args.batch / step_s,
-                "step_s": step_s,
-                "step_s_all": mode.times,
-                "kernel_s": statistics.median(mode.kernel_times),
-                "compile_s": mode.compile_s,
-                "peak_memory_mb": mode.peak_memory / 2**20,
-                "compiler_memory_mb": mode.compiler_memory and mode.compiler_memory / 2**20,
-                "utilisation": flops / step_s / peak if flops else None,
-            }
-        )
-    speed = {row["mode"]: row["images_per_s"] for row in rows}
-    print_table(args, info, rows, speed, flops)
-    if args.json:
-        results = {"args": vars(args), **info, "flops_per_step": flops, "rows": rows}
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    on_gpu, device = next(iter(devices.values()))
+    return workers, on_gpu, device
 
 
-def print_table(args, info, rows, speed, flops) -> None:
+def result_row(
+    mode: Mode, args: argparse.Namespace, model_flops: float, peaks: dict, *, on_gpu: bool
+) -> dict:
+    step_s = statistics.median(mode.times)
+    arithmetic = precision(mode.name, on_gpu=on_gpu)
+    peak = peaks["bf16" if arithmetic == "bf16" else "fp32"]
+    return {
+        "mode": mode.name,
+        "precision": arithmetic,
+        "images_per_s": args.batch / step_s,
+        "step_s": step_s,
+        "step_s_all": mode.times,
+        "kernel_s": statistics.median(mode.kernel_times),
+        "compile_s": mode.compile_s,
+        "peak_memory_mb": mode.peak_memory / 2**20,
+        "compiler_memory_mb": mode.compiler_memory and mode.compiler_memory / 2**20,
+        "mfu": model_flops / step_s / peak if peak else None,
+    }
+
+
+def print_table(args, info, rows) -> None:
     def fmt(value, spec):
         return "" if value is None else format(value, spec)
 
+    speed = {row["mode"]: row["images_per_s"] for row in rows}
+    model_flops, xla_flops = info["model_flops_per_step"], info["xla_flops_per_step"]
     print(
         f"\n{args.model}, batch {args.batch}, {args.repeats} repeats x {args.steps} step(s); "
         f"{info['date']}; {info['cpu']} ({info['cpu_cores']} cores), device {info['device']}; "
@@ -456,23 +509,27 @@ def print_table(args, info, rows, speed, flops) -> None:
         f"{' '.join(f'{k} {v}' for k, v in info['versions'].items())}; "
         f"XLA_FLAGS={info['xla_flags']!r}; malloc: {info['malloc']}"
     )
-    print(f"utilisation against: {info['peak']}; XLA FLOPs/step: {fmt(flops, '.4g')}")
     print(
-        "| mode | images/s | jax ÷ this | jax_bf16 ÷ this | step s (median) | kernel CPU s "
-        "| compile s | peak memory MB | MB/image | XLA memory MB | utilisation |"
+        f"MFU against: {info['peak']}; FLOPs/step: model {model_flops:.4g}, XLA cost analysis "
+        f"{fmt(xla_flops, '.4g')}"
+        + (f" ({xla_flops / model_flops:.2f}x model)" if xla_flops else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| mode | precision | images/s | jax ÷ this | jax_bf16 ÷ this | step s (median) "
+        "| kernel CPU s | compile s | peak memory MB | MB/image | XLA memory MB | MFU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ratios = [
             fmt(speed[ours] / row["images_per_s"], ".2f") if ours in speed else ""
             for ours in ("jax", "jax_bf16")
         ]
         print(
-            f"| {row['mode']} | {row['images_per_s']:.3g} | {ratios[0]} | {ratios[1]} "
-            f"| {row['step_s']:.3f} | {row['kernel_s']:.2f} | {fmt(row['compile_s'], '.1f')} "
-            f"| {row['peak_memory_mb']:.0f} | {row['peak_memory_mb'] / args.batch:.2f} "
-            f"| {fmt(row['compiler_memory_mb'], '.0f')} "
-            f"| {fmt(row['utilisation'] and 100 * row['utilisation'], '.1f')}% |"
+            f"| {row['mode']} | {row['precision']} | {row['images_per_s']:.3g} | {ratios[0]} "
+            f"| {ratios[1]} | {row['step_s']:.3f} | {row['kernel_s']:.2f} "
+            f"| {fmt(row['compile_s'], '.1f')} | {row['peak_memory_mb']:.0f} "
+            f"| {row['peak_memory_mb'] / args.batch:.2f} | {fmt(row['compiler_memory_mb'], '.0f')} "
+            f"| {fmt(row['mfu'] and 100 * row['mfu'], '.1f')}% |"
         )
 
 

@@ -311,6 +311,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     summary: Row = {
         "checkpoint": str(config.checkpoint),
         "checkpoint_step": step,
+        "model/dtype": pre_config.model.dtype,
         "data": data,
         "train_split": train_split,
         "eval_split": eval_split,

@@ -24,7 +24,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.config import ConfigError, check_minimums, save_config
+from selfsup.config import ConfigError, check_minimums, resolve_model_dtype, save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
@@ -339,6 +339,7 @@ def _train(
     host_metrics = host_metrics or (read_metrics(log.path) or [{}])[-1]
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     summary |= {"pretrain/steps": total_steps, "pretrain/examples": num_examples}
+    summary["model/dtype"] = config.model.dtype
     summary["data/skipped_images"] = len(skipped)
     if jax.process_index() == 0:
         report.write_pretrain_report(workdir, config, summary)
@@ -350,6 +351,7 @@ def _open_data(config: ml_collections.ConfigDict, workdir: Path, *, allow_config
     checked against the workdir's."""
     source = open_source(config.data, data_dir=config.data_dir or None)
     resolve_online_probe(config, source)
+    resolve_model_dtype(config, jax.default_backend())
     # After resolving: config.json records resolved values, and this is how a rerun compares.
     check_same_config(config, workdir, allow_change=allow_config_change)
     read_splits = [config.train_split] + ([config.eval_split] if config.eval_every_steps else [])
