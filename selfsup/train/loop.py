@@ -60,19 +60,39 @@ class NonFiniteLossError(RuntimeError):
 
 
 class PreemptedError(RuntimeError):
-    """SIGTERM arrived; a checkpoint of the current step was saved before stopping."""
+    """SIGTERM or Ctrl-C (SIGINT) arrived; a checkpoint of the current step was saved before
+    stopping. `signum` is the signal."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum
 
 
 @contextlib.contextmanager
 def sigterm_requests() -> Iterator[threading.Event]:
-    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) sets while the
-    block runs, so the loop can checkpoint and stop between steps; restores the old handler."""
+    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) or a first Ctrl-C
+    (SIGINT, unless ignored) sets while the block runs, so the loop can checkpoint and stop
+    between steps; its `signum` is the signal. A second Ctrl-C does what Ctrl-C did before the
+    block (by default, KeyboardInterrupt). Restores the old handlers."""
     requested = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+    requested.signum = signal.SIGTERM  # What a process stopped by another's signal reports.
+    signums = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ignored in background jobs.
+        signums.append(signal.SIGINT)
+
+    def request(signum, frame):
+        if requested.is_set() and signum == signal.SIGINT and callable(previous[signum]):
+            previous[signum](signum, frame)
+            return
+        requested.signum = signum
+        requested.set()
+
+    previous = {s: signal.signal(s, request) for s in signums}
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def make_train_step(task, graphdef, tx, schedule, *, seed: int):
@@ -369,8 +389,10 @@ def _train(
                 last_saved = step
             if preempted:
                 raise PreemptedError(
-                    f"SIGTERM: saved a checkpoint at step {step}/{total_steps} in "
-                    f"{workdir}/checkpoints; re-run the same command to resume from it."
+                    f"{signal.Signals(sigterm.signum).name}: saved a checkpoint at step "
+                    f"{step}/{total_steps} in {workdir}/checkpoints; re-run the same command to "
+                    "resume from it.",
+                    sigterm.signum,
                 )
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     summary["pretrain/steps"] = total_steps
