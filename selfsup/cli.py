@@ -1,28 +1,63 @@
 """Command line: `python -m selfsup {demo,pretrain,evaluate,show-augmentations}
 --config=FILE[:arg] --workdir=DIR`.
 
-Errors a user can fix (bad config, missing data, NaN loss) end the command with one line that
-names the problem and the fix, instead of a stack trace.
+Errors a user can fix (bad config, missing data, NaN loss, a full or read-only disk) end the
+command with one line that names the problem and the fix, instead of a stack trace, and exit
+status 1; SIGTERM and Ctrl-C stop a pretraining run with a checkpoint (exit status 128 + the
+signal's number, as shells report a job a signal ended).
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import errno
 import json
+import logging as pylogging
+import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from selfsup.config import ConfigError, load_config_file
+from selfsup.config import ConfigError, check_values, flat_items, load_config_file
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.py"
 COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations")
-# Stopped by SIGTERM after checkpointing: 128 + 15, what schedulers expect of a SIGTERM'd job.
-EXIT_PREEMPTED = 143
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a job stopped by Ctrl-C.
+# What to do about an OS error in reading or writing a file, by errno.
+_NO_SPACE = (
+    "free space there or pass a --workdir elsewhere, then re-run the same command (pretrain "
+    "resumes from its last checkpoint)"
+)
+OS_ERROR_FIXES = {
+    errno.ENOSPC: _NO_SPACE,
+    errno.EDQUOT: _NO_SPACE,
+    errno.EFBIG: "raise the file size limit (ulimit -f) or pass a --workdir elsewhere",
+    errno.EROFS: "pass a --workdir on a writable file system",
+    errno.EACCES: "give this user access to it, or pass another path",
+    errno.EPERM: "give this user access to it, or pass another path",
+}
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+    """`--config=file.py[:arg]` loaded by `load_config_file`, whose errors are one line (in
+    place of config_flags' own loader, which lets a broken file's traceback through)."""
+
+    def parse(self, argument: str) -> ml_collections.ConfigDict:
+        path, _, arg = argument.partition(":")
+        return load_config_file(path, arg or None)
+
+    def flag_type(self) -> str:
+        return "config object"
+
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -30,6 +65,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Config file, `configs/X.py` or `configs/X.py:runlocal` (demo: configs/demo.py).",
     lock_config=True,
 )
+flags.FLAGS["config"].parser = _ConfigFileParser()
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory; re-running pretrain on it resumes its latest checkpoint."
 )
@@ -138,8 +174,29 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m selfsup {{{','.join(COMMANDS)}}} [--flags]")
-    command = argv[1]
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    logging.get_absl_logger().addFilter(_without_orbax_tracebacks)
+    sys.excepthook, sys.unraisablehook = _excepthook, _unraisablehook
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ignored in background jobs.
+        signal.signal(signal.SIGINT, _interrupted)
+    run_command(argv[1])
+
+
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C outside the training loop (whose own handler checkpoints first): stop at once, in
+    one line. A KeyboardInterrupt instead can land in a callback that swallows it (JAX's
+    garbage-collection callback does), and the command would run on."""
+    with contextlib.suppress(RuntimeError):  # Reentrant: the handler interrupted a print.
+        sys.stdout.flush()
+    os.write(
+        sys.stderr.fileno(),
+        b"error: interrupted (Ctrl-C): re-run the same command to continue (pretrain resumes "
+        b"from its last checkpoint).\n",
+    )
+    os._exit(EXIT_INTERRUPTED)
+
+
+def run_command(command: str) -> None:
     from selfsup.train.engine import NonFiniteLossError, PreemptedError
 
     try:
@@ -148,57 +205,150 @@ def main(argv: list[str]) -> None:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         parallel.reuse_step_memory()
         config = _CONFIG.value
-        try:
-            if config is not None:
-                config.to_dict()  # config_flags defers a missing file's error to first use.
-        except OSError as e:
-            raise ConfigError(f"cannot load --config: {str(e).splitlines()[-1].strip()}") from None
         if command == "demo":
             from selfsup.workdir import claim
 
             config = load_config_file(DEMO_CONFIG) if config is None else config
-            with claim(_WORKDIR.value or "runs/demo", "demo"):
-                demo(config, Path(_WORKDIR.value or "runs/demo"))
+            workdir = checked_workdir(_WORKDIR.value or "runs/demo")
+            with claim(workdir, "demo"):
+                demo(config, workdir)
             return
         if config is None or _WORKDIR.value is None:
             raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
+        workdir = checked_workdir(_WORKDIR.value)
         if command == "pretrain":
             from selfsup.train.loop import pretrain
 
             pretrain(
                 config,
-                _WORKDIR.value,
+                workdir,
                 allow_config_change=_ALLOW_CONFIG_CHANGE.value,
                 resume_step=_RESUME_STEP.value,
             )
         elif command == "show-augmentations":
             from selfsup.data.show import show_augmentations
 
-            show_augmentations(config, _WORKDIR.value, num_images=_NUM_IMAGES.value)
+            show_augmentations(config, workdir, num_images=_NUM_IMAGES.value)
         else:
             from selfsup.evaluate.run import evaluate
 
-            evaluate(config, _WORKDIR.value)
-    except (ValueError, NonFiniteLossError) as e:  # ConfigError and DataError included.
-        sys.exit(f"error: {e}")
+            evaluate(config, workdir)
     except PreemptedError as e:
-        print(e, file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        fail(str(e), 128 + e.signum)
+    except Exception as e:
+        if os_error := reported_os_error(e):
+            fail(f"error: {os_error_line(os_error, _WORKDIR.value)}")
+        if isinstance(e, (ValueError, NonFiniteLossError)):  # ConfigError, DataError included.
+            fail(f"error: {first_line(e)}")
+        raise  # A bug: its traceback is what a report needs.
+
+
+def fail(line: str, status: int = 1) -> NoReturn:
+    """Ends the command with `line` on stderr. What background threads log of the same failure
+    while the process winds down (orbax's unfinished writes) would only repeat it."""
+    print(line, file=sys.stderr, flush=True)
+    pylogging.disable(pylogging.CRITICAL)
+    sys.exit(status)
+
+
+def checked_workdir(value: str) -> Path:
+    workdir = Path(value)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(
+            f"--workdir={workdir} is a file, not a folder: pass a folder (made if missing)."
+        )
+    return workdir
+
+
+def reported_os_error(error: BaseException) -> OSError | None:
+    """`error` as an OSError if it is one with an errno, or reports one of `OS_ERROR_FIXES` in
+    its text (orbax's tensorstore and TF wrap the OS's errors in their own types)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error
+    text = str(error)
+    for code in OS_ERROR_FIXES:
+        if os.strerror(code) in text:
+            path = re.search(r'"(/[^"]+)"', text)
+            # The folder a checkpoint was being written to, not orbax's temporary one inside it.
+            path = path and re.sub(r"/[^/]*\.orbax-checkpoint-tmp.*", "", path[1])
+            return OSError(code, os.strerror(code), path)
+    return None
+
+
+def os_error_line(error: OSError, workdir: str | None) -> str:
+    """One line naming the file (else the workdir, where the commands write), the OS's reason
+    and the fix."""
+    where = error.filename or (f"a file in {workdir}" if workdir else "a file")
+    fix = OS_ERROR_FIXES.get(error.errno, "check that path")
+    return f"{where}: {error.strerror}: {fix}."
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _without_orbax_tracebacks(record) -> bool:
+    """Orbax logs a failed background save with its traceback; the save then raises the same
+    error in the command, which reports it in one line."""
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _is_closed_loop_error(error: BaseException | None) -> bool:
+    """tensorstore reports orbax's writes done by calling into orbax's event loop; after a failed
+    save has closed that loop, every late write prints "Event loop is closed" (through one of
+    the hooks below), repeating an error that the command reports in one line."""
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _excepthook(kind, error, traceback) -> None:
+    if not _is_closed_loop_error(error):
+        sys.__excepthook__(kind, error, traceback)
+
+
+def _unraisablehook(unraisable) -> None:
+    if not _is_closed_loop_error(unraisable.exc_value):
+        sys.__unraisablehook__(unraisable)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a bad flag or config key reported in one line."""
+    """absl flag parsing and the config's value checks, with a bad flag, config file, config key
+    or value reported in one line."""
     try:
-        return flags.FLAGS(argv)
+        argv = flags.FLAGS(argv)
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        text = str(e).replace("\\n", "\n").replace("\\'", "'")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        # A config file that raised: its own error is the last line of the quoted traceback.
-        message = lines[-1] if "Traceback" in text else " ".join(lines)
+        if isinstance(e.__context__, ConfigError):  # From the config file.
+            sys.exit(f"error: {e.__context__}")
         if isinstance(e, (KeyError, AttributeError)):
-            key, *rest = (line.strip("'") for line in lines)
-            message = f"unknown config key {key!r}. {' '.join(rest)}"
-        sys.exit(f"error: {message}")
+            sys.exit(f"error: {unknown_key_message(e, argv)}")
+        sys.exit(f"error: {first_line(e)}")
+    try:
+        if _CONFIG.value is not None:
+            check_values(_CONFIG.value)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    return argv
+
+
+def unknown_key_message(error: Exception, argv: list[str]) -> str:
+    """ml_collections names only the unknown part of a key (quoted twice over): name the
+    override it came from, and the config's keys closest to it."""
+    text = str(error).replace("\\n", "\n")  # Its own hint follows on an escaped new line.
+    part = re.sub(r"[\\'\"]", "", text).splitlines()[0].strip()
+    overrides = [a[len("--config.") :].split("=")[0] for a in argv if a.startswith("--config.")]
+    key = next((o for o in overrides if part in o.split(".")), part)
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    try:
+        path, _, arg = (config_arg or "").partition(":")
+        keys = [k for k, _ in flat_items(load_config_file(path, arg or None))]
+    except ConfigError:
+        keys = []
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return (
+        f"unknown config key {key!r}: {hint}check the spelling (the config file declares every "
+        "key)."
+    )
 
 
 def run() -> None:

@@ -1,6 +1,7 @@
 """The command line as a user runs it: pretrain then evaluate on a folder of images, and the
 one-line errors for bad input."""
 
+import errno
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -17,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from selfsup import parallel
-from selfsup.config import load_config_file
+from selfsup.config import load_config_file, save_config
 from selfsup.train import loop
 from selfsup.train.checkpoint import load_train_state
 
@@ -141,53 +143,203 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
     assert (tmp_path / "demo" / "accuracy.png").stat().st_size > 10_000
 
 
+BROKEN_CONFIGS = {
+    "syntax.py": "def get_config(:\n    pass\n",
+    "raises.py": "def get_config(arg=None):\n    raise RuntimeError('boom')\n",
+    "returns_dict.py": "def get_config(arg=None):\n    return {'seed': 0}\n",
+    "no_get_config.py": "SEED = 0\n",
+}
+
+
+def bad_input_setup(tmp_path: Path) -> None:
+    """What the bad-input cases point at: broken config files, a file where a folder belongs,
+    workdirs of a pretraining run and of an evaluation (their config.json alone: the commands
+    must refuse them before reading anything else), and a folder with an empty .jpg."""
+    for name, text in BROKEN_CONFIGS.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "file").write_text("not a folder")
+    for name, config_file in (
+        ("pretrained", "simclr_cifar10.py"),
+        ("evaluated", "linear_probe.py"),
+    ):
+        config = load_config_file(ROOT / "configs" / config_file)
+        (tmp_path / name).mkdir()
+        save_config(config, tmp_path / name)
+    images = tmp_path / "images" / "train" / "cat"
+    images.mkdir(parents=True)
+    images.joinpath("a.png").write_bytes(tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy())
+    images.joinpath("empty.jpg").write_bytes(b"")
+
+
+SIMCLR = "--config=CONFIG"
+PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "args, code, message",
     [
-        (["pretrain", "--config=CONFIG", "--workdir=W", "--config.batch_sise=8"], "batch_sise"),
-        (
-            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.data=s3:x"],
-            "unknown data spec 's3:x'",
-        ),
-        (
-            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.data=folder:/no/such/dir"],
-            "does not exist",
-        ),
-        (
-            ["evaluate", f"--config={ROOT / 'configs' / 'linear_probe.py'}", "--workdir=W"],
-            "--config.checkpoint=PRETRAIN_WORKDIR",
-        ),
-        (["pretrain", "--workdir=W"], "needs --config"),
-        (
-            [
-                "evaluate",
-                f"--config={ROOT / 'configs' / 'transfer.py'}",
-                "--workdir=W",
-                "--config.checkpoint=W",
-                "--config.finetune.freeze_stages=(0, 5)",
-            ],
-            "freeze_stages must lie in 0..4",
-        ),
-        (
-            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.batch_size=sixteen"],
-            "batch_size",
-        ),
-        (
-            ["pretrain", "--config=CONFIG", "--workdir=W", "--config.log_every_steps=0"],
-            "config.log_every_steps=0 is out of range: set --config.log_every_steps to at least 1",
-        ),
-        (
-            ["pretrain", "--config=CONFIG", "--workdir=W", "--num_processes=2"],
-            "needs all of --coordinator_address",
-        ),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.batch_sise=8"], 1,
+         "unknown config key 'batch_sise': did you mean batch_size? check the spelling"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.nonexistent_key=1"], 1,
+         "unknown config key 'nonexistent_key': check the spelling (the config file declares "
+         "every key)."),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.data=s3:x"], 1, "unknown data spec 's3:x'"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.data=folder:/no/such/dir"], 1,
+         "does not exist"),
+        (["evaluate", PROBE, "--workdir=W"], 1, "--config.checkpoint=PRETRAIN_WORKDIR"),
+        (["pretrain", "--workdir=W"], 1, "needs --config"),
+        (["evaluate", f"--config={ROOT / 'configs' / 'transfer.py'}", "--workdir=W",
+          "--config.checkpoint=W", "--config.finetune.freeze_stages=(0, 5)"], 1,
+         "error: config.finetune.freeze_stages=(0, 5) is invalid: set "
+         "--config.finetune.freeze_stages to stage counts in 0..4, e.g. '(0, 4)'."),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.batch_size=sixteen"], 1, "batch_size"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.log_every_steps=0"], 1,
+         "config.log_every_steps=0 is out of range: set --config.log_every_steps to at least 1"),
+        (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"], 1,
+         "needs all of --coordinator_address"),
+        # A config file is Python: whatever is wrong with it is one line naming it.
+        (["pretrain", "--config=syntax.py", "--workdir=W"], 1,
+         "error: config file syntax.py failed: invalid syntax at line 1: fix it."),
+        (["pretrain", "--config=raises.py", "--workdir=W"], 1,
+         "error: config file raises.py failed: RuntimeError: boom at line 2: fix it."),
+        (["pretrain", "--config=returns_dict.py", "--workdir=W", "--config.seed=1"], 1,
+         "error: get_config in returns_dict.py returned a dict, not an ml_collections.ConfigDict"),
+        (["pretrain", "--config=no_get_config.py", "--workdir=W"], 1,
+         "error: config file no_get_config.py defines no get_config(arg)"),
+        # Values that cannot work, refused before any work (tests/test_config.py has them all).
+        (["pretrain", SIMCLR, "--workdir=W", "--config.seed=99999999999999999999999"], 1,
+         "error: config.seed=99999999999999999999999 is invalid: set --config.seed to an "
+         "integer in [0, 2**32)."),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.seed=-1"], 1, "config.seed=-1 is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.optim.weight_decay_exclude=("], 1,
+         "config.optim.weight_decay_exclude='(' is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.simclr.min_crop_area=2"], 1,
+         "config.simclr.min_crop_area=2.0 is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.image_size=0"], 1,
+         "config.image_size=0 is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.image_size=100000"], 1,
+         "config.image_size=100000 is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.model.width=0"], 1,
+         "config.model.width=0.0 is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.optim.warmup_epochs=-1"], 1,
+         "config.optim.warmup_epochs=-1.0 is invalid"),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.optim.decay_epochs=(5,x)"], 1,
+         "config.optim.decay_epochs=('(5,x)',) is invalid"),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W",
+          "--config.minival_fraction=0"], 1, "config.minival_fraction=0.0 is invalid"),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W", "--config.knn.ks=(0,)"], 1,
+         "config.knn.ks=(0,) is invalid"),
+        # Paths that are the wrong kind of thing.
+        (["pretrain", SIMCLR, "--workdir=file"], 1,
+         "error: --workdir=file is a file, not a folder: pass a folder (made if missing)."),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"], 1,
+         "error: evaluated is not a pretraining workdir"),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=pretrained",
+          "--config.features=patches"], 1,
+         "error: features='patches' averages the features of a patch task's 3x3 grid; SimCLR "
+         "has no patches: use --config.features=image."),
+        (["pretrain", SIMCLR, "--workdir=W", "--config.data=folder:images"], 1,
+         "error: images/train/cat/empty.jpg in folder:images is not a usable image (an empty "
+         "file): remove or replace it, or set --config.corrupt_images=skip"),
     ],
-)
-def test_bad_input_fails_with_one_line(args, message, tmp_path):
+)  # fmt: skip
+def test_bad_input_fails_with_one_line(args, code, message, tmp_path):
+    bad_input_setup(tmp_path)
     config = f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal"
-    run = selfsup(*[config if a == "--config=CONFIG" else a for a in args], cwd=tmp_path)
-    assert run.returncode != 0
-    assert message in run.stderr
+    run = selfsup(*[config if a == SIMCLR else a for a in args], cwd=tmp_path)
+    assert run.returncode == code, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+    # One error line, the last thing written (TF's start-up notices may precede it).
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == run.stderr.strip().splitlines()[-1:], run.stderr[-2000:]
+    assert message in errors[0]
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (OSError(errno.EROFS, "Read-only file system", "/runs/x"),
+         "/runs/x: Read-only file system: pass a --workdir on a writable file system."),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/train/a.png"),
+         "/data/train/a.png: Permission denied: give this user access to it, or pass another "
+         "path."),
+        # What orbax's tensorstore raised when the disk filled during a checkpoint save.
+        (ValueError('RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local '
+                    'file "/runs/x/checkpoints/2.orbax-checkpoint-tmp/default.orbax-checkpoint-'
+                    'tmp/ocdbt.process_0/": Failed to write 136664 bytes to file 18: No space '
+                    "left on device [os_error_code='28']"),
+         "/runs/x/checkpoints: No space left on device: free space there or pass a --workdir "
+         "elsewhere, then re-run the same command (pretrain resumes from its last checkpoint)."),
+        # TF's TensorBoard writer names no file.
+        (tf.errors.ResourceExhaustedError(None, None, "tensorboard: No space left on device"),
+         "a file in /runs/x: No space left on device: free space there"),
+    ],
+)  # fmt: skip
+def test_a_full_or_read_only_disk_is_one_line_naming_the_path(error, line):
+    from selfsup import cli
+
+    assert cli.os_error_line(cli.reported_os_error(error), "/runs/x").startswith(line)
+
+
+@pytest.mark.slow
+def test_a_disk_that_refuses_writes_ends_in_one_line(image_root, tmp_path):
+    # Writes past 100 KiB fail with EFBIG, as writes to a full disk fail with ENOSPC.
+    command = [
+        "bash", "-c", "trap '' XFSZ; ulimit -f 100; exec \"$@\"", "bash",
+        sys.executable, "-m", "selfsup", "pretrain",
+        f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
+        f"--workdir={tmp_path / 'run'}", f"--config.data=folder:{image_root}",
+        "--config.batch_size=16", "--config.image_size=16", "--config.total_steps=2",
+        "--config.eval_every_steps=0",
+    ]  # fmt: skip
+    env = {k: v for k, v in cli_env().items() if not k.startswith("JAX_")}  # No cache writes.
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'run' / 'checkpoints'}: File too large: raise the file size limit "
+        "(ulimit -f) or pass a --workdir elsewhere."
+    )
+    assert sum(line.startswith("error:") for line in run.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root, tmp_path):
+    command = [
+        sys.executable, "-m", "selfsup", "pretrain",
+        f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
+        f"--workdir={tmp_path / 'run'}", f"--config.data=folder:{image_root}",
+        "--config.eval_split=val", "--config.batch_size=16", "--config.image_size=16",
+        "--config.total_steps=400", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1000",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    for line in process.stdout:  # Training is under way once steps are logged.
+        if line.startswith("step 3/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"SIGINT: saved a checkpoint at step (\d+)/400 in .*; re-run the same "
+                         r"command to resume from it\.", last)  # fmt: skip
+    assert match, stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / match.group(1)).is_dir()
+
+    # Before training (here: once the run holds its workdir), Ctrl-C stops at once, in one line.
+    process = subprocess.Popen(command[:5] + [f"--workdir={tmp_path / 'early'}"] + command[6:],
+                               cwd=tmp_path, env=cli_env(), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    while not (tmp_path / "early" / ".lock").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "error: interrupted (Ctrl-C): re-run the same command to continue (pretrain resumes "
+        "from its last checkpoint)."
+    )
 
 
 def test_show_augmentations_writes_the_grid(image_root, tmp_path):

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.config import ConfigError, check_minimums, load_config_file, resolve_model_dtype
+from selfsup.config import (
+    ConfigError,
+    check_minimums,
+    check_values,
+    load_config_file,
+    load_saved_config,
+    resolve_model_dtype,
+    save_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs/ and the studies' own configs in experiments/ (files with a `get_config`).
@@ -140,3 +148,111 @@ def test_an_explicit_dtype_is_kept_on_every_backend_and_auto_is_float32_off_gpus
     config.model.dtype = "auto"
     resolve_model_dtype(config, platform)
     assert config.model.dtype == ("bfloat16" if platform in ("gpu", "tpu") else "float32")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_passes_the_value_rules(path):
+    for arg in (None, "runlocal"):
+        check_values(load_config_file(path, arg))
+
+
+@pytest.mark.parametrize(
+    "config_file, key, value, requirement",
+    [
+        ("simclr_cifar10.py", "seed", -1, "an integer in [0, 2**32)"),
+        ("simclr_cifar10.py", "seed", 2**64, "an integer in [0, 2**32)"),
+        ("simclr_cifar10.py", "image_size", 0, "a size in pixels in [8, 4096]"),
+        ("simclr_cifar10.py", "image_size", 100000, "a size in pixels in [8, 4096]"),
+        ("simclr_cifar10.py", "model.width", 0.0, "a multiplier of at least 1/64 (e.g. 0.125)"),
+        ("simclr_cifar10.py", "simclr.min_crop_area", 2.0, "a fraction of the image in (0, 1]"),
+        ("simclr_cifar10.py", "optim.warmup_epochs", -1.0, "a number of epochs >= 0"),
+        (
+            "relpatch_cifar10.py",
+            "optim.decay_epochs",
+            ("(5,x)",),
+            "numbers of epochs >= 0, e.g. '(120, 160)'",
+        ),
+        (
+            "simclr_cifar10.py",
+            "optim.weight_decay_exclude",
+            "(",
+            "a Python regular expression, e.g. '(^|/)bias$'",
+        ),
+        ("transfer.py", "minival_fraction", 0.0, "a fraction in (0, 1), e.g. 0.1"),
+        ("transfer.py", "knn.ks", (0,), "integers >= 1, e.g. '(20, 200)'"),
+        ("transfer.py", "label_fractions", (0.0,), "fractions in (0, 1], e.g. '(0.1, 1.0)'"),
+        ("transfer.py", "finetune.freeze_stages", (5,), "stage counts in 0..4, e.g. '(0, 4)'"),
+        ("transfer.py", "finetune.min_crop_area", 0.0, "a fraction of the image in (0, 1]"),
+        ("transfer.py", "crop_proportion", 1.5, "a fraction of the shorter side in (0, 1]"),
+        (
+            "demo.py",
+            "tasks.relpatch.pretrain.optim.weight_decay_exclude",
+            "[",
+            "a Python regular expression, e.g. '(^|/)bias$'",
+        ),
+    ],
+)
+def test_a_value_that_cannot_work_is_refused_naming_key_and_fix(
+    config_file, key, value, requirement
+):
+    config = load_config_file(ROOT / "configs" / config_file, "runlocal")
+    *blocks, leaf = key.split(".")
+    node = config
+    for block in blocks:
+        node = node[block]
+    with node.ignore_type():
+        node[leaf] = value
+    with pytest.raises(ConfigError) as error:
+        check_values(config)
+    assert str(error.value) == (
+        f"config.{key}={value!r} is invalid: set --config.{key} to {requirement}."
+    )
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (
+            "def get_config(:\n    pass\n",
+            "config file {path} failed: invalid syntax at line 1: fix it.",
+        ),
+        (
+            "import ml_collections\n\ndef get_config(arg=None):\n    raise RuntimeError('boom')\n",
+            "config file {path} failed: RuntimeError: boom at line 4: fix it.",
+        ),
+        (
+            "def get_config(arg=None):\n    return {'seed': 0}\n",
+            "get_config in {path} returned a dict, not an ml_collections.ConfigDict: return one "
+            "(see configs/).",
+        ),
+        (
+            "SEED = 0\n",
+            "config file {path} defines no get_config(arg): define one that returns an "
+            "ml_collections.ConfigDict (see configs/).",
+        ),
+    ],
+)
+def test_a_broken_config_file_is_one_line_naming_it(source, message, tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(ConfigError) as error:
+        load_config_file(path)
+    assert str(error.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("text", ["", '{"task": "simclr", "seed"'])
+def test_a_damaged_config_json_is_named_with_the_fix(text, tmp_path):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_saved_config(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path / 'config.json'} is cut short or damaged (")
+    assert str(error.value).endswith(
+        "): restore it, or delete it and re-run the pretrain command that made this workdir "
+        "(it writes it again)."
+    )
+
+
+def test_an_evaluate_workdir_is_no_checkpoint(tmp_path):
+    save_config(load_config_file(ROOT / "configs" / "transfer.py"), tmp_path)
+    with pytest.raises(ConfigError, match="is not a pretraining workdir"):
+        load_saved_config(tmp_path)

@@ -200,3 +200,25 @@ def test_skip_leaves_undecodable_images_out_and_reports_them(image_folder, tmp_p
     assert summary["data/skipped_images"] == 1 and summary["pretrain/examples"] == 39
     assert f"Skipping 1 undecodable images of folder:{root}: {broken}." in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["data/skipped_images"] == 1
+
+
+@pytest.mark.slow
+def test_a_metrics_line_cut_short_by_a_kill_is_written_again_on_resume(image_folder, tmp_path):
+    config = tiny_config(image_folder, total_steps=6, checkpoint_every_steps=3)
+    loop.pretrain(config, tmp_path / "full")
+    # A kill while step 6's metrics line was being appended: its checkpoint was not saved yet.
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: text.rindex("\n", 0, -1) + 40])
+    loop.pretrain(config, tmp_path / "killed")
+
+    def lines(workdir):  # Throughput is a measurement, not a result.
+        records = [
+            json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+        ]
+        return [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]
+
+    assert [r["step"] for r in lines(tmp_path / "killed")] == [1, 2, 3, 4, 5, 6]
+    assert lines(tmp_path / "killed") == lines(tmp_path / "full")

@@ -173,6 +173,36 @@ def test_skip_drops_undecodable_images_and_keeps_streams_exact(tmp_path, capsys)
         pipeline.drop_undecodable_images(source, ["train"], "ignore")
 
 
+def test_files_that_are_no_images_stop_the_run_or_are_skipped(tmp_path, capsys):
+    make_folder(tmp_path, 9)
+    make_folder(tmp_path, 3, split="test")
+    empty, webp = tmp_path / "train" / "c0" / "empty.jpg", tmp_path / "train" / "c1" / "webp.jpg"
+    empty.write_bytes(b"")
+    webp.write_bytes(
+        bytes.fromhex("524946461a000000574542505650384c0e0000002f01400000071011fd0f4444ff03")
+    )
+    source = open_source(f"folder:{tmp_path}")
+    with pytest.raises(DataError) as error:
+        pipeline.drop_undecodable_images(source, ["train"], "error")
+    assert str(error.value) == (
+        f"2 files in folder:{tmp_path} are not usable images, e.g. {empty} (an empty file): "
+        "remove or replace them, or set --config.corrupt_images=skip to leave such files out."
+    )
+    kept, dropped = pipeline.drop_undecodable_images(source, ["train"], "skip")
+    assert [(b.origin, b.reason) for b in dropped] == [
+        (str(empty), "an empty file"),
+        (str(webp), "not JPEG/PNG/GIF/BMP data"),
+    ]
+    assert f"Skipping 2 undecodable images of folder:{tmp_path}: {empty}, {webp}." in (
+        capsys.readouterr().out
+    )
+    ids = take(pipeline.train_dataset(kept, "train", identify, local_batch_size=3, seed=0), 3)
+    assert sorted(np.concatenate([b["id"] for b in ids])) == list(range(9))
+    assert kept.rejected == {}
+    # A split that is not read does not stop the run.
+    assert pipeline.drop_undecodable_images(source, ["test"], "error") == (source, [])
+
+
 @pytest.mark.parametrize("task_config", ["simclr_cifar10.py", "relpatch_cifar10.py"])
 def test_grayscale_rgba_palette_and_tiny_images_train(tmp_path, task_config):
     images = {

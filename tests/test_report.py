@@ -3,6 +3,8 @@ flat summary keys, and the plots."""
 
 from pathlib import Path
 
+import pytest
+
 from selfsup.config import load_config_file
 from selfsup.evaluate import report
 from selfsup.evaluate.run import summary_key
@@ -57,3 +59,18 @@ def test_report_writes_the_table_and_plots(tmp_path: Path):
     single = [r for r in rows() if r["label_fraction"] == 1.0]
     report.write_transfer_report(tmp_path / "one", config, summary, single)
     assert (tmp_path / "one" / "accuracy.png").stat().st_size > 10_000
+
+
+def test_read_metrics_leaves_out_a_last_line_cut_short(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.4}\n{"step": 3, "lo')
+    assert report.read_metrics(path) == [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.4}]
+
+
+def test_read_metrics_names_a_damaged_line_before_the_last(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo\n{"step": 3, "loss": 2.3}\n')
+    with pytest.raises(ValueError) as error:
+        report.read_metrics(path)
+    assert str(error.value).startswith(f"{path} line 2 is damaged (")
+    assert str(error.value).endswith("): delete that line, or restore the file from a copy.")

@@ -1,6 +1,7 @@
 """Data specs: image folders (real CIFAR-10 sample and hand-made folders), TFDS under
 mock_data, and the errors for bad input."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,18 +90,70 @@ def test_bad_specs_name_the_problem(spec, message, tmp_path):
         open_source(spec, data_dir=str(tmp_path))
 
 
-def test_empty_split_and_non_image_files(tmp_path):
+def webp_bytes() -> bytes:
+    """A 2x2 lossless WebP: a format tf.io.decode_image reads, but not one of the folder
+    source's formats."""
+    return bytes.fromhex("524946461a000000574542505650384c0e0000002f01400000071011fd0f4444ff03")
+
+
+def test_empty_split_and_files_that_are_no_images(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="has no images"):
         open_source(f"folder:{tmp_path / 'empty'}")
-    write_images(tmp_path / "bad", ["train/cat/a.png"])
-    (tmp_path / "bad" / "train" / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(DataError, match="notes.txt is not a JPEG/PNG"):
-        open_source(f"folder:{tmp_path / 'bad'}")
-    (tmp_path / "bad" / "train" / "cat" / "notes.txt").unlink()
-    (tmp_path / "bad" / "train" / "cat" / "fake.jpg").write_text("text pretending to be a jpeg")
-    with pytest.raises(DataError, match="fake.jpg is not a JPEG/PNG"):
-        open_source(f"folder:{tmp_path / 'bad'}")
+    root = tmp_path / "bad"
+    write_images(root, ["train/cat/a.png", "train/cat/b.png", "test/cat/c.png"])
+    cat = root / "train" / "cat"
+    (cat / "notes.txt").write_text("not an image")
+    (cat / "fake.jpg").write_text("text pretending to be a jpeg")
+    (cat / "empty.jpg").write_bytes(b"")
+    (cat / "webp.jpg").write_bytes(webp_bytes())
+    (cat / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (cat / "loop1.png").symlink_to(cat / "loop2.png")
+    (cat / "loop2.png").symlink_to(cat / "loop1.png")
+    source = open_source(f"folder:{root}")
+    # Left out of the split, listed with the reason, for `corrupt_images` to decide on.
+    assert source.num_examples("train") == 2 and source.num_examples("test") == 1
+    assert {Path(path).name: why for path, why in source.rejected["train"]} == {
+        "notes.txt": "not named .jpg/.jpeg/.png/.gif/.bmp",
+        "fake.jpg": "not JPEG/PNG/GIF/BMP data",
+        "empty.jpg": "an empty file",
+        "webp.jpg": "not JPEG/PNG/GIF/BMP data",
+        "dangling.png": "a symbolic link to a missing file",
+        "loop1.png": "Too many levels of symbolic links",
+        "loop2.png": "Too many levels of symbolic links",
+    }
+    assert "test" not in source.rejected
+    # A process whose shard is empty reads an empty dataset.
+    assert len(list(source.dataset("train", process_index=3, process_count=4))) == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions")
+def test_an_unreadable_file_is_rejected_with_the_reason(tmp_path):
+    write_images(tmp_path, ["train/cat/a.png", "train/cat/b.png"])
+    (tmp_path / "train" / "cat" / "b.png").chmod(0)
+    source = open_source(f"folder:{tmp_path}")
+    assert source.rejected["train"] == [
+        (str(tmp_path / "train" / "cat" / "b.png"), "Permission denied")
+    ]
+
+
+def test_a_folder_spec_naming_a_file_says_so(tmp_path):
+    (tmp_path / "images.zip").write_bytes(b"PK")
+    with pytest.raises(DataError) as error:
+        open_source(f"folder:{tmp_path / 'images.zip'}")
+    assert str(error.value) == (
+        f"folder:{tmp_path / 'images.zip'}: {tmp_path / 'images.zip'} is a file, not a folder: "
+        f"point folder: at {tmp_path / 'images.zip'}/<split>/<class>/<image>."
+    )
+
+
+def test_an_unknown_tfds_name_is_one_line_with_close_matches(tmp_path):
+    with pytest.raises(DataError) as error:
+        open_source("tfds:cifar1O", data_dir=str(tmp_path))
+    assert str(error.value).startswith(
+        "TFDS has no dataset 'cifar1O' (close: cifar10, cifar100, cifar10_n): fix the name"
+    )
+    assert "\n" not in str(error.value)
 
 
 def test_unknown_split_lists_the_available_ones(tmp_path):

@@ -8,7 +8,8 @@ example is dropped or counted twice on any device count.
 
 An image that does not decode stops the run with a DataError naming its file, or, with
 `config.corrupt_images="skip"`, is left out of its split before any stream is built (one
-decoding pass over the split at start), so streams stay exactly resumable.
+decoding pass over the split at start), so streams stay exactly resumable. Files the source
+rejected when listing them (`Source.rejected`) are judged the same way, before any work.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ _SHARD_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @dataclasses.dataclass(frozen=True)
 class Undecodable:
-    """An example whose image does not decode: its position in the (shard of the) split, its
-    origin (file or TFDS record id) and TF's reason."""
+    """An example whose image does not decode: its position in the (shard of the) split (None
+    for a file the source rejected when listing it), its origin (file or TFDS record id) and
+    the reason."""
 
-    position: int
+    position: int | None
     origin: str
     reason: str
 
@@ -84,17 +86,22 @@ def undecodable_images(
 def drop_undecodable_images(
     source: Source, splits: Sequence[str], mode: str
 ) -> tuple[Source, list[Undecodable]]:
-    """`config.corrupt_images`: "error" returns `source` as it is (a failure is reported when it
-    is met); "skip" returns `source` without the examples of `splits` whose image does not
-    decode, and those examples. Every process scans whole splits, so all agree on them."""
+    """`config.corrupt_images`: "error" returns `source` as it is (an image that does not decode
+    is reported when it is met; a file the source rejected, at once); "skip" returns `source`
+    without the examples of `splits` whose image does not decode and without its rejected
+    files, and all of those. Every process scans whole splits, so all agree on them."""
     if mode not in CORRUPT_IMAGE_MODES:
         raise ConfigError(
             f"unknown config.corrupt_images={mode!r}: use one of {CORRUPT_IMAGE_MODES}."
         )
+    splits = list(dict.fromkeys(splits))
+    rejected = [Undecodable(None, f, why) for s in splits for f, why in source.rejected.get(s, [])]
     if mode == "error":
+        if rejected:
+            raise _rejected_error(rejected, source.spec)
         return source, []
-    selection, dropped = {}, []
-    for split in dict.fromkeys(splits):
+    selection, dropped = {}, rejected
+    for split in splits:
         bad = undecodable_images(source, split)
         positions = [b.position for b in bad]
         selection[split] = (split, np.setdiff1d(np.arange(source.num_examples(split)), positions))
@@ -103,6 +110,20 @@ def drop_undecodable_images(
         shown = ", ".join(b.origin for b in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
         print(f"Skipping {len(dropped)} undecodable images of {source.spec}: {shown}.")
     return select_examples(source, selection, spec=source.spec), dropped
+
+
+def _rejected_error(rejected: list[Undecodable], spec: str) -> DataError:
+    skip = "or set --config.corrupt_images=skip to leave such files out."
+    first = rejected[0]
+    if len(rejected) == 1:
+        return DataError(
+            f"{first.origin} in {spec} is not a usable image ({first.reason}): remove or "
+            "replace it, " + skip
+        )
+    return DataError(
+        f"{len(rejected)} files in {spec} are not usable images, e.g. {first.origin} "
+        f"({first.reason}): remove or replace them, " + skip
+    )
 
 
 def _local_size(ds: tf.data.Dataset) -> int:

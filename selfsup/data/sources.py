@@ -6,11 +6,16 @@ example came from (its file for folders, its TFDS record id `<file>__<index>` ot
 that an unreadable image can be named. Decoding is left to the pipeline so that skipping
 examples on resume costs no decode. Each process reads its own disjoint shard
 (`tfds.even_splits` for TFDS, a strided slice of the sorted file list for folders).
+
+A folder's files that cannot be images (wrong name or leading bytes, empty, unreadable, a
+broken symbolic link) are listed apart as the source's `rejected` files, for
+`config.corrupt_images` to decide on like images that do not decode.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +47,8 @@ class Source:
     _reader: Callable[[str, int, int], tf.data.Dataset] = dataclasses.field(
         repr=False, compare=False
     )
+    # Per split, the (file, why) of files found but left out of it as no usable image.
+    rejected: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
 
     def num_examples(self, split: str) -> int:
         if split not in self.split_sizes:
@@ -70,10 +77,18 @@ def open_source(spec: str, *, data_dir: str | None = None) -> Source:
         if not builder.is_prepared():
             check_network()
             builder.download_and_prepare()
+    except tfds.core.DatasetNotFoundError:
+        names = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(arg.partition("/")[0].partition(":")[0], names, n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise DataError(
+            f"TFDS has no dataset {arg!r}{hint}: fix the name after tfds:, or {SPEC_HELP}."
+        ) from None
     except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise DataError(
             f"TFDS could not find, fetch or prepare {arg!r} ({type(e).__name__}: "
-            f"{str(e)[:200]}). Offline, prepare it on a connected machine into "
+            f"{reason}). Offline, prepare it on a connected machine into "
             "--config.data_dir, or use folder:/path/to/images or builtin:shapes."
         ) from e
     return _tfds_source(spec, builder)
@@ -112,6 +127,9 @@ def _read_file_example(path: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor
 
 
 def _folder_source(spec: str, root: Path) -> Source:
+    layout = f"{root}/<split>/<class>/<image>"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{spec}: {root} is a file, not a folder: point folder: at {layout}.")
     if not root.is_dir():
         raise DataError(f"{spec}: folder {root} does not exist; point folder: at an image root.")
     splits = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -121,18 +139,28 @@ def _folder_source(spec: str, root: Path) -> Source:
         )
     class_names = sorted({c.name for s in splits for c in (root / s).iterdir() if c.is_dir()})
     class_index = {name: i for i, name in enumerate(class_names)}
-    files = {split: _list_images(spec, root / split, class_index) for split in splits}
+    files, rejected = {}, {}
+    for split in splits:
+        found = _list_files(root / split, class_index)
+        if not found:
+            raise DataError(
+                f"{spec}: split folder {root / split} has no images; add some or drop it."
+            )
+        problems = {path: _image_problem(path) for path, _ in found}
+        files[split] = [(str(path), label) for path, label in found if not problems[path]]
+        rejected[split] = [(str(path), why) for path, why in problems.items() if why]
 
     def read(split, process_index, process_count):
-        paths, labels = zip(*files[split][process_index::process_count])
-        ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
-        return ds.map(_read_file_example)
+        shard = files[split][process_index::process_count]
+        paths = tf.constant([path for path, _ in shard], tf.string)
+        labels = tf.constant([label for _, label in shard], tf.int64)
+        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(_read_file_example)
 
     sizes = {split: len(f) for split, f in files.items()}
-    return Source(spec, len(class_names), sizes, read)
+    return Source(spec, len(class_names), sizes, read, {k: v for k, v in rejected.items() if v})
 
 
-def _list_images(spec: str, split_dir: Path, class_index: dict[str, int]) -> list[tuple[str, int]]:
+def _list_files(split_dir: Path, class_index: dict[str, int]) -> list[tuple[Path, int]]:
     """Sorted (path, label) pairs; label -1 for unlabeled images directly in the split folder."""
     found = []
     for entry in sorted(split_dir.iterdir()):
@@ -140,20 +168,25 @@ def _list_images(spec: str, split_dir: Path, class_index: dict[str, int]) -> lis
             found += [(p, class_index[entry.name]) for p in sorted(entry.iterdir())]
         else:
             found.append((entry, -1))
-    for path, _ in found:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not _looks_like_image(path):
-            raise DataError(
-                f"{spec}: {path} is not a JPEG/PNG/GIF/BMP image; remove or convert it."
-            )
-    if not found:
-        raise DataError(f"{spec}: split folder {split_dir} has no images; add images or drop it.")
-    return [(str(path), label) for path, label in found]
+    return found
 
 
-def _looks_like_image(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return any(head.startswith(m) for m in _MAGIC)
+def _image_problem(path: Path) -> str | None:
+    """Why the file `path` cannot be an image, judged by its name and first bytes, or None."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not named {'/'.join(IMAGE_EXTENSIONS)}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:  # Listed, so a symbolic link to nothing.
+        return "a symbolic link to a missing file"
+    except OSError as e:  # A symbolic link loop, no permission to read, a folder.
+        return e.strerror or type(e).__name__
+    if not head:
+        return "an empty file"
+    if not any(head.startswith(m) for m in _MAGIC):
+        return "not JPEG/PNG/GIF/BMP data"
+    return None
 
 
 def select_examples(
@@ -181,4 +214,5 @@ def select_examples(
         return ds.shard(process_count, process_index)
 
     sizes = {**source.split_sizes, **{name: len(ix) for name, (_, ix) in selection.items()}}
-    return Source(spec, source.num_classes, sizes, read)
+    rejected = {k: v for k, v in source.rejected.items() if k not in selection}
+    return Source(spec, source.num_classes, sizes, read, rejected)

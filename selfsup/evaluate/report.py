@@ -18,10 +18,24 @@ def write_summary(workdir: Path, summary: Mapping[str, object]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a `metrics.jsonl`, oldest first."""
+    """The records of a `metrics.jsonl`, oldest first. A last line cut short (a run killed while
+    appending it) is left out: its step is after the last checkpoint, so a resume logs it again.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                break
+            raise ValueError(
+                f"{path} line {number} is damaged ({e.msg}): delete that line, or restore the "
+                "file from a copy."
+            ) from None
+    return records
 
 
 def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:

@@ -30,7 +30,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.config import ConfigError, save_config
+from selfsup.config import ConfigError, check_values, load_saved_config, save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
@@ -234,11 +234,13 @@ def summary_key(r: Row, field: str) -> str:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fails before any compute on a config that cannot run."""
+    """Fails before any compute on a config that cannot run: every value (`VALUE_RULES`),
+    the evaluators, and the features the pretrained task can give."""
     if not config.checkpoint:
         raise ConfigError(
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
         )
+    check_values(config)
     if config.features not in ("image", "patches"):
         raise ConfigError(f"unknown config.features={config.features!r}: use 'image' or 'patches'.")
     unknown = sorted(set(config.evaluators) - set(EVALUATORS))
@@ -246,12 +248,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown or no config.evaluators {unknown}: choose from {sorted(EVALUATORS)}."
         )
-    for fraction in config.label_fractions:
-        if not 0 < fraction <= 1:
-            raise ConfigError(f"config.label_fractions must lie in (0, 1], got {fraction}.")
-    for n in config.finetune.freeze_stages:
-        if n not in range(5):
-            raise ConfigError(f"config.finetune.freeze_stages must lie in 0..4, got {n}.")
+    # The task refuses features it cannot give (SimCLR has no patches): ask it on a dummy image.
+    task = get_task(load_saved_config(config.checkpoint))
+    task.eval_input(
+        tf.zeros([8, 8, 3], tf.uint8),
+        crop_proportion=config.crop_proportion,
+        patches=config.features == "patches",
+    )
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Row, list[Row]]:

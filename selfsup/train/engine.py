@@ -36,7 +36,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 class PreemptedError(RuntimeError):
-    """SIGTERM arrived; the run stopped between steps (after saving, where it saves)."""
+    """SIGTERM or Ctrl-C (SIGINT) arrived; the run stopped between steps (after saving, where
+    it saves). `signum` is the signal."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, seed: int, schedule=None):
@@ -73,14 +78,29 @@ def jit_step(train_step, mesh: jax.sharding.Mesh):
 
 @contextlib.contextmanager
 def sigterm_requests() -> Iterator[threading.Event]:
-    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) sets while the
-    block runs, so the runner can stop between steps; restores the old handler."""
+    """An event that SIGTERM (preemption, `kill`, a scheduler's time limit) or a first Ctrl-C
+    (SIGINT, unless ignored) sets while the block runs, so the runner can stop between steps;
+    its `signum` is the signal. A second Ctrl-C does what Ctrl-C did before the block (by
+    default, KeyboardInterrupt). Restores the old handlers."""
     requested = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+    requested.signum = signal.SIGTERM  # What a process stopped by another's signal reports.
+    signums = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ignored in background jobs.
+        signums.append(signal.SIGINT)
+
+    def request(signum, frame):
+        if requested.is_set() and signum == signal.SIGINT and callable(previous[signum]):
+            previous[signum](signum, frame)
+            return
+        requested.signum = signum
+        requested.set()
+
+    previous = {s: signal.signal(s, request) for s in signums}
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +209,9 @@ def run(
             if preempted:
                 saved = f"saved a checkpoint at step {step}" if save else f"stopped at step {step}"
                 raise PreemptedError(
-                    f"SIGTERM: {saved}/{cadence.total_steps}; re-run the same command to resume."
+                    f"{signal.Signals(sigterm.signum).name}: {saved}/{cadence.total_steps}; "
+                    "re-run the same command to resume.",
+                    sigterm.signum,
                 )
     return state, host
 
