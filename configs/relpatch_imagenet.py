@@ -45,9 +45,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_epochs = 35.0
     config.total_steps = 0  # > 0 overrides num_epochs.
     # dtype: the encoder's compute dtype; "bfloat16" keeps float32 parameters, optimizer
-    # state, heads and loss (README: `model.dtype`).
+    # state, heads and loss (README: `model.dtype`). kernels: "xla" (XLA's own conv, BatchNorm
+    # and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up to rounding) or
+    # "auto" (the rewrites on a CPU backend, XLA's ops elsewhere).
     config.model = ml_collections.ConfigDict(
-        dict(depth=50, stem="imagenet", width=2.0, dtype="float32")
+        dict(depth=50, stem="imagenet", width=2.0, dtype="float32", kernels="auto")
     )
     config.relpatch = ml_collections.ConfigDict(
         dict(
