@@ -46,9 +46,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.total_steps = 0  # > 0 overrides num_epochs.
     # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
     # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
-    # and config.json records which ran (README: `model.dtype`).
+    # and config.json records which ran (README: `model.dtype`). kernels: "xla" (XLA's own conv,
+    # BatchNorm and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up to
+    # rounding) or "auto" (the rewrites on a CPU backend, XLA's ops elsewhere).
     config.model = ml_collections.ConfigDict(
-        dict(depth=50, stem="imagenet", width=2.0, dtype="auto")
+        dict(depth=50, stem="imagenet", width=2.0, dtype="auto", kernels="auto")
     )
     config.relpatch = ml_collections.ConfigDict(
         dict(

@@ -41,8 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.total_steps = 0  # > 0 overrides num_epochs (simclr's --train_steps).
     # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
     # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
-    # and config.json records which ran (README: `model.dtype`).
-    config.model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=1.0, dtype="auto"))
+    # and config.json records which ran (README: `model.dtype`). kernels: "xla" (XLA's own conv,
+    # BatchNorm and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up to
+    # rounding) or "auto" (the rewrites on a CPU backend, XLA's ops elsewhere).
+    config.model = ml_collections.ConfigDict(
+        dict(depth=18, stem="cifar", width=1.0, dtype="auto", kernels="auto")
+    )
     config.simclr = ml_collections.ConfigDict(
         dict(
             temperature=0.5,

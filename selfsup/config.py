@@ -135,6 +135,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
 ADDED_KEYS = {
     "corrupt_images": "error",
     "model.dtype": "float32",
+    "model.kernels": "auto",
     "simclr.solarize": 0.0,
     "simclr.color_on_device": False,
 }

@@ -1,11 +1,9 @@
 """ResNet encoder: torchvision parameter counts, stage-prefixed paths, shapes for both stems,
 explicit BatchNorm modes, zero-init residual blocks, frozen bottom stages, jit/sharding
-behaviour, convolutions that are one matmul (1x1 kernels, maps smaller than the kernel), strided
-convs' input gradients by phases, weight gradients that read stored activations, and the stem
-max-pool's gradient."""
+behaviour, and the conv / norm / pool implementations it is given. The kernels themselves are
+tested in test_xla_cpu.py and test_kernels.py."""
 
-import functools
-import re
+import collections
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +21,9 @@ from selfsup.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
-    conv_general_dilated,
+    conv_def,
     encoder_from_config,
-    max_pool,
-    stored,
+    norm_def,
 )
 from selfsup.train.state import split_model
 
@@ -187,10 +184,17 @@ def test_zero_init_residual_resnet18_blocks_are_relu_of_shortcut(resnet18, train
     check_blocks_are_relu_of_shortcut(blocks, x, train)
 
 
+def layers(r: nnx.Rngs) -> dict:
+    """Block arguments: float32 convs and BatchNorms of XLA's ops."""
+    return {
+        "conv": conv_def(jax.lax.conv_general_dilated, dtype=jnp.float32, rngs=r),
+        "norm": norm_def(nnx.BatchNorm, dtype=jnp.float32, rngs=r),
+    }
+
+
 def bottlenecks(zero_init_residual: bool) -> list[Bottleneck]:
     """A strided block with a projection shortcut, then one with an identity shortcut."""
-    r = rngs()
-    kwargs = {"zero_init_residual": zero_init_residual, "dtype": jnp.float32, "rngs": r}
+    kwargs = {"zero_init_residual": zero_init_residual, **layers(rngs())}
     return [Bottleneck(8, 4, 2, **kwargs), Bottleneck(16, 4, 1, **kwargs)]
 
 
@@ -202,7 +206,7 @@ def test_zero_init_residual_bottlenecks_are_relu_of_shortcut(train):
 
 
 def test_without_zero_init_residual_blocks_use_their_residual_branch():
-    basic = BasicBlock(8, 8, 1, zero_init_residual=False, dtype=jnp.float32, rngs=rngs())
+    basic = BasicBlock(8, 8, 1, zero_init_residual=False, **layers(rngs()))
     x = nnx.relu(images(4, 8, channels=8))
     assert basic.shortcut is None
     assert not np.allclose(basic(x, train=False), x, atol=1e-3)
@@ -252,10 +256,43 @@ def test_bfloat16_compute_keeps_float32_params():
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype("float32")}
 
 
-def test_encoder_from_config_names_an_unknown_dtype():
-    model = ml_collections.ConfigDict(dict(depth=18, stem="cifar", width=0.125, dtype="float16"))
-    with pytest.raises(ConfigError, match=r"config.model.dtype='float16'.*bfloat16"):
-        encoder_from_config(model, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("dtype", "float16", r"config.model.dtype='float16'.*bfloat16"),
+        ("kernels", "gpu", r"config.model.kernels='gpu'.*'auto', 'xla', 'cpu'"),
+    ],
+)
+def test_encoder_from_config_names_an_unknown_value(key, value, message):
+    model = dict(depth=18, stem="cifar", width=0.125, dtype="float32", kernels="auto")
+    with pytest.raises(ConfigError, match=message):
+        encoder_from_config(ml_collections.ConfigDict({**model, key: value}), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("stem, pools", [("imagenet", 1), ("cifar", 0)])
+def test_every_layer_computes_with_the_kernels_it_is_given(stem, pools):
+    calls = collections.Counter()
+
+    def conv(*args, **kwargs):
+        calls["conv"] += 1
+        return jax.lax.conv_general_dilated(*args, **kwargs)
+
+    class Norm(nnx.BatchNorm):
+        def __call__(self, x, use_running_average=None, **kwargs):
+            calls["norm"] += 1
+            return super().__call__(x, use_running_average, **kwargs)
+
+    def pool(*args, **kwargs):
+        calls["pool"] += 1
+        return nnx.max_pool(*args, **kwargs)
+
+    model = nnx.eval_shape(
+        lambda: ResNet(18, stem=stem, conv=conv, norm=Norm, pool=pool, rngs=nnx.Rngs(0))
+    )
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    nnx.eval_shape(lambda m, x: m(x, train=True), model, x)
+    # ResNet-18: the stem's conv, 2 per block in 8 blocks, 3 projection shortcuts.
+    assert calls == collections.Counter(conv=20, norm=20, pool=pools)
 
 
 def test_rejects_unknown_depth_and_stem():
@@ -298,139 +335,3 @@ def test_frozen_stages_keep_their_statistics_and_pass_no_gradient(resnet18, froz
     )
     with pytest.raises(ValueError, match="frozen_stages must be in 0..4"):
         model(x, train=True, frozen_stages=5)
-
-
-DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-@pytest.mark.parametrize(
-    "size, kernel, stride, path",
-    [
-        (2, 3, 1, "pixel pairs"),  # Stage 4 of 16 px relative-patch inputs.
-        (2, 3, 2, "pixel pairs"),
-        (1, 3, 1, "pixel pairs"),
-        (3, 7, 2, "pixel pairs"),  # An ImageNet stem on a tiny image.
-        (4, 3, 2, "im2col"),  # The stride-2 conv into stage 4: 2x2 out.
-        (1, 1, 1, "1x1"),
-        (8, 1, 2, "1x1"),  # A projection shortcut.
-        (4, 3, 1, "lax"),
-        (8, 3, 2, "lax"),
-    ],
-)
-def test_conv_equals_lax_and_is_one_matmul_for_1x1_kernels_and_maps_smaller_than_the_kernel(
-    size, kernel, stride, path
-):
-    pad = (kernel - 1) // 2
-    args = ((stride, stride), ((pad, pad), (pad, pad)))
-    kwargs = dict(dimension_numbers=DIMS)
-    x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
-    w = jax.random.normal(jax.random.key(2), (kernel, kernel, 5, 4))
-    g = jax.random.normal(
-        jax.random.key(3), jax.lax.conv_general_dilated(x, w, *args, **kwargs).shape
-    )
-
-    def forward_and_grads(conv):
-        y, vjp = jax.vjp(lambda x, w: conv(x, w, *args, **kwargs), x, w)
-        return (y, *vjp(g))
-
-    ours = forward_and_grads(conv_general_dilated)
-    for a, b in zip(ours, forward_and_grads(jax.lax.conv_general_dilated), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    forward = jax.jit(lambda x, w: conv_general_dilated(x, w, *args, **kwargs)).lower(x, w)
-    assert ("convolution" in forward.as_text()) == (path == "lax")
-    if path != "lax":  # Multiply-adds of the one matmul: all pixel pairs, or output x taps.
-        pixels, out_pixels = size * size, g.shape[1] * g.shape[2]
-        products = pixels if path == "pixel pairs" else kernel * kernel
-        flops = forward.compile().cost_analysis()["flops"]
-        assert flops == 2 * 3 * out_pixels * products * 5 * 4
-
-
-@pytest.mark.parametrize(
-    "size, kernel, stride, padding",
-    [
-        (8, 3, 2, (1, 1)),  # ResNet's stride-2 3x3 convs.
-        (16, 7, 2, (3, 3)),  # The ImageNet stem.
-        (8, 3, 2, (0, 1)),  # "SAME" padding.
-        (8, 4, 2, (1, 1)),
-        (12, 5, 3, (2, 1)),
-    ],
-)
-def test_strided_conv_input_gradient_has_no_dilated_convolution(size, kernel, stride, padding):
-    """On a CPU the input gradient of a strided conv is stride-1 convs over the input's phases
-    (`resnet.phase_input_gradient`), not XLA's convolution of the stride-dilated gradient."""
-    args = ((stride, stride), (padding, padding[::-1]))
-    x = jax.random.normal(jax.random.key(1), (3, size, size + stride, 5))
-    w = jax.random.normal(jax.random.key(2), (kernel, kernel, 5, 4))
-
-    def input_and_weight_grads(conv, x, w):
-        y, vjp = jax.vjp(lambda x, w: conv(x, w, *args, dimension_numbers=DIMS), x, w)
-        g = jax.random.normal(jax.random.key(3), y.shape)
-        return (y, *vjp(g))
-
-    reference = input_and_weight_grads(jax.lax.conv_general_dilated, x, w)
-    ours = jax.jit(functools.partial(input_and_weight_grads, conv_general_dilated))
-    for a, b in zip(ours(x, w), reference, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    hlo = ours.lower(x, w).compile().as_text()
-    assert "convolution" in hlo and "lhs_dilate" not in hlo
-
-
-def fusions_feeding_convolutions(compiled_hlo: str) -> list[int]:
-    """For each fusion a convolution of the compiled program reads: how many 4-D arrays it reads."""
-    entry = compiled_hlo[compiled_hlo.index("\nENTRY") :]
-    instructions = {}  # name -> (rank, opcode, operand names)
-    for m in re.finditer(r"\n\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* ([\w-]+)\(([^)]*)\)", entry):
-        name, dims, opcode, operands = m.groups()
-        instructions[name] = (len(dims.split(",")), opcode, re.findall(r"%([\w.-]+)", operands))
-    counts = []
-    for _, opcode, operands in instructions.values():
-        if opcode == "convolution":
-            for fusion in (o for o in operands if instructions[o][1] == "fusion"):
-                reads = instructions[fusion][2]
-                counts.append(sum(instructions[o][0] == 4 for o in reads if o in instructions))
-    return counts
-
-
-def residual_chain_loss(ws, x):
-    """relu(x + conv(x)) blocks: the residual stream is an elementwise chain through all of them."""
-    args = ((1, 1), ((1, 1), (1, 1)))
-    for w in ws:
-        x = jax.nn.relu(x + conv_general_dilated(x, w, *args, dimension_numbers=DIMS))
-    return jnp.sum(jnp.square(x))
-
-
-def test_weight_gradients_read_stored_activations_and_keep_a_sharded_batch_sharded():
-    """XLA fuses cheap elementwise producers into every consumer; before `stored`, the transpose
-    that starts each weight gradient recomputed the residual stream back through every earlier
-    block, so the fusion feeding the last block's weight gradient read 8 arrays here."""
-    ws = 0.1 * jax.random.normal(jax.random.key(0), (6, 3, 3, 4, 4))
-    x = jax.random.normal(jax.random.key(1), (8, 6, 6, 4))
-    np.testing.assert_array_equal(stored(x), x)
-    grad = jax.jit(jax.grad(residual_chain_loss, argnums=(0, 1)))
-    reads = fusions_feeding_convolutions(grad.lower(ws, x).compile().as_text())
-    assert reads and max(reads) <= 2, reads
-
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    sharded_x = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-    compiled = grad.lower(ws, sharded_x).compile()
-    assert not re.search(r"all-gather|all-to-all|collective-permute", compiled.as_text())
-    for a, b in zip(compiled(ws, sharded_x), grad(ws, x), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("size", [8, 7, 112])
-def test_max_pool_equals_nnx_and_sends_the_gradient_to_each_windows_first_maximum(size):
-    # Few distinct values: windows hold ties, which must go to the first maximum, as autodiff
-    # of nnx.max_pool (XLA's select_and_scatter) sends them.
-    x = jax.random.randint(jax.random.key(0), (2, size, size, 3), 0, 4).astype(jnp.float32)
-    g = jax.random.normal(jax.random.key(1), (2, (size + 1) // 2, (size + 1) // 2, 3))
-
-    def forward_and_grad(pool):
-        y, vjp = jax.vjp(pool, x)
-        return y, vjp(g)[0]
-
-    ours = forward_and_grad(jax.jit(lambda x: max_pool(x, 3, 2)))
-    reference = forward_and_grad(lambda x: nnx.max_pool(x, (3, 3), (2, 2), padding="SAME"))
-    np.testing.assert_array_equal(ours[0], reference[0])
-    np.testing.assert_allclose(ours[1], reference[1], rtol=1e-6, atol=1e-6)
-    assert np.count_nonzero(ours[1]) < ours[1].size / 2  # Gradients reach few inputs.

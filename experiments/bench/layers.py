@@ -1,17 +1,20 @@
 """Where the step's time goes, layer by layer, next to PyTorch: every convolution shape of a
 benchmark's encoder (forward, input gradient, weight gradient), BatchNorm + ReLU and the ImageNet
-stem's max-pool (forward and backward), each timed alone in JAX (the encoder's own conv and BN)
-and in PyTorch eager (NCHW and channels_last), in one process, min of repeats. Totals weight each
-shape by how often the network uses it. The process reuses freed memory as the project's
-commands do (`parallel.reuse_step_memory`), which glibc then does for PyTorch's tensors too.
+stem's max-pool (forward and backward), each timed alone in JAX (the encoder's own conv and BN,
+from the kernels `--kernels` selects, as `config.model.kernels` does) and in PyTorch eager (NCHW
+and channels_last), in one process, min of repeats. Totals weight each shape by how often the
+network uses it. The process reuses freed memory as the project's commands do
+(`parallel.reuse_step_memory`), which glibc then does for PyTorch's tensors too.
 
   python experiments/bench/layers.py --model=resnet18_cifar   # also resnet50_224, relpatch
+  python experiments/bench/layers.py --model=relpatch --kernels=xla   # XLA's own ops
 
 JAX ops are jitted on their own, so XLA cannot fuse them with neighbours as it does in the real
-step; a conv row is the encoder's conv arithmetic (`resnet.conv_kernels`), without the stored
-copies of its operands (`resnet.stored`), which only pay off in the whole network. The last row
-times the whole encoder, forward and backward without head, loss or optimizer: its gap to the
-sum of the layers is what joining them costs or saves in each framework.
+step; with the CPU kernels a conv row is their conv arithmetic (`xla_cpu.conv_arithmetic`),
+without the stored copies of its operands (`xla_cpu.stored`), which only pay off in the whole
+network. The last row times the whole encoder, forward and backward without head, loss or
+optimizer: its gap to the sum of the layers is what joining them costs or saves in each
+framework.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from flax import nnx
 
 import selfsup  # noqa: F401  Sets XLA:CPU flags before JAX starts its backend.
 from selfsup import parallel
-from selfsup.models.batch_norm import BatchNorm
-from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet, conv_kernels, max_pool
+from selfsup.models import kernels as kernel_choices
+from selfsup.models import xla_cpu
+from selfsup.models.resnet import BLOCKS, STAGE_WIDTHS, ResNet
 from selfsup.train.state import split_model
 
 IMPLS = ("jax", "torch_eager", "torch_cl")
@@ -95,7 +99,9 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def jax_conv_parts(n: int, shape: Conv, rng) -> dict[str, Callable[[], object]]:
+def jax_conv_parts(
+    n: int, shape: Conv, rng, *, kernels: kernel_choices.Kernels
+) -> dict[str, Callable[[], object]]:
     size, cin, cout, k, stride = shape
     pad = (k - 1) // 2
     x = jnp.asarray(rng.standard_normal((n, size, size, cin), np.float32))
@@ -103,13 +109,10 @@ def jax_conv_parts(n: int, shape: Conv, rng) -> dict[str, Callable[[], object]]:
     g = jnp.asarray(rng.standard_normal((n, size // stride, size // stride, cout), np.float32))
 
     def conv(x, w):
-        return conv_kernels(
-            x,
-            w,
-            (stride, stride),
-            ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        args = (x, w, (stride, stride), ((pad, pad), (pad, pad)))
+        if kernels is kernel_choices.CPU:
+            return xla_cpu.conv_arithmetic(*args)
+        return kernels.conv(*args, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     fwd = jax.jit(conv)
     dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
@@ -146,9 +149,11 @@ def torch_conv_parts(
     }
 
 
-def jax_norm(n: int, size: int, ch: int, rng) -> Callable[[], object]:
+def jax_norm(
+    n: int, size: int, ch: int, rng, *, kernels: kernel_choices.Kernels
+) -> Callable[[], object]:
     """The encoder's BatchNorm (training mode) + ReLU, forward and backward."""
-    graphdef, state = nnx.split(BatchNorm(ch, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(kernels.norm(ch, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)))
     x = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
     g = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
 
@@ -173,11 +178,13 @@ def torch_norm(n: int, size: int, ch: int, rng, channels_last: bool) -> Callable
     return step
 
 
-def jax_pool(n: int, size: int, ch: int, rng) -> Callable[[], object]:
+def jax_pool(
+    n: int, size: int, ch: int, rng, *, kernels: kernel_choices.Kernels
+) -> Callable[[], object]:
     """The ImageNet stem's 3x3 stride-2 max-pool, forward and backward."""
     x = jnp.asarray(rng.standard_normal((n, size, size, ch), np.float32))
     g = jnp.asarray(rng.standard_normal((n, size // 2, size // 2, ch), np.float32))
-    pool = jax.jit(jax.grad(lambda x: jnp.sum(max_pool(x, 3, 2) * g)))
+    pool = jax.jit(jax.grad(lambda x: jnp.sum(kernels.pool(x, (3, 3), (2, 2), "SAME") * g)))
     return lambda: pool(x).block_until_ready()
 
 
@@ -195,10 +202,21 @@ def torch_pool(n: int, size: int, ch: int, rng, channels_last: bool) -> Callable
     return step
 
 
-def jax_encoder(depth: int, stem: str, n: int, size: int, rng) -> Callable[[], object]:
+def jax_encoder(
+    depth: int, stem: str, n: int, size: int, rng, *, kernels: kernel_choices.Kernels
+) -> Callable[[], object]:
     """The whole encoder (training mode), forward and backward of a sum over its features: what
     the layers cost together, without head, loss or optimizer."""
-    graphdef, params, stats = split_model(ResNet(depth, stem=stem, rngs=nnx.Rngs(0)))
+    graphdef, params, stats = split_model(
+        ResNet(
+            depth,
+            stem=stem,
+            conv=kernels.conv,
+            norm=kernels.norm,
+            pool=kernels.pool,
+            rngs=nnx.Rngs(0),
+        )
+    )
     x = jnp.asarray(rng.uniform(size=(n, size, size, 3)).astype(np.float32))
 
     def loss(params):
@@ -224,10 +242,13 @@ def torch_encoder(
     return step
 
 
-def implementations(jax_fn: Callable, torch_fn: Callable, *args) -> dict[str, object]:
-    """`jax_fn(*args)` and `torch_fn(*args)` in both PyTorch layouts, by IMPLS name."""
+def implementations(
+    jax_fn: Callable, torch_fn: Callable, kernels: kernel_choices.Kernels, *args
+) -> dict[str, object]:
+    """`jax_fn(*args)` with `kernels` and `torch_fn(*args)` in both PyTorch layouts, by IMPLS
+    name."""
     return {
-        "jax": jax_fn(*args),
+        "jax": jax_fn(*args, kernels=kernels),
         "torch_eager": torch_fn(*args, channels_last=False),
         "torch_cl": torch_fn(*args, channels_last=True),
     }
@@ -238,13 +259,16 @@ def main() -> None:
     parser.add_argument("--model", choices=tuple(MODELS), default="resnet18_cifar")
     parser.add_argument("--views", type=int, default=0, help="encoder batch; 0: the model's")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kernels", choices=kernel_choices.KERNEL_NAMES, default="auto")
     args = parser.parse_args()
     parallel.reuse_step_memory()
     depth, stem, size, views = MODELS[args.model]
     n, rng = args.views or views, np.random.default_rng(0)
+    kernels = kernel_choices.kernels_for(args.kernels)
     convs, norms, pools = resnet_layers(depth, stem, size)
     print(
         f"{args.model}: ResNet-{depth} layers at {n} inputs of {size} px, min of {args.repeats}; "
+        f"kernels {args.kernels} ({'cpu' if kernels is kernel_choices.CPU else 'xla'}); "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"load average {os.getloadavg()[0]:.2f}; jax {jax.__version__}, torch {torch.__version__}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch threads {torch.get_num_threads()}"
@@ -253,7 +277,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(IMPLS) + "---|")
     rows = []  # (kind, layer, count, part, {impl: function}).
     for shape, count in convs.items():
-        parts = implementations(jax_conv_parts, torch_conv_parts, n, shape, rng)
+        parts = implementations(jax_conv_parts, torch_conv_parts, kernels, n, shape, rng)
         for part in ("forward", "input grad", "weight grad"):
             if shape[1] != 3 or part != "input grad":  # Nothing needs the images' gradient.
                 fns = {i: parts[i][part] for i in IMPLS}
@@ -263,9 +287,9 @@ def main() -> None:
         ("max-pool", pools, jax_pool, torch_pool),
     ):
         for (side, ch), count in table.items():
-            fns = implementations(jax_fn, torch_fn, n, side, ch, rng)
+            fns = implementations(jax_fn, torch_fn, kernels, n, side, ch, rng)
             rows.append((kind, f"{kind} ({side}, {ch})", count, "fwd + bwd", fns))
-    fns = implementations(jax_encoder, torch_encoder, depth, stem, n, size, rng)
+    fns = implementations(jax_encoder, torch_encoder, kernels, depth, stem, n, size, rng)
     rows.append(("whole encoder", "whole encoder", 1, "fwd + bwd", fns))
     totals = collections.defaultdict(float)
     for kind, layer, count, part, fns in rows:

@@ -1,10 +1,14 @@
-"""Convolution arithmetic, in plain NumPy, as reference material for reading and checking models:
-the output size of a convolution for a given filter size, padding, stride and dilation; the
-receptive field of a stack of convolutions; and a convolution written out as the matrix that
-multiplies the flattened input, whose transpose is the gradient with respect to the input (the
-"transposed convolution"). Spatial axes are treated independently, with one padding spec, stride
-and dilation applied to each; arrays are channels-last (NHWC activations, HWIO weights), as in
-`jax.lax.conv_general_dilated` with dimension_numbers ("NHWC", "HWIO", "NHWC")."""
+"""Convolution arithmetic, in plain NumPy: the output size of a convolution for a given filter
+size, padding, stride and dilation; the receptive field of a stack of convolutions; and a
+convolution written out as the matrix that multiplies the flattened input, whose transpose is
+the gradient with respect to the input (the "transposed convolution"). Spatial axes are treated
+independently, with one padding spec, stride and dilation applied to each; arrays are
+channels-last (NHWC activations, HWIO weights), as in `jax.lax.conv_general_dilated` with
+dimension_numbers ("NHWC", "HWIO", "NHWC").
+
+It is the reference the encoder's kernels are checked against: the XLA:CPU convs (`xla_cpu`)
+take their output sizes from `conv_output_size`, and their tests compare every conv path's
+output and gradients with `conv2d_via_matmul` and its transpose, in float64."""
 
 import dataclasses
 import math
