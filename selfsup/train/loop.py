@@ -24,7 +24,13 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel
-from selfsup.config import ConfigError, check_minimums, resolve_model_dtype, save_config
+from selfsup.config import (
+    ConfigError,
+    check_minimums,
+    check_values,
+    resolve_model_dtype,
+    save_config,
+)
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
@@ -180,6 +186,7 @@ def pretrain(
     Resumes from the latest checkpoint, or from `resume_step` (newer checkpoints are then
     moved aside, never deleted). Refuses a workdir that a live run holds, that another kind of
     command made, or (unless `allow_config_change`) that a run of a different config made."""
+    check_values(config)
     check_minimums(config, PRETRAIN_MINIMUMS)
     workdir = Path(workdir)
     # Whatever ends the run, its checkpoint saves finish and its files are closed.
