@@ -174,16 +174,25 @@ def test_probe_on_digits_picks_the_argmax_of_the_sweep():
     assert result.minival_accuracy == result.l2_sweep[result.l2]
     # A strong penalty underfits digits; the weak ones should not be beaten by it.
     assert result.l2 < 10.0
-    for value in [result.train_accuracy, result.minival_accuracy, result.test_accuracy]:
-        assert isinstance(value, float) and 0.0 <= value <= 1.0
     assert result.test_accuracy > 0.93 and result.train_accuracy > result.test_accuracy
     assert result.converged and result.num_iter > 0
 
-    # The probe is the fit on the (already standardised) training features alone with that l2.
+    # The probe is the fit on the fit rows alone, standardised with their own statistics, with
+    # that l2; each accuracy is its float64 NumPy accuracy on that split (up to one near tie).
+    mean, std = train_x[fit].mean(axis=0), train_x[fit].std(axis=0)
+    std[std <= linear.STD_EPSILON] = 1.0
     fit_only = linear.fit_logistic_regression(
-        train_x[fit], train_y[fit], num_classes=10, l2=result.l2
+        ((train_x[fit] - mean) / std).astype(np.float32), train_y[fit], num_classes=10, l2=result.l2
     )
-    assert abs(result.test_accuracy - linear.accuracy(fit_only, test_x, test_y)) <= 1 / len(test_y)
+    W, b = as_float64(fit_only)
+    for name, x, y in [
+        ("train", train_x[fit], train_y[fit]),
+        ("minival", train_x[val], train_y[val]),
+        ("test", test_x, test_y),
+    ]:
+        expected = np.mean(np.argmax((x - mean) / std @ W + b, axis=1) == y)
+        assert isinstance(getattr(result, f"{name}_accuracy"), float)
+        assert abs(getattr(result, f"{name}_accuracy") - expected) <= 1 / len(y), name
 
 
 def test_ties_go_to_the_larger_l2():

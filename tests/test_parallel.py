@@ -3,6 +3,7 @@
 that trains on the same global batches."""
 
 import os
+import platform
 import re
 import signal
 import socket
@@ -168,18 +169,26 @@ print(statistics.median(faults))
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc and Linux page faults")
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+    reason="glibc's malloc and Linux page faults",
+)
 def test_reuse_step_memory_stops_steps_faulting_in_their_temporaries():
-    """Without it, every step faults in its 64 MB temporary afresh (16k pages of 4 KB); with
+    """Without it, every step faults in its 64 MB temporary afresh (one fault per page); with
     it, a step reuses the memory the step before freed (now and then the heap still grows,
-    hence the median over 8 steps)."""
+    hence the median over 8 steps). One CPU device, as the claim is made for; the counts are
+    compared with each other, not with a number of this machine."""
+    pages = 8192 * 2048 * 4 / os.sysconf("SC_PAGE_SIZE")  # sin(x): 8192 x 2048 float32.
+    one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
     def faults_per_step(mode: str) -> float:
         run = subprocess.run(
-            [sys.executable, "-c", STEP_FAULTS, mode], capture_output=True, text=True, cwd=ROOT
-        )
+            [sys.executable, "-c", STEP_FAULTS, mode],
+            capture_output=True, text=True, cwd=ROOT, env=one_device,
+        )  # fmt: skip
         assert run.returncode == 0, run.stderr[-2000:]
         return float(run.stdout.split()[-1])
 
-    assert faults_per_step("default") > 12_000
-    assert faults_per_step("reuse") < 1_000
+    default = faults_per_step("default")
+    assert default > 0.7 * pages  # The measurement sees the temporary faulted in.
+    assert faults_per_step("reuse") < default / 10

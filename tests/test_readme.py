@@ -1,15 +1,21 @@
 """The README's "Adding a pretext task" example is real code: pasted into a module and
 registered, it trains through the unchanged trainer."""
 
+import json
 import re
 import types
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import nnx
 from test_loop import tiny_config
 
+from selfsup.data import pipeline
+from selfsup.data.sources import open_source
 from selfsup.train import loop
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -59,6 +65,26 @@ def test_rotation_example_trains_through_the_trainer(image_folder, tmp_path, mon
     config = tiny_config(image_folder, task="rotation")
     summary = loop.pretrain(config, tmp_path / "rotation")
     assert summary["pretrain/steps"] == 4
-    # Four classes: the first losses sit near ln 4 and the run stays finite.
-    assert 0.8 < summary["pretrain/loss"] < 3.0
-    assert 0.0 <= summary["pretrain/pretext_accuracy"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "rotation" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # tiny_config logs every step.
+    assert summary["pretrain/loss"] == records[-1]["loss"]
+    assert summary["pretrain/pretext_accuracy"] == records[-1]["pretext_accuracy"]
+    # Step 1 logs the example's own loss and accuracy of the model as seeded on the first batch.
+    expected = first_step_metrics(rotation.Rotation(config), config)
+    assert records[0]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert records[0]["pretext_accuracy"] == pytest.approx(expected["pretext_accuracy"], abs=1e-6)
+
+
+def first_step_metrics(task, config) -> dict[str, float]:
+    """The task's loss and metrics outside the trainer: the model built from the run's seed,
+    on the run's first training batch, as one unsharded batch."""
+    source = open_source(config.data)
+    ds = pipeline.train_dataset(
+        source, config.train_split, task.train_example,
+        local_batch_size=config.batch_size, seed=config.seed,
+    )  # fmt: skip
+    batch = jax.tree.map(jnp.asarray, next(ds.as_numpy_iterator()))
+    model = task.build_model(nnx.Rngs(config.seed))
+    rng = jax.random.fold_in(jax.random.key(config.seed), 0)  # The trainer's key for step 1.
+    loss, metrics, _ = task.loss(model, batch, rng, train=True)
+    return {"loss": float(loss), **{name: float(value) for name, value in metrics.items()}}
