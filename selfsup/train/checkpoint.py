@@ -161,8 +161,10 @@ def verify_checksums(folder: Path) -> None:
             print(f"Checkpoint {folder} has no {CHECKSUMS}: restoring it unverified.")
         return
     for line in listing.read_text().splitlines():
-        digest, name = line.split("  ", 1)
+        digest, _, name = line.partition("  ")
         file = folder / name
+        if not name:
+            raise DamagedCheckpoint(f"{CHECKSUMS} is cut short")
         if not file.is_file():
             raise DamagedCheckpoint(f"{name} is missing")
         if _sha256(file) != digest:
