@@ -202,7 +202,7 @@ def _jitted_loss(task, mesh, views):
     return lambda rng: float(loss(params, stats, views, rng))
 
 
-@pytest.mark.slow  # Compiles a ResNet for two meshes: ~50 s on 2 busy CPU cores.
+@pytest.mark.slow  # Compiles a ResNet for two meshes.
 def test_on_device_loss_equals_on_1_and_8_devices_and_is_deterministic_per_key():
     views = np.random.default_rng(1).uniform(size=(16, 2, 24, 24, 3)).astype(np.float32)
     mesh1 = jax.make_mesh(

@@ -94,7 +94,7 @@ def test_splits_are_class_balanced(prepared):
         np.testing.assert_array_equal(counts, np.full(10, size // 10))
 
 
-@pytest.mark.slow  # A second full preparation: ~7 s.
+@pytest.mark.slow  # A second full preparation of the dataset.
 def test_preparing_twice_gives_identical_bytes(prepared, tmp_path_factory):
     _, first = prepared
     second_builder = _prepare_offline(tmp_path_factory.mktemp("shapes_b"))

@@ -187,6 +187,7 @@ def _loss_and_grads(mesh, patches):
     return jax.device_get(loss_fn(params, stats, patches))
 
 
+@pytest.mark.slow  # Compiles the model's loss and gradients for two meshes.
 def test_loss_and_gradients_equal_on_1_and_8_devices():
     patches = np.random.default_rng(1).normal(size=(16, 9, 16, 16, 3)).astype(np.float32)
     mesh1 = jax.make_mesh(
