@@ -147,6 +147,7 @@ def test_reading_a_run_skips_a_damaged_checkpoint_and_changes_nothing(run6, tmp_
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_divergence_is_never_checkpointed_and_a_chosen_step_resumes(run6, image_folder, tmp_path):
     workdir = copy_run(run6, tmp_path)
     config = settings(image_folder, checkpoint_every_steps=1, log_every_steps=100)

@@ -39,6 +39,7 @@ def final_params(workdir):
     return step, jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
+@pytest.mark.slow
 def test_pretrain_writes_outputs_and_resumes_exactly(image_folder, tmp_path):
     config = tiny_config(image_folder)
     summary = loop.pretrain(config, tmp_path / "full")
@@ -112,6 +113,7 @@ def tensorboard_steps(workdir: Path) -> dict[str, list[int]]:
     return steps
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_what_an_uninterrupted_one_does(image_folder, tmp_path):
     # Checkpoints every 3 steps, logs every 2: the killed run's first log after its resume
     # covers steps from both sides of the kill.
@@ -131,6 +133,7 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_does(image_folder, tmp_pat
     assert steps == tensorboard_steps(tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder, tmp_path):
     with_probe = tiny_config(image_folder, online_probe_classes=-1)
     summary = loop.pretrain(with_probe, tmp_path / "probe")
