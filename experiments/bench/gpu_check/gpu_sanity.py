@@ -3,8 +3,9 @@
 - backend: JAX's default backend is the GPU; its memory limit, XLA_FLAGS, matmul precision, and
   the compute dtype `model.dtype="auto"` resolves to there (bfloat16).
 - tensorflow: TensorFlow (the host pipeline) cannot see the GPU after selfsup's pipeline import.
-- conv_paths: `resnet.conv_general_dilated` as the GPU traces it (1x1 and small maps as matmuls,
-  the rest plain lax) against `lax.conv_general_dilated`, forward and both gradients, in full fp32;
+- conv_paths: the CPU rewrites (`xla_cpu.conv_general_dilated`, what `model.kernels=cpu` runs;
+  `auto` gives a GPU XLA's own convolution) against `lax.conv_general_dilated`, forward and both
+  gradients, in full fp32;
   cuDNN convolutions and gathers (the CPU-only stored-operand copy) counted in the compiled HLO.
 - max_pool, batch_norm: the custom gradients against autodiff of nnx.max_pool / the textbook BN.
 - encoder_gpu_vs_cpu: a ResNet-50 (width 1/8, 64 px: every path incl. the 2x2 stage-4 matmuls)
@@ -102,7 +103,7 @@ def _conv_and_grads(conv, args, x, w):
 
 
 def check_conv_paths():
-    from selfsup.models import resnet
+    from selfsup.models import xla_cpu
 
     run = jax.jit(_conv_and_grads, static_argnums=(0, 1))
     cases = {}
@@ -122,30 +123,26 @@ def check_conv_paths():
             x = jax.random.normal(jax.random.key(1), (4, size, size, cin))
             w = jax.random.normal(jax.random.key(2), (kernel, kernel, cin, cout))
             w = w / np.sqrt(kernel * kernel * cin)
-            ours = run(resnet.conv_general_dilated, args, x, w)
+            ours = run(xla_cpu.conv_general_dilated, args, x, w)
             ref = run(jax.lax.conv_general_dilated, args, x, w)
-            hlo = run.lower(resnet.conv_general_dilated, args, x, w).compile().as_text()
             cases[f"{size}px k{kernel} s{stride} {cin}->{cout}"] = {
                 "max_rel_err": max(rel_err(a, b) for a, b in zip(ours, ref)),
-                "cudnn_convs": hlo.count("__cudnn$conv"),
-                "gathers": hlo.count(" gather("),
             }
     worst = max(c["max_rel_err"] for c in cases.values())
-    gathers = sum(c["gathers"] for c in cases.values())
-    return {"ok": worst < 1e-4 and gathers == 0, "worst_rel_err": worst, "cases": cases}
+    return {"ok": worst < 1e-4, "worst_rel_err": worst, "cases": cases}
 
 
 def check_max_pool():
     from flax import nnx
 
-    from selfsup.models import resnet
+    from selfsup.models import xla_cpu
 
     # Few distinct values: windows hold ties, whose gradient goes to the first maximum.
     x = jax.random.randint(jax.random.key(0), (4, 112, 112, 16), 0, 4).astype(jnp.float32)
     g = jax.random.normal(jax.random.key(1), (4, 56, 56, 16))
 
     def pool_ours(x):
-        return resnet.max_pool(x, 3, 2)
+        return xla_cpu.max_pool(x, (3, 3), (2, 2), padding="SAME")
 
     def pool_autodiff(x):
         return nnx.max_pool(x, (3, 3), (2, 2), padding="SAME")
@@ -166,7 +163,7 @@ def check_max_pool():
 
 
 def check_batch_norm():
-    from selfsup.models.batch_norm import batch_norm_train
+    from selfsup.models.xla_cpu import batch_norm_train
 
     eps = 1e-5
     k = jax.random.split(jax.random.key(0), 4)
