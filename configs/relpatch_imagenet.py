@@ -26,6 +26,7 @@ Transfer as Revisiting evaluates patch models (mean of the 9 patches' features):
 import ml_collections
 
 from selfsup.config import parse_runlocal
+from selfsup.pretext import relpatch
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -52,19 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         dict(depth=50, stem="imagenet", width=2.0, dtype="auto", kernels="auto")
     )
-    config.relpatch = ml_collections.ConfigDict(
-        dict(
-            resize_size=292,
-            crop_size=255,  # 3 x 85 px cells.
-            patch_size=64,  # 85 - patch_jitter 21.
-            min_gap=0,  # Revisiting relies on the jitter alone; Doersch used a gap.
-            grayscale_probability=0.66,
-            chromatic="none",  # Or Doersch's "color_drop" / "project" (green-magenta).
-            embed_dim=1000,
-            fusion_hidden_dim=4096,
-            dropout=0.5,
-        )
-    )
+    config.relpatch = relpatch.default_config()
     config.optim = ml_collections.ConfigDict(
         dict(
             name="sgd",

@@ -20,6 +20,7 @@ without a network, point it at images on disk, e.g.
 import ml_collections
 
 from selfsup.config import parse_runlocal
+from selfsup.pretext import simclr
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,25 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         dict(depth=18, stem="cifar", width=1.0, dtype="auto", kernels="auto")
     )
-    config.simclr = ml_collections.ConfigDict(
-        dict(
-            temperature=0.5,
-            proj_hidden_dim=512,
-            proj_out_dim=128,
-            proj_layers=3,
-            color_strength=0.5,
-            crop=True,
-            min_crop_area=0.08,
-            flip=True,
-            color=True,
-            blur=False,
-            # BYOL's solarize (x >= 0.5 -> 1 - x) with this probability; SimCLR has none.
-            solarize=0.0,
-            # Colour jitter, grayscale, blur and solarize in JAX inside the train step (the host
-            # then only crops, flips and resizes), as BYOL does to spare the host CPU.
-            color_on_device=False,
-        )
-    )
+    config.simclr = simclr.default_config()  # Then the CIFAR-10 recipe's changes:
+    config.simclr.update(temperature=0.5, proj_hidden_dim=512, color_strength=0.5, blur=False)
     config.optim = ml_collections.ConfigDict(
         dict(
             name="lars",

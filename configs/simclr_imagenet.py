@@ -34,6 +34,7 @@ from pathlib import Path
 import ml_collections
 
 from selfsup.config import load_config_file, parse_runlocal
+from selfsup.pretext import simclr
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,14 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_split = "validation"
     config.image_size = 224
     config.model.update(depth=50, stem="imagenet", width=1.0)
-    config.simclr.update(
-        temperature=0.1,
-        proj_hidden_dim=2048,  # simclr's hidden layers keep the encoder's feature width.
-        proj_out_dim=128,
-        proj_layers=3,
-        color_strength=1.0,
-        blur=True,
-    )
+    config.simclr = simclr.default_config()  # The published ImageNet recipe's.
     config.optim.update(learning_rate=0.075, lr_scaling="sqrt", weight_decay=1e-4)
     config.num_epochs = 100.0
     if runlocal:  # The CIFAR-10 file already shrank the batch, the schedule and the logging.

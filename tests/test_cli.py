@@ -236,8 +236,8 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
          "error: evaluated is not a pretraining workdir"),
         (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=pretrained",
           "--config.features=patches"], 1,
-         "error: features='patches' averages the features of a patch task's 3x3 grid; SimCLR "
-         "has no patches: use --config.features=image."),
+         "error: config.features='patches' is not an input that simclr offers: use one of "
+         "['image']."),
         (["pretrain", SIMCLR, "--workdir=W", "--config.data=folder:images"], 1,
          "error: images/train/cat/empty.jpg in folder:images is not a usable image (an empty "
          "file): remove or replace it, or set --config.corrupt_images=skip"),

@@ -16,6 +16,7 @@ from test_loop import tiny_config
 
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
+from selfsup.pretext import PretextTask
 from selfsup.train import loop
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -46,8 +47,10 @@ def test_rotation_example_turns_the_crop_by_its_label():
 
 def test_rotation_example_evaluates_and_displays_like_the_built_in_tasks():
     task = rotation_module().Rotation(types.SimpleNamespace(image_size=16))
+    assert isinstance(task, PretextTask)
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8))
-    assert task.eval_input(image, crop_proportion=0.875, patches=False).shape == (16, 16, 3)
+    (view,) = task.eval_views(crop_proportion=0.875).values()
+    assert view(image).shape == (16, 16, 3)
     example = {k: v.numpy() for k, v in task.train_example(image, tf.constant([0, 0])).items()}
     (view,) = task.display_views(example)
     assert view.shape == (16, 16, 3) and 0 <= view.min() and view.max() <= 1

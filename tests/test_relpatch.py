@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from selfsup.config import ConfigError, load_config_file
+from selfsup.data import patches as patch_input
 from selfsup.pretext import relpatch
 from selfsup.train import loop
 from selfsup.train.state import split_model
@@ -38,8 +39,12 @@ def test_patches_stay_in_their_cells_keep_the_gap_and_jitter_over_the_full_range
     margin = -(-min_gap // 2)
     draws = np.stack(
         [
-            relpatch.patch_offsets(
-                tf.constant([s, 7]), crop_size=crop_size, patch_size=patch_size, min_gap=min_gap
+            patch_input.patch_offsets(
+                tf.constant([s, 7]),
+                grid=3,
+                crop_size=crop_size,
+                patch_size=patch_size,
+                min_gap=min_gap,
             ).numpy()
             for s in range(400)
         ]
@@ -57,8 +62,8 @@ def test_patches_stay_in_their_cells_keep_the_gap_and_jitter_over_the_full_range
             assert (draws[:, p + 1, 1] - (draws[:, p, 1] + patch_size)).min() >= min_gap
         if r < 2:  # Neighbour below: vertical gap.
             assert (draws[:, p + 3, 0] - (draws[:, p, 0] + patch_size)).min() >= min_gap
-    centred = relpatch.patch_offsets(
-        None, crop_size=crop_size, patch_size=patch_size, min_gap=min_gap
+    centred = patch_input.patch_offsets(
+        None, grid=3, crop_size=crop_size, patch_size=patch_size, min_gap=min_gap
     ).numpy()
     np.testing.assert_array_equal(
         centred - np.stack([rows, cols], 1) * cell, (cell - patch_size) // 2
@@ -86,7 +91,7 @@ def standardise(x: np.ndarray) -> np.ndarray:
 def test_each_patch_comes_from_its_cell_and_each_label_is_its_neighbours_direction():
     c = geometry(resize_size=72, crop_size=72, grayscale_probability=0.0)
     for seed in range(5):
-        patches = relpatch.patch_example(grid_image(), tf.constant([seed, 0]), c).numpy()
+        patches = patch_input.patch_example(grid_image(), tf.constant([seed, 0]), c, grid=3).numpy()
         templates = [standardise(np.broadcast_to(colour, (16, 16, 3))) for colour in cell_colours()]
         found = [int(np.argmin([np.abs(p - t).max() for t in templates])) for p in patches]
         assert found == list(range(9))
@@ -110,9 +115,9 @@ def test_each_patch_comes_from_its_cell_and_each_label_is_its_neighbours_directi
 def test_patch_example_is_the_same_eagerly_and_in_tf_data():
     c = geometry(chromatic="color_drop")
     image, seed = grid_image(noise=0.05), tf.constant([3, 4], tf.int64)
-    eager = relpatch.patch_example(image, seed, c).numpy()
+    eager = patch_input.patch_example(image, seed, c, grid=3).numpy()
     ds = tf.data.Dataset.from_tensors((image, seed)).map(
-        lambda i, s: relpatch.patch_example(i, s, c)
+        lambda i, s: patch_input.patch_example(i, s, c, grid=3)
     )
     np.testing.assert_array_equal(eager, next(iter(ds)).numpy())
     assert eager.shape == (9, 16, 16, 3)
@@ -121,13 +126,15 @@ def test_patch_example_is_the_same_eagerly_and_in_tf_data():
 def test_grayscale_is_the_mean_of_rgb_and_applied_with_its_probability():
     image = np.random.default_rng(0).uniform(size=(8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(
-        relpatch.grayscale_mean(image).numpy(), np.repeat(image.mean(-1, keepdims=True), 3, -1)
+        patch_input.grayscale_mean(image).numpy(), np.repeat(image.mean(-1, keepdims=True), 3, -1)
     )
     c = geometry(grayscale_probability=0.66, chromatic="none")
     colour = grid_image(noise=0.05)
     grey = [
         np.allclose(p[..., 0], p[..., 1], atol=1e-5)
-        for p in (relpatch.patch_example(colour, tf.constant([s, 1]), c)[0] for s in range(300))
+        for p in (
+            patch_input.patch_example(colour, tf.constant([s, 1]), c, grid=3)[0] for s in range(300)
+        )
     ]
     assert abs(np.mean(grey) - 0.66) < 0.09  # 300 draws: ~3.4 standard errors.
 
@@ -135,13 +142,13 @@ def test_grayscale_is_the_mean_of_rgb_and_applied_with_its_probability():
 def test_chromatic_remedies_match_doersch():
     rng = np.random.default_rng(0)
     patch = rng.uniform(size=(16, 16, 3)).astype(np.float32)
-    projected = relpatch.project_out_green_magenta(patch).numpy()
-    np.testing.assert_allclose(projected @ relpatch.GREEN_MAGENTA, 0, atol=1e-6)
+    projected = patch_input.project_out_green_magenta(patch).numpy()
+    np.testing.assert_allclose(projected @ patch_input.GREEN_MAGENTA, 0, atol=1e-6)
     grey = np.repeat(patch[..., :1], 3, -1)  # Grey pixels have no green-magenta component.
-    np.testing.assert_allclose(relpatch.project_out_green_magenta(grey).numpy(), grey, atol=1e-6)
+    np.testing.assert_allclose(patch_input.project_out_green_magenta(grey).numpy(), grey, atol=1e-6)
     kept = set()
     for s in range(30):
-        dropped = relpatch.drop_colors(patch, tf.constant([s, 0])).numpy()
+        dropped = patch_input.drop_colors(patch, tf.constant([s, 0])).numpy()
         same = [np.array_equal(dropped[..., ch], patch[..., ch]) for ch in range(3)]
         assert sum(same) == 1
         keep = same.index(True)
@@ -158,7 +165,7 @@ def test_impossible_grid_is_a_config_error_and_small_images_are_resized():
     with pytest.raises(ConfigError, match="raise resize_size to at least 72"):
         relpatch.check_geometry(geometry(resize_size=64))
     tiny = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)  # Smaller than a patch.
-    patches = relpatch.patch_example(tiny, tf.constant([0, 0]), geometry()).numpy()
+    patches = patch_input.patch_example(tiny, tf.constant([0, 0]), geometry(), grid=3).numpy()
     assert patches.shape == (9, 16, 16, 3)
     # Upsampled, the random pixels still vary within every patch: each is standardised.
     flat = patches.reshape(9, -1)

@@ -119,8 +119,8 @@ def step_rate(config, *, batch: int, steps: int) -> float:
     from selfsup import parallel
     from selfsup.config import resolve_model_dtype
     from selfsup.pretext import get_task
-    from selfsup.train.loop import jit_train_step
     from selfsup.train.optim import make_optimizer
+    from selfsup.train.pretext_step import jit_train_step
     from selfsup.train.state import create_train_state, model_graphdef
 
     mesh = parallel.make_mesh()

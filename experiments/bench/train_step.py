@@ -1,7 +1,7 @@
 """The pretraining step of this project next to a plain PyTorch reference, alternating.
 
 The JAX side is the project's own step: the task's model and loss from `selfsup.pretext`, the
-optimizer from `selfsup.train.optim`, jitted as pretraining runs it (`loop.jit_train_step`:
+optimizer from `selfsup.train.optim`, jitted as pretraining runs it (`pretext_step.jit_train_step`:
 donated state, batch sharded over the mesh) in a process set up as `python -m selfsup` sets up
 its own (`parallel.reuse_step_memory`). The PyTorch side is the same network and loss written
 plainly (ResNet v1.5, projection head or patch-pair head, NT-Xent or 8-way cross-entropy, SGD
@@ -66,8 +66,8 @@ import flops  # noqa: E402  Beside this file.
 from selfsup import parallel  # noqa: E402
 from selfsup.config import load_config_file  # noqa: E402
 from selfsup.pretext import get_task  # noqa: E402
-from selfsup.train.loop import jit_train_step  # noqa: E402
 from selfsup.train.optim import make_optimizer  # noqa: E402
+from selfsup.train.pretext_step import jit_train_step  # noqa: E402
 from selfsup.train.state import create_train_state, model_graphdef  # noqa: E402
 
 MODES = (

@@ -17,7 +17,6 @@ Every result is a row that carries its settings; rows become `summary.json` (fla
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from collections.abc import Callable
@@ -235,26 +234,29 @@ def summary_key(r: Row, field: str) -> str:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fails before any compute on a config that cannot run: every value (`VALUE_RULES`),
-    the evaluators, and the features the pretrained task can give."""
+    the evaluators, and the input (`features`) the pretrained task can give."""
     if not config.checkpoint:
         raise ConfigError(
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
         )
     check_values(config)
-    if config.features not in ("image", "patches"):
-        raise ConfigError(f"unknown config.features={config.features!r}: use 'image' or 'patches'.")
     unknown = sorted(set(config.evaluators) - set(EVALUATORS))
     if unknown or not config.evaluators:
         raise ConfigError(
             f"unknown or no config.evaluators {unknown}: choose from {sorted(EVALUATORS)}."
         )
-    # The task refuses features it cannot give (SimCLR has no patches): ask it on a dummy image.
-    task = get_task(load_saved_config(config.checkpoint))
-    task.eval_input(
-        tf.zeros([8, 8, 3], tf.uint8),
-        crop_proportion=config.crop_proportion,
-        patches=config.features == "patches",
-    )
+    eval_views(get_task(load_saved_config(config.checkpoint)), config)
+
+
+def eval_views(task, config: ml_collections.ConfigDict) -> dict[str, Callable]:
+    """The task's evaluation inputs, refusing a `config.features` that it does not offer."""
+    views = task.eval_views(crop_proportion=config.crop_proportion)
+    if config.features not in views:
+        raise ConfigError(
+            f"config.features={config.features!r} is not an input that {task.config.task} "
+            f"offers: use one of {sorted(views)}."
+        )
+    return views
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Row, list[Row]]:
@@ -296,15 +298,9 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         splits=splits,
         mesh=mesh,
         local_batch=local_batch,
-        feature_input=functools.partial(
-            task.eval_input,
-            crop_proportion=config.crop_proportion,
-            patches=config.features == "patches",
-        ),
-        image_input=functools.partial(
-            task.eval_input, crop_proportion=config.crop_proportion, patches=False
-        ),
-        crop_input=functools.partial(task.eval_input, crop_proportion=1.0, patches=False),
+        feature_input=eval_views(task, config)[config.features],
+        image_input=eval_views(task, config)["image"],
+        crop_input=task.eval_views(crop_proportion=1.0)["image"],
     )
     save_config(config, workdir)
 

@@ -1,38 +1,29 @@
 """Relative patch position (Doersch, Gupta, Efros 2015): which of the 8 neighbouring cells of a 3x3
 grid does a patch come from, given the centre patch?
 
-Follows the ResNet recipe of Kolesnikov, Zhai, Beyer 2019 (google/revisiting-self-supervised,
-`patch_model_preprocess.py`, `patch_utils.py`, `preprocess.py`): resize the image to a square,
-turn it grey (mean of RGB) with some probability, take a random square crop, split it into a
-3x3 grid of cells and take a random `patch_size` crop inside each cell (the jitter), then
-standardise every patch on its own (`tf.image.per_image_standardization`, so low-level
-statistics do not give the position away). A shared encoder embeds the 9 patches; all 8 pairs
-(neighbour, centre) of an image are classified, the label being the neighbour's position
-(0-7 = grid positions 0, 1, 2, 3, 5, 6, 7, 8 in row-major order), with the two embeddings
-concatenated in that order as in Revisiting's `generate_patch_locations`.
-
-Patches never overlap: each stays inside its own cell, and `min_gap` > 0 keeps neighbouring
-patches at least that many pixels apart (Doersch used a gap; Revisiting relies on the jitter
-alone, `min_gap=0`). Doersch's remedies for chromatic aberration are options: `color_drop`
-keeps one random colour channel per patch and replaces the other two with Gaussian noise of
-1/100 of its standard deviation; `project` removes the green-magenta component of every pixel
-(x - (x.a)a with a = (-1, 2, -1)/sqrt(6)), in training and evaluation alike.
+Follows the ResNet recipe of Kolesnikov, Zhai, Beyer 2019 (google/revisiting-self-supervised):
+the 9 jittered, standardised patches of `selfsup.data.patches` are embedded by a shared
+encoder; all 8 pairs (neighbour, centre) of an image are classified, the label being the
+neighbour's position (0-7 = grid positions 0, 1, 2, 3, 5, 6, 7, 8 in row-major order), with
+the two embeddings concatenated in that order as in Revisiting's `generate_patch_locations`.
+Doersch used a gap between patches (`min_gap`); Revisiting relies on the jitter alone
+(`min_gap=0`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 from flax import nnx
 
 from selfsup.config import ConfigError
-from selfsup.data import augment
 from selfsup.models.heads import PatchPairHead, online_probe_head
 from selfsup.models.resnet import encoder_from_config
 
@@ -40,7 +31,26 @@ GRID = 3
 CENTRE = GRID * GRID // 2
 NEIGHBOURS = tuple(i for i in range(GRID * GRID) if i != CENTRE)  # Label i = NEIGHBOURS[i].
 CHROMATIC_REMEDIES = ("none", "color_drop", "project")
-GREEN_MAGENTA = np.array([-1.0, 2.0, -1.0], np.float32) / np.sqrt(6.0)
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.relpatch`: Revisiting-SSL's ResNet-50 ImageNet recipe."""
+    return ml_collections.ConfigDict(
+        dict(
+            resize_size=292,
+            crop_size=255,  # 3 x 85 px cells.
+            patch_size=64,  # 85 - patch_jitter 21.
+            min_gap=0,  # Revisiting relies on the jitter alone; Doersch used a gap.
+            grayscale_probability=0.66,
+            chromatic="none",  # Or Doersch's "color_drop" / "project" (green-magenta).
+            embed_dim=1000,  # Revisiting embeds each patch with the 1000-way final layer.
+            fusion_hidden_dim=4096,
+            dropout=0.5,
+        )
+    )
 
 
 def check_geometry(c: ml_collections.ConfigDict) -> None:
@@ -63,99 +73,6 @@ def check_geometry(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown config.relpatch.chromatic={c.chromatic!r}: use one of {CHROMATIC_REMEDIES}."
         )
-
-
-def patch_offsets(
-    seed: tf.Tensor | None, *, crop_size: int, patch_size: int, min_gap: int
-) -> tf.Tensor:
-    """Top-left corners (y, x) of the 9 patches in crop coordinates, int32 [9, 2], row-major.
-
-    Each patch lies in its own `crop_size // 3` cell, at least `ceil(min_gap / 2)` px from the
-    cell's edges, so neighbours are at least `min_gap` apart; its position is uniform over what
-    remains (the jitter). `seed=None` centres every patch in its cell (evaluation)."""
-    cell = crop_size // GRID
-    margin = math.ceil(min_gap / 2)
-    jitter = cell - patch_size - 2 * margin  # Positions 0..jitter inside the allowed range.
-    if seed is None:
-        within = tf.fill([GRID * GRID, 2], (cell - patch_size) // 2)
-    else:
-        within = margin + tf.random.stateless_uniform(
-            [GRID * GRID, 2], seed, minval=0, maxval=jitter + 1, dtype=tf.int32
-        )
-    rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
-    cell_corners = tf.constant(np.stack([rows, cols], axis=1) * cell, tf.int32)
-    return cell_corners + within
-
-
-def cut_patches(image: tf.Tensor, offsets: tf.Tensor, patch_size: int) -> tf.Tensor:
-    """[9, patch_size, patch_size, C] patches of `image` at `offsets` (from `patch_offsets`)."""
-    return tf.stack(
-        [
-            tf.slice(image, [offsets[i, 0], offsets[i, 1], 0], [patch_size, patch_size, -1])
-            for i in range(GRID * GRID)
-        ]
-    )
-
-
-def drop_colors(patch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Doersch's colour dropping: keep one random channel, replace the other two by Gaussian
-    noise with 1/100 of the kept channel's standard deviation."""
-    channel_seed, noise_seed = augment.split_seed(seed, 2)
-    keep = tf.random.stateless_uniform([], channel_seed, minval=0, maxval=3, dtype=tf.int32)
-    kept = patch[..., keep]
-    noise = tf.random.stateless_normal(tf.shape(patch), noise_seed) * tf.math.reduce_std(kept) / 100
-    return tf.where(tf.range(3) == keep, patch, noise)
-
-
-def project_out_green_magenta(image: tf.Tensor) -> tf.Tensor:
-    """Doersch's projection: every pixel minus its component along the green-magenta axis."""
-    a = tf.constant(GREEN_MAGENTA)
-    return image - tf.reduce_sum(image * a, axis=-1, keepdims=True) * a
-
-
-def grayscale_mean(image: tf.Tensor) -> tf.Tensor:
-    """Revisiting's `to_gray`: the mean of R, G and B repeated over three channels."""
-    return tf.tile(tf.reduce_mean(image, axis=-1, keepdims=True), [1, 1, 3])
-
-
-def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    # Revisiting's `resize` (tf.image.resize_images: bilinear, squashes the aspect ratio).
-    return tf.image.resize(augment.to_float(image)[None], [size, size])[0]
-
-
-def patch_example(
-    image: tf.Tensor, seed: tf.Tensor | None, c: ml_collections.ConfigDict
-) -> tf.Tensor:
-    """The 9 standardised patches of one image, float32 [9, p, p, 3]; `seed=None` gives the
-    deterministic evaluation patches (central crop, centred patches, no grey or colour drop)."""
-    image = _resize(image, c.resize_size)
-    slack = c.resize_size - c.crop_size
-    if seed is None:
-        corner = tf.fill([2], slack // 2)
-    else:
-        gray_seed, crop_seed, patch_seed, drop_seed = augment.split_seed(seed, 4)
-        image = augment.apply_with_probability(
-            grayscale_mean, c.grayscale_probability, gray_seed, image
-        )
-        corner = tf.random.stateless_uniform(
-            [2], crop_seed, minval=0, maxval=slack + 1, dtype=tf.int32
-        )
-    crop = tf.slice(image, [corner[0], corner[1], 0], [c.crop_size, c.crop_size, 3])
-    offsets = patch_offsets(
-        None if seed is None else patch_seed,
-        crop_size=c.crop_size,
-        patch_size=c.patch_size,
-        min_gap=c.min_gap,
-    )
-    patches = cut_patches(crop, offsets, c.patch_size)
-    if c.chromatic == "project":
-        patches = project_out_green_magenta(patches)
-    elif c.chromatic == "color_drop" and seed is not None:
-        patches = tf.stack(
-            [drop_colors(patches[i], s) for i, s in enumerate(augment.split_seed(drop_seed, 9))]
-        )
-    patches = tf.map_fn(tf.image.per_image_standardization, patches)
-    return tf.ensure_shape(patches, [GRID * GRID, c.patch_size, c.patch_size, 3])
 
 
 class RelPatchModel(nnx.Module):
@@ -210,37 +127,38 @@ class RelativePatchPosition:
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"patches": patch_example(image, seed, self.config.relpatch)}
+        from selfsup.data import patches
+
+        return {"patches": patches.patch_example(image, seed, self.config.relpatch, grid=GRID)}
 
     def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """What the network sees of one `train_example`: its 9 patches in their 3x3 grid, 2 px
-        apart, each rescaled from its standardised values to [0, 1] (a flat patch is grey)."""
-        patches = example["patches"]
-        low = patches.min(axis=(1, 2, 3), keepdims=True)
-        span = patches.max(axis=(1, 2, 3), keepdims=True) - low
-        shown = np.where(span > 0, (patches - low) / np.where(span > 0, span, 1), 0.5)
-        p, gap = patches.shape[1], 2
-        side = GRID * p + (GRID - 1) * gap
-        mosaic = np.ones((side, side, 3), np.float32)
-        for i, patch in enumerate(shown):
-            row, col = divmod(i, GRID)
-            mosaic[row * (p + gap) : row * (p + gap) + p, col * (p + gap) : col * (p + gap) + p] = (
-                patch
-            )
-        return [mosaic]
+        """What the network sees of one `train_example`: its 9 patches in their 3x3 grid."""
+        from selfsup.data import patches
 
-    def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
-        """What transfer evaluators feed the encoder: the 9 evaluation patches [9, p, p, 3]
-        (their features are averaged, as in Revisiting's `combine_patches=avg_pool`), or the
-        whole image at the pretext crop's scale [crop_size, crop_size, 3] (`eval_view`: the
-        central `crop_proportion`, as SimCLR evaluates), standardised."""
-        if patches:
-            return patch_example(image, None, self.config.relpatch)
-        size = self.config.relpatch.crop_size
-        whole = augment.eval_view(image, size=size, crop_proportion=crop_proportion)
-        if self.config.relpatch.chromatic == "project":
-            whole = project_out_green_magenta(whole)
-        return tf.ensure_shape(tf.image.per_image_standardization(whole), [size, size, 3])
+        return [patches.grid_mosaic(example["patches"], grid=GRID)]
+
+    def eval_views(self, *, crop_proportion: float) -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:
+        """`image`: the whole image at the pretext crop's scale [crop_size, crop_size, 3]
+        (`eval_view`: the central `crop_proportion`, as SimCLR evaluates), standardised as the
+        patches are; `patches`: the 9 evaluation patches [9, p, p, 3], whose features the
+        evaluators average (Revisiting's `combine_patches=avg_pool`)."""
+        import tensorflow as tf
+
+        from selfsup.data import augment, patches
+
+        c = self.config.relpatch
+
+        def image_view(image: tf.Tensor) -> tf.Tensor:
+            whole = augment.eval_view(image, size=c.crop_size, crop_proportion=crop_proportion)
+            if c.chromatic == "project":
+                whole = patches.project_out_green_magenta(whole)
+            size = [c.crop_size, c.crop_size, 3]
+            return tf.ensure_shape(tf.image.per_image_standardization(whole), size)
+
+        return {
+            "image": image_view,
+            "patches": lambda image: patches.patch_example(image, None, c, grid=GRID),
+        }
 
     def build_model(self, rngs: nnx.Rngs) -> RelPatchModel:
         return RelPatchModel(self.config, rngs=rngs)

@@ -10,18 +10,46 @@ encoder as one batch, so BatchNorm statistics cover the 2N views as in the refer
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 from flax import nnx
 
 from selfsup.config import ConfigError
-from selfsup.data import augment, augment_jax
+from selfsup.data import augment_jax
 from selfsup.models.heads import ProjectionHead, online_probe_head
 from selfsup.models.resnet import encoder_from_config
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.simclr`: google-research/simclr's ImageNet defaults."""
+    return ml_collections.ConfigDict(
+        dict(
+            temperature=0.1,
+            proj_hidden_dim=2048,  # simclr's hidden layers keep the encoder's feature width.
+            proj_out_dim=128,
+            proj_layers=3,
+            color_strength=1.0,
+            crop=True,
+            min_crop_area=0.08,
+            flip=True,
+            color=True,
+            blur=True,
+            # BYOL's solarize (x >= 0.5 -> 1 - x) with this probability; SimCLR has none.
+            solarize=0.0,
+            # Colour jitter, grayscale, blur and solarize in JAX inside the train step (the host
+            # then only crops, flips and resizes), as BYOL does to spare the host CPU.
+            color_on_device=False,
+        )
+    )
 
 
 def nt_xent_loss(
@@ -88,6 +116,8 @@ class SimCLR:
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        from selfsup.data import augment
+
         c = self.config.simclr
         on_host = not c.color_on_device  # Else `loss` applies the colour ops on the device.
         views = augment.two_views(
@@ -108,16 +138,12 @@ class SimCLR:
         """What the network sees of one `train_example`: its two views, each in [0, 1]."""
         return list(example["views"])
 
-    def eval_input(self, image: tf.Tensor, *, crop_proportion: float, patches: bool) -> tf.Tensor:
-        """What transfer evaluators feed the encoder: simclr's evaluation view (`eval_view`)."""
-        if patches:
-            raise ConfigError(
-                "features='patches' averages the features of a patch task's 3x3 grid; SimCLR "
-                "has no patches: use --config.features=image."
-            )
-        return augment.eval_view(
-            image, size=self.config.image_size, crop_proportion=crop_proportion
-        )
+    def eval_views(self, *, crop_proportion: float) -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:
+        """`image`: simclr's evaluation view (`eval_view`)."""
+        from selfsup.data import augment
+
+        size = self.config.image_size
+        return {"image": lambda x: augment.eval_view(x, size=size, crop_proportion=crop_proportion)}
 
     def build_model(self, rngs: nnx.Rngs) -> SimCLRModel:
         return SimCLRModel(self.config, rngs=rngs)

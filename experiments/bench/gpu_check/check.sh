@@ -66,8 +66,8 @@ say "machine: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # ---- 2. Install. With a package registry: a fresh venv on the machine's python3 if the project
 # supports it (3.11-3.13), the project's dependencies with CUDA JAX in pyproject.toml's range
 # (cuda13 wheels, else cuda12), then the project itself. Without one (an offline GPU image): the
-# image's python3 (its own JAX/flax/optax/orbax/torch) plus wheels carried in .whl/, and an
-# import stub for TensorFlow if it is missing (benchmark and sanity only; the CLI smoke needs TF).
+# image's python3 (its own JAX/flax/optax/orbax/torch) plus wheels carried in .whl/ (without
+# TensorFlow, the benchmark and sanity checks still run; the CLI smoke needs it).
 REGISTRY=0
 if ((!DRY)) && timeout 40 python3 -m pip download --no-deps --no-cache-dir --retries 0 --timeout 8 \
   -q -d "$WORK/probe" ml-collections==1.1.0 >>"$LOG" 2>&1; then REGISTRY=1; fi
@@ -125,8 +125,6 @@ fi
 TF_OK=0 TORCH_OK=0
 ((!DRY)) && "$PY" -c 'import tensorflow, tensorflow_datasets' >>"$LOG" 2>&1 && TF_OK=1
 ((!DRY)) && "$PY" -c 'import torch; assert torch.cuda.is_available()' >>"$LOG" 2>&1 && TORCH_OK=1
-STUBPATH=${PYTHONPATH:-}
-((TF_OK)) || STUBPATH="$HERE/tfstub${PYTHONPATH:+:$PYTHONPATH}"
 { echo "--- after install (rc $INSTALL_RC): $PY, TensorFlow $TF_OK, CUDA torch $TORCH_OK"
   "$PY" -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|flax|optax|orbax|tensorflow|torch|ml.collections|numpy|nvidia-cudnn|nvidia-cublas) '
 } >>"$ENVF" 2>&1
@@ -139,7 +137,7 @@ fi
 
 # ---- 3. JAX must see the GPU; from here on a failed CUDA start is an error, not a CPU fallback.
 GPU_OK=0
-stage gpu_backend 90 20 env PYTHONPATH="$STUBPATH" "$PY" -c \
+stage gpu_backend 90 20 "$PY" -c \
   'import selfsup, jax; print(jax.__version__, jax.devices()); assert jax.default_backend() == "gpu"' \
   && GPU_OK=1
 ((DRY)) && GPU_OK=1
@@ -147,7 +145,7 @@ export JAX_PLATFORMS=cuda,cpu
 if ((!GPU_OK)); then say "JAX does not see the GPU: the remaining stages would measure nothing"; fi
 
 # ---- 4. Sanity: GPU code paths against references, bf16 dtypes, the probe's precision, FLOPs.
-((GPU_OK)) && stage sanity 150 45 env PYTHONPATH="$STUBPATH" "$PY" "$HERE/gpu_sanity.py" "$OUT/sanity.json"
+((GPU_OK)) && stage sanity 150 45 "$PY" "$HERE/gpu_sanity.py" "$OUT/sanity.json"
 
 # ---- 5. CLI smoke: SimCLR pretraining on builtin:shapes (60 steps, checkpoints, held-out eval).
 collect() { [ -f "$WORK/$1/summary.json" ] && cp "$WORK/$1/summary.json" "$WORK/collect/$2.json"; }
@@ -177,7 +175,7 @@ fi
 # (torch_compile).
 M50=jax_bf16 M18=jax,jax_bf16
 ((TORCH_OK)) && M50=$M50,torch_cl_bf16 M18=$M18,torch_cl,torch_cl_bf16
-BENCH=(env PYTHONPATH="$STUBPATH" XLA_PYTHON_CLIENT_PREALLOCATE=false
+BENCH=(XLA_PYTHON_CLIENT_PREALLOCATE=false
   "$PY" experiments/bench/train_step.py --warmup=3 --repeats=5)
 if ((GPU_OK)); then
   stage bench_resnet50_224 240 90 "${BENCH[@]}" --model=resnet50_224 --batch="$R50_BATCH" --steps=10 \

@@ -1,0 +1,58 @@
+"""The pretraining step: a pretext task's loss plus the online probe's, as the engine trains it
+and as held-out data measures it. Free of TensorFlow, like the models, losses and engine, so a
+benchmark or a user's own input pipeline can train a task without it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from selfsup.models.heads import online_probe_loss
+from selfsup.pretext import PretextTask
+from selfsup.train import engine
+from selfsup.train.state import TrainState
+
+
+def pretrain_loss(task: PretextTask, graphdef: nnx.GraphDef) -> engine.LossFn:
+    """The pretext task's loss plus the online probe's (on stop-gradient features); the
+    metrics report the pretext loss alone as `loss`."""
+
+    def loss_fn(params, batch_stats, batch, rng):
+        model = nnx.merge(graphdef, params, batch_stats)
+        loss, metrics, features = task.loss(model, batch, rng, train=True)
+        probe_loss, probe_metrics = online_probe_loss(model.online_probe, features, batch["label"])
+        batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        return loss + probe_loss, ({**metrics, **probe_metrics, "loss": loss}, batch_stats)
+
+    return loss_fn
+
+
+def jit_train_step(task, graphdef, tx, schedule, *, seed: int, mesh: jax.sharding.Mesh):
+    """The pretraining step as the engine runs it (and experiments/bench measures it)."""
+    step = engine.make_train_step(pretrain_loss(task, graphdef), tx, seed=seed, schedule=schedule)
+    return engine.jit_step(step, mesh)
+
+
+def make_heldout_step(task: PretextTask, graphdef: nnx.GraphDef, *, seed: int):
+    """`(state, batch) -> metrics` of the pretext loss and the online probe in inference mode
+    (running BatchNorm statistics, no dropout), for held-out images."""
+
+    def heldout_step(state: TrainState, batch: dict[str, jax.Array]):
+        model = nnx.merge(graphdef, state.params, state.batch_stats)
+        loss, metrics, features = task.loss(model, batch, jax.random.key(seed), train=False)
+        _, probe_metrics = online_probe_loss(model.online_probe, features, batch["label"])
+        return {**metrics, **probe_metrics, "loss": loss}
+
+    return heldout_step
+
+
+def heldout_metrics(heldout_step, state: TrainState, batches) -> dict[str, float]:
+    """Means of the pretext metrics over every held-out batch, as `heldout/<name>`."""
+    total, count = None, 0
+    for batch in batches:
+        metrics = heldout_step(state, batch)
+        total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+        count += 1
+    return {f"heldout/{k}": float(v) / count for k, v in jax.device_get(total).items()}
