@@ -12,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
-import json
 import logging as pylogging
 import os
 import re
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -92,85 +90,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 )
 
 
-def demo(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
-    """Pretrains each of `config.tasks` on the built-in dataset, then probes its frozen encoder
-    next to a random-init one; one table of all of them."""
-    from selfsup.evaluate import report
-    from selfsup.evaluate.run import evaluate
-    from selfsup.train.loop import pretrain
-
-    start = time.perf_counter()
-    summary: dict[str, object] = {}
-    rows = []
-    for name, task in config.tasks.items():
-        pretrain_dir, probe_dir = workdir / name / "pretrain", workdir / name / "linear_probe"
-        if config.data_dir:
-            task.pretrain.data_dir = config.data_dir
-        pretrain_summary = pretrain(
-            task.pretrain, pretrain_dir, allow_config_change=_ALLOW_CONFIG_CHANGE.value
-        )
-        task.probe.checkpoint = str(pretrain_dir)
-        probe_summary, probe_rows = evaluate(task.probe, probe_dir)
-        summary.update({f"{name}/{k}": v for k, v in {**pretrain_summary, **probe_summary}.items()})
-        # The pretext task's own accuracy on held-out images (8-way position, or contrastive),
-        # and the online probe's, which trained alongside on stop-gradient features.
-        heldout = {
-            k.removeprefix("pretrain/heldout/"): v
-            for k, v in pretrain_summary.items()
-            if k.startswith("pretrain/heldout/") and k.endswith("accuracy")
-        }
-        online = heldout.pop("online_probe/accuracy", "")
-        methods = list(dict.fromkeys(row["method"] for row in probe_rows))
-        for prefix in ("", "random_init/"):
-            pretrained = prefix == ""
-            rows.append(
-                {
-                    "encoder": name if pretrained else f"random init ({name})",
-                    "features": task.probe.features,
-                    **{
-                        f"{m}/test_accuracy": probe_summary[f"{prefix}{m}/test_accuracy"]
-                        for m in methods
-                    },
-                    "held-out pretext accuracy": next(iter(heldout.values())) if pretrained else "",
-                    "online probe (held-out)": online if pretrained else "",
-                }
-            )
-    summary["demo/wall_seconds"] = time.perf_counter() - start
-    columns = ["encoder", "features", "linear/test_accuracy"]
-    columns += [k for k in rows[0] if k.startswith("knn/")]
-    columns += ["held-out pretext accuracy", "online probe (held-out)"]
-    table = report.markdown_table(rows, columns)
-    report.write_summary(workdir, summary)
-    (workdir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
-    bars = [
-        {
-            "encoder": row["encoder"],
-            "method": column.removesuffix("/test_accuracy"),
-            "test_accuracy": row[column],
-        }
-        for row in rows
-        for column in columns
-        if column.endswith("/test_accuracy")
-    ]
-    target = f"{probe_summary['data']} ({probe_summary['eval_split']})"
-    report.plot_accuracy_bars(bars, workdir / "accuracy.png", title=f"frozen encoders, {target}")
-    figures = "![linear probe and k-NN of every encoder](accuracy.png)\n" + "".join(
-        f"![{name} training loss]({name}/pretrain/loss_curve.png)\n" for name in config.tasks
-    )
-    (workdir / "report.md").write_text(
-        f"# Demo: {', '.join(config.tasks)} on the built-in dataset; frozen features vs a "
-        "random-init encoder\n\n"
-        + table
-        + f"\nTotal time: {summary['demo/wall_seconds']:.0f} s.\n\n"
-        + figures
-    )
-    print(
-        "\n" + table + f"\nWrote {workdir}/summary.json and report.md "
-        f"in {summary['demo/wall_seconds']:.0f} s."
-    )
-    return summary
-
-
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m selfsup {{{','.join(COMMANDS)}}} [--flags]")
@@ -204,35 +123,7 @@ def run_command(command: str) -> None:
 
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         parallel.reuse_step_memory()
-        config = _CONFIG.value
-        if command == "demo":
-            from selfsup.workdir import claim
-
-            config = load_config_file(DEMO_CONFIG) if config is None else config
-            workdir = checked_workdir(_WORKDIR.value or "runs/demo")
-            with claim(workdir, "demo"):
-                demo(config, workdir)
-            return
-        if config is None or _WORKDIR.value is None:
-            raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
-        workdir = checked_workdir(_WORKDIR.value)
-        if command == "pretrain":
-            from selfsup.train.loop import pretrain
-
-            pretrain(
-                config,
-                workdir,
-                allow_config_change=_ALLOW_CONFIG_CHANGE.value,
-                resume_step=_RESUME_STEP.value,
-            )
-        elif command == "show-augmentations":
-            from selfsup.data.show import show_augmentations
-
-            show_augmentations(config, workdir, num_images=_NUM_IMAGES.value)
-        else:
-            from selfsup.evaluate.run import evaluate
-
-            evaluate(config, workdir)
+        dispatch(command)
     except PreemptedError as e:
         fail(str(e), 128 + e.signum)
     except Exception as e:
@@ -241,6 +132,40 @@ def run_command(command: str) -> None:
         if isinstance(e, (ValueError, NonFiniteLossError)):  # ConfigError, DataError included.
             fail(f"error: {first_line(e)}")
         raise  # A bug: its traceback is what a report needs.
+
+
+def dispatch(command: str) -> None:
+    """Runs `command`'s module with the parsed flags; each command imports only its own."""
+    config = _CONFIG.value
+    if command == "demo":
+        from selfsup.demo import demo
+        from selfsup.workdir import claim
+
+        config = load_config_file(DEMO_CONFIG) if config is None else config
+        workdir = checked_workdir(_WORKDIR.value or "runs/demo")
+        with claim(workdir, "demo"):
+            demo(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+        return
+    if config is None or _WORKDIR.value is None:
+        raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
+    workdir = checked_workdir(_WORKDIR.value)
+    if command == "pretrain":
+        from selfsup.train.loop import pretrain
+
+        pretrain(
+            config,
+            workdir,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            resume_step=_RESUME_STEP.value,
+        )
+    elif command == "show-augmentations":
+        from selfsup.show import show_augmentations
+
+        show_augmentations(config, workdir, num_images=_NUM_IMAGES.value)
+    else:
+        from selfsup.evaluate.run import evaluate
+
+        evaluate(config, workdir)
 
 
 def fail(line: str, status: int = 1) -> NoReturn:

@@ -121,6 +121,13 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, *, what: str = "batch_s
     return global_batch_size // jax.process_count()
 
 
+def padded_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """`global_batch_size` rounded up to a multiple of the device count, for evaluation, whose
+    batches are padded and masked: any configured size then runs on any number of devices."""
+    num_devices = mesh.devices.size
+    return -(-global_batch_size // num_devices) * num_devices
+
+
 def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles per-process batches into global arrays sharded along the batch axis."""
     sharding = batch_sharding(mesh)

@@ -29,7 +29,9 @@ def test_features_match_direct_forward_with_padding(tmp_path: Path):
         return tf.cast(tf.reshape(image, [8, 8, 3]), tf.float32) / 255
 
     ds = pipeline.eval_dataset(source, "test", to_float, local_batch_size=8)
-    features, labels = extract_features(encoder, ds, parallel.make_mesh(), what="test images")
+    features, labels = extract_features(
+        encoder, ds, parallel.make_mesh(), what="test images", total=13
+    )
 
     assert features.shape == (13, encoder.feature_dim) and features.dtype == np.float32
     order = sorted(range(13), key=lambda i: (i % 2, i))  # The folder lists class by class.

@@ -19,7 +19,7 @@ import tensorflow as tf
 from selfsup import parallel
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import pipeline
-from selfsup.evaluate.report import read_metrics
+from selfsup.report import read_metrics
 from selfsup.train import loop
 from selfsup.train.checkpoint import load_train_state
 
@@ -192,3 +192,10 @@ def test_reuse_step_memory_stops_steps_faulting_in_their_temporaries():
     default = faults_per_step("default")
     assert default > 0.7 * pages  # The measurement sees the temporary faulted in.
     assert faults_per_step("reuse") < default / 10
+
+
+def test_evaluation_batches_round_up_to_the_device_count_training_batches_must_divide():
+    mesh = parallel.make_mesh()  # 8 devices.
+    assert [parallel.padded_batch_size(n, mesh) for n in (1, 8, 12, 16, 17)] == [8, 8, 16, 16, 24]
+    with pytest.raises(ConfigError, match="batch_size=12 does not divide over 8 devices"):
+        parallel.local_batch_size(12, mesh)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from selfsup import report
 from selfsup.config import load_config_file
-from selfsup.evaluate import report
 from selfsup.evaluate.run import summary_key
 
 
@@ -49,15 +49,17 @@ def test_report_writes_the_table_and_plots(tmp_path: Path):
         data="builtin:shapes", train_split="train", eval_split="test", checkpoint="runs/x",
         checkpoint_step=10, minival_examples=1000, **{"evaluate/wall_seconds": 12.0},
     )  # fmt: skip
-    report.write_transfer_report(tmp_path, config, summary, rows())
+    settings = dict(settings=["probe A", "tuning B"], probe_method="linear")
+    report.write_transfer_report(tmp_path, config, summary, rows(), **settings)
     text = (tmp_path / "report.md").read_text()
     assert "| random_init | linear |" in text and "Total time: 12 s" in text
+    assert "Settings: probe A; tuning B. " in text
     for png in ("accuracy_vs_labels.png", "frozen_vs_finetuned.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     # One label fraction: a bar chart instead of lines.
     (tmp_path / "one").mkdir()
     single = [r for r in rows() if r["label_fraction"] == 1.0]
-    report.write_transfer_report(tmp_path / "one", config, summary, single)
+    report.write_transfer_report(tmp_path / "one", config, summary, single, **settings)
     assert (tmp_path / "one" / "accuracy.png").stat().st_size > 10_000
 
 
@@ -74,3 +76,20 @@ def test_read_metrics_names_a_damaged_line_before_the_last(tmp_path):
         report.read_metrics(path)
     assert str(error.value).startswith(f"{path} line 2 is damaged (")
     assert str(error.value).endswith("): delete that line, or restore the file from a copy.")
+
+
+def test_progress_lines_count_what_is_done_and_stay_silent_for_short_work(capsys, monkeypatch):
+    clock = iter([0.0, 4.0, 12.0, 16.0])  # Start, then the time at each advance.
+    monkeypatch.setattr(report.time, "perf_counter", lambda: next(clock))
+    progress = report.Progress("features of x", 300, every_s=10)
+    for _ in range(3):
+        progress.advance(100)
+    # 4 s: not yet due; 12 s: due (200 done at 16.7/s, 100 left: 6 s); 16 s: the end.
+    assert capsys.readouterr().out.splitlines() == [
+        "  features of x: 200/300 images  16.7 images/s  ETA 0m06s",
+        "  features of x: 300/300 images  18.8 images/s  ETA 0m00s",
+    ]
+    monkeypatch.setattr(report.time, "perf_counter", lambda: 1.0)
+    quick = report.Progress("quick", 2, every_s=10)
+    quick.advance(2)
+    assert capsys.readouterr().out == ""

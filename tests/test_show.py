@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from selfsup import show
 from selfsup.config import ConfigError, load_config_file
-from selfsup.data import pipeline, show
+from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.pretext import get_task
 

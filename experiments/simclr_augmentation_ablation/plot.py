@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from selfsup.evaluate import report
+from selfsup import report
 
 VARIANTS = {
     "simclr_cifar_sample": "crop + colour (full recipe)",

@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent))
     args = parser.parse_args()
 
+    from selfsup import report
     from selfsup.config import load_config_file
-    from selfsup.evaluate import report
     from selfsup.evaluate.run import evaluate
     from selfsup.train.checkpoint import Checkpointer
     from selfsup.train.loop import pretrain

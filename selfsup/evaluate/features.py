@@ -12,12 +12,14 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from selfsup.data import pipeline
+from selfsup.report import Progress
 
 
 def extract_features(
-    encoder: nnx.Module, ds: tf.data.Dataset, mesh: jax.sharding.Mesh, *, what: str
+    encoder: nnx.Module, ds: tf.data.Dataset, mesh: jax.sharding.Mesh, *, what: str, total: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, D] float32, labels [N]) for every real example of an `eval_dataset`."""
+    """(features [N, D] float32, labels [N]) for every real example of an `eval_dataset` of
+    `total` examples, with a progress line while it takes long."""
     graphdef, state = nnx.split(encoder)
 
     @jax.jit
@@ -29,14 +31,12 @@ def extract_features(
         features = encoder(images.reshape((n * p, *images.shape[2:])), train=False)
         return features.reshape((n, p, -1)).mean(axis=1)
 
-    features, labels = [], []
+    outputs = []
+    progress = Progress(f"features of {what}", total)
     for batch in pipeline.global_batches(ds, mesh, what=what):
-        out = {
-            "features": forward(state, batch["image"]),
-            "label": batch["label"],
-            "mask": batch["mask"],
-        }
-        out = multihost_utils.process_allgather(out, tiled=True)
-        features.append(out["features"][out["mask"]])
-        labels.append(out["label"][out["mask"]])
-    return np.concatenate(features).astype(np.float32), np.concatenate(labels)
+        outputs.append((forward(state, batch["image"]), batch["label"], batch["mask"]))
+        progress.advance(batch["mask"].shape[0])
+    # One gather at the end, so the host never waits on a batch: it keeps feeding the devices.
+    gathered = multihost_utils.process_allgather(outputs, tiled=True)
+    features, labels, masks = (np.concatenate(a) for a in zip(*gathered))
+    return features[masks].astype(np.float32), labels[masks]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -31,10 +30,13 @@ import optax
 import tensorflow as tf
 from flax import nnx
 
-from selfsup import parallel
+from selfsup import parallel, report
 from selfsup.config import ConfigError
 from selfsup.data import augment, pipeline
 from selfsup.data.sources import Source
+from selfsup.evaluate import Evaluator, Row, fraction_name, row
+from selfsup.evaluate.subsets import subset_source
+from selfsup.evaluate.target import Target
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, STAGE_NAMES
 from selfsup.train import engine
 from selfsup.train.optim import (
@@ -148,7 +150,7 @@ class FinetuneHooks(engine.Hooks):
     """The engine's hooks for fine-tuning: a progress line per log, no checkpoints."""
 
     what: str
-    throughput: engine.Throughput
+    throughput: report.Throughput
 
     def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         _, rate = self.throughput.report(step)
@@ -173,36 +175,35 @@ def _correct(params, batch_stats, batch, *, graphdef):
 def accuracy(
     graphdef: nnx.GraphDef, params, batch_stats, ds: tf.data.Dataset, mesh, *, what: str
 ) -> float:
-    """Top-1 accuracy of the classifier (inference mode) over an `eval_dataset`."""
+    """Top-1 accuracy of the classifier (inference mode) over an `eval_dataset`. The counts
+    stay on the devices until the end, so the host never waits on a batch."""
     hits, total = 0, 0
     for batch in pipeline.global_batches(ds, mesh, what=what):
         h, n = _correct(params, batch_stats, batch, graphdef=graphdef)
-        hits, total = hits + int(h), total + int(n)
-    return hits / total
+        hits, total = hits + h, total + n
+    return int(hits) / int(total)
 
 
 @functools.cache
 def _programs(
-    graphdef,
-    multipliers_def,
-    multipliers,
-    optim_json,
-    batch_size,
-    steps,
-    warmup,
+    graphdef: nnx.GraphDef,
+    multipliers: tuple[jax.tree_util.PyTreeDef, tuple[float, ...]],
+    config: ml_collections.FrozenConfigDict,
+    batch_size: int,
     *,
-    frozen_stages,
-    mesh,
+    frozen_stages: int,
+    mesh: jax.sharding.Mesh,
 ):
-    """(jitted init, jitted train step) for one setting. Cached: the suite runs each
+    """(jitted init, jitted train step) for one setting (`config` is `config.finetune`;
+    `multipliers` each parameter's lr multiplier, flattened). Cached: the suite runs each
     setting for several encoders and label fractions, and compiles it once."""
     tx, _ = make_optimizer(
-        ml_collections.ConfigDict(json.loads(optim_json)),
+        config.optim,
         batch_size=batch_size,
-        total_steps=steps,
-        warmup_steps=warmup,
+        total_steps=config.steps,
+        warmup_steps=config.warmup_steps,
     )
-    tx = with_lr_multipliers(tx, multipliers_def.unflatten(multipliers))
+    tx = with_lr_multipliers(tx, multipliers[0].unflatten(multipliers[1]))
     replicated = parallel.replicated(mesh)
 
     def init(params, batch_stats):
@@ -257,40 +258,26 @@ def finetune(
     multipliers, multipliers_def = jax.tree.flatten(lr_multipliers(params, rules))
     init, train_step = _programs(
         graphdef,
-        multipliers_def,
-        tuple(multipliers),
-        config.optim.to_json(),
+        (multipliers_def, tuple(multipliers)),
+        ml_collections.FrozenConfigDict(config),
         batch_size,
-        config.steps,
-        config.warmup_steps,
         frozen_stages=frozen_stages,
         mesh=mesh,
     )
-    state = init(params, batch_stats)
-    ds = pipeline.train_dataset(
-        source,
-        train_split,
-        _train_example(config, preprocess),
-        local_batch_size=parallel.local_batch_size(batch_size, mesh, what="finetune.batch_size"),
-        seed=seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    batches = pipeline.global_batches(ds, mesh, what=f"{source.spec} split {train_split!r}")
-    throughput = engine.Throughput(start_step=0, total_steps=config.steps, batch_size=batch_size)
+    batches = _train_batches(source, train_split, config, preprocess, batch_size, mesh, seed)
+    throughput = dict(start_step=0, total_steps=config.steps, batch_size=batch_size)
     state, logged = engine.run(
-        state,
+        init(params, batch_stats),
         train_step,
         batches,
         start_step=0,
         cadence=engine.Cadence(total_steps=config.steps, log_every=config.log_every_steps),
-        hooks=FinetuneHooks(what, throughput),
+        hooks=FinetuneHooks(what, report.Throughput(**throughput)),
     )
+    classifier = graphdef, state.params, state.batch_stats
     result = FinetuneResult(
         accuracy={
-            name: accuracy(
-                graphdef, state.params, state.batch_stats, ds, mesh, what=f"{what} {name}"
-            )
+            name: accuracy(*classifier, ds, mesh, what=f"{what} {name}")
             for name, ds in evaluation.items()
         },
         train_loss=logged["loss"],
@@ -300,4 +287,77 @@ def finetune(
         epochs=config.steps * batch_size / num_examples,
         seconds=time.perf_counter() - start,
     )
-    return result, nnx.merge(graphdef, state.params, state.batch_stats)
+    return result, nnx.merge(*classifier)
+
+
+def _train_batches(source, split, config, preprocess, batch_size: int, mesh, seed: int):
+    ds = pipeline.train_dataset(
+        source,
+        split,
+        _train_example(config, preprocess),
+        local_batch_size=parallel.local_batch_size(batch_size, mesh, what="finetune.batch_size"),
+        seed=seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return pipeline.global_batches(ds, mesh, what=f"{source.spec} split {split!r}")
+
+
+def run(
+    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
+) -> list[Row]:
+    evaluation = {
+        "minival": target.eval_dataset(target.minival_source(), "minival", target.image_input),
+        "test": target.eval_dataset(target.source, target.eval_split, target.image_input),
+    }
+    ft = config.finetune
+    rows = []
+    for fraction, indices in target.splits.subsets.items():
+        train = subset_source(target.source, target.train_split, indices, name="labelled")
+        for frozen_stages in ft.freeze_stages:
+            method = f"finetune/freeze{frozen_stages}"
+            result, _ = finetune(
+                encoder,
+                source=train,
+                train_split="labelled",
+                evaluation=evaluation,
+                config=ft,
+                frozen_stages=frozen_stages,
+                preprocess=target.crop_input,
+                mesh=target.mesh,
+                seed=config.seed,
+                what=f"{name} {method} {fraction_name(fraction)} labels",
+            )
+            rows.append(
+                row(
+                    name,
+                    method,
+                    fraction,
+                    indices,
+                    test_accuracy=result.accuracy["test"],
+                    minival_accuracy=result.accuracy["minival"],
+                    train_loss=result.train_loss,
+                    freeze_stages=frozen_stages,
+                    learning_rate=result.learning_rate,
+                    stage_lr_decay=ft.stage_lr_decay,
+                    weight_decay=ft.optim.weight_decay,
+                    steps=result.steps,
+                    batch_size=result.batch_size,
+                    epochs=result.epochs,
+                    seconds=result.seconds,
+                )  # fmt: skip
+            )
+    return rows
+
+
+def settings(config: ml_collections.ConfigDict) -> str:
+    ft = config.finetune
+    return (
+        f"fine-tuning: random resized crop (area >= {ft.min_crop_area:g}) + flip, SGD momentum "
+        f"{ft.optim.momentum:g}, {ft.warmup_steps} warmup steps then cosine decay, {ft.steps} "
+        f"steps, weight decay {ft.optim.weight_decay:g}, stage lr decay {ft.stage_lr_decay:g}, "
+        f"extra lr multipliers {list(ft.lr_multipliers)}"
+    )
+
+
+EVALUATOR = Evaluator(run=run, settings=settings)

@@ -5,10 +5,20 @@ labels with weight exp(similarity / T), the class with the largest total wins.""
 from __future__ import annotations
 
 import functools
+import time
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from flax import nnx
+
+from selfsup.evaluate import Evaluator, Row, fraction_name, row
+from selfsup.report import Progress
+
+if TYPE_CHECKING:
+    from selfsup.evaluate.target import Target
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -37,6 +47,7 @@ def knn_predict(
     k: int,
     temperature: float,
     chunk_size: int = 1024,
+    what: str = "k-NN",
 ) -> np.ndarray:
     """Predicted labels for `test_x`; test rows go in chunks to bound the similarity matrix."""
     if not 0 < k <= len(train_x):
@@ -45,12 +56,14 @@ def knn_predict(
         raise ValueError(f"kNN temperature must be positive, got {temperature}.")
     train_x, train_y = jnp.asarray(train_x, jnp.float32), jnp.asarray(train_y, jnp.int32)
     predictions = []
+    progress = Progress(what, len(test_x))
     for start in range(0, len(test_x), chunk_size):
         chunk = jnp.asarray(test_x[start : start + chunk_size], jnp.float32)
         scores = _class_scores(
             train_x, train_y, chunk, jnp.float32(temperature), num_classes=num_classes, k=k
         )
         predictions.append(np.asarray(jnp.argmax(scores, axis=-1)))
+        progress.advance(len(chunk))
     return np.concatenate(predictions)
 
 
@@ -63,8 +76,53 @@ def knn_accuracy(
     num_classes: int,
     k: int,
     temperature: float,
+    what: str = "k-NN",
 ) -> float:
     predictions = knn_predict(
-        train_x, train_y, test_x, num_classes=num_classes, k=k, temperature=temperature
+        train_x, train_y, test_x, num_classes=num_classes, k=k, temperature=temperature, what=what
     )
     return float(np.mean(predictions == np.asarray(test_y)))
+
+
+def run(
+    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
+) -> list[Row]:
+    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
+    minival = target.splits.minival
+    rows = []
+    for fraction, indices in target.splits.subsets.items():
+        for k in config.knn.ks:
+            start = time.perf_counter()
+            # Fewer labelled examples than k: every one of them votes.
+            used_k = min(k, len(indices))
+            kwargs = dict(
+                num_classes=target.source.num_classes, k=used_k, temperature=config.knn.temperature
+            )
+            what = f"{name} knn/k{k} {fraction_name(fraction)} labels"
+            bank = train_x[indices], train_y[indices]
+            rows.append(
+                row(
+                    name,
+                    f"knn/k{k}",
+                    fraction,
+                    indices,
+                    test_accuracy=knn_accuracy(*bank, test_x, test_y, **kwargs, what=what),
+                    minival_accuracy=knn_accuracy(
+                        *bank, train_x[minival], train_y[minival], **kwargs
+                    ),
+                    k=used_k,
+                    temperature=config.knn.temperature,
+                    seconds=time.perf_counter() - start,
+                )  # fmt: skip
+            )
+    return rows
+
+
+def settings(config: ml_collections.ConfigDict) -> str:
+    return (
+        "k-NN with cosine similarity, votes weighted by exp(s / "
+        f"{config.knn.temperature:g}), k fixed in the config (capped at the number of labels)"
+    )
+
+
+EVALUATOR = Evaluator(run=run, settings=settings)

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+from flax import nnx
+
+from selfsup.evaluate import Evaluator, Row, fraction_name, row
+from selfsup.report import Progress
+
+if TYPE_CHECKING:
+    from selfsup.evaluate.target import Target
 
 FULL = jax.lax.Precision.HIGHEST  # True float32 matmuls (module docstring).
 # Feature columns whose training std is below this are constant: they are centred, not scaled.
@@ -147,6 +157,7 @@ def linear_probe(
     *,
     num_classes: int,
     l2_grid: Sequence[float],
+    what: str = "linear probe",
 ) -> ProbeResult:
     """Standardises features with the training mean/std, fits one probe per l2 in `l2_grid` on
     the training features, keeps the one with the best minival accuracy (ties go to the larger
@@ -175,9 +186,11 @@ def linear_probe(
     )
 
     fits, l2_sweep = {}, {}
+    progress = Progress(f"{what}, L2 sweep", len(l2_values), unit="fits")
     for l2 in l2_values:
         fits[l2] = fit_logistic_regression(train_x, train_y, num_classes=num_classes, l2=l2)
         l2_sweep[l2] = accuracy(fits[l2], minival_x, minival_y)
+        progress.advance(1)
     # max() keeps the first of equal accuracies; walking from the largest l2, ties go to it.
     best_l2 = max(reversed(l2_values), key=l2_sweep.__getitem__)
     params = fits[best_l2]
@@ -219,3 +232,39 @@ def _checked_features(
             f"{non_finite_rows} of {len(x)} {what} feature rows contain NaN or inf values"
         )
     return x, y
+
+
+def run(
+    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
+) -> list[Row]:
+    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
+    minival = target.splits.minival
+    rows = []
+    for fraction, indices in target.splits.subsets.items():
+        start = time.perf_counter()
+        result = linear_probe(
+            train_x[indices], train_y[indices], train_x[minival], train_y[minival], test_x, test_y,
+            num_classes=target.source.num_classes, l2_grid=list(config.linear.l2_grid),
+            what=f"{name} linear {fraction_name(fraction)} labels",
+        )  # fmt: skip
+        rows.append(
+            row(
+                name,
+                "linear",
+                fraction,
+                indices,
+                test_accuracy=result.test_accuracy,
+                minival_accuracy=result.minival_accuracy,
+                train_accuracy=result.train_accuracy,
+                l2=result.l2,
+                seconds=time.perf_counter() - start,
+            )  # fmt: skip
+        )
+    return rows
+
+
+def settings(config: ml_collections.ConfigDict) -> str:
+    return f"linear probe L2 chosen per row on minival from {list(config.linear.l2_grid)}"
+
+
+EVALUATOR = Evaluator(run=run, settings=settings)

@@ -16,209 +16,29 @@ Every result is a row that carries its settings; rows become `summary.json` (fla
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import ml_collections
-import numpy as np
-import tensorflow as tf
 from flax import nnx
 
-from selfsup import parallel
+from selfsup import parallel, report
 from selfsup.config import ConfigError, check_values, load_saved_config, save_config
 from selfsup.data import pipeline
-from selfsup.data.sources import Source, open_source
-from selfsup.evaluate import report
-from selfsup.evaluate.features import extract_features
-from selfsup.evaluate.finetune import finetune
-from selfsup.evaluate.knn import knn_accuracy
-from selfsup.evaluate.linear import linear_probe
-from selfsup.evaluate.subsets import LabelSplits, make_label_splits, split_labels, subset_source
+from selfsup.data.sources import open_source
+from selfsup.evaluate import Evaluator, Row, finetune, fraction_name, knn, linear
+from selfsup.evaluate.subsets import make_label_splits, split_labels
+from selfsup.evaluate.target import Target
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import load_pretrained_model
 from selfsup.workdir import claim
 
-Row = dict[str, object]
-
-
-@dataclasses.dataclass
-class Target:
-    """The target task every evaluator of a run shares: data, splits, preprocessing, and the
-    frozen features of each encoder (extracted once, on first use)."""
-
-    source: Source
-    train_split: str
-    eval_split: str
-    splits: LabelSplits
-    mesh: jax.sharding.Mesh
-    local_batch: int
-    feature_input: Callable[[tf.Tensor], tf.Tensor]  # What frozen evaluators feed the encoder.
-    image_input: Callable[[tf.Tensor], tf.Tensor]  # A whole image, as fine-tuning feeds it.
-    # A fine-tuning crop, already a square view: prepared as an evaluation image, not cropped again.
-    crop_input: Callable[[tf.Tensor], tf.Tensor]
-    _features: dict[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
-
-    def eval_dataset(
-        self, source: Source, split: str, preprocess: Callable[[tf.Tensor], tf.Tensor]
-    ) -> tf.data.Dataset:
-        return pipeline.eval_dataset(
-            source,
-            split,
-            preprocess,
-            local_batch_size=self.local_batch,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-
-    def minival_source(self) -> Source:
-        return subset_source(self.source, self.train_split, self.splits.minival, name="minival")
-
-    def frozen_features(self, name: str, encoder: nnx.Module) -> tuple[np.ndarray, ...]:
-        """(train_x, train_y, test_x, test_y) of encoder `name`; train rows in split order."""
-        if name not in self._features:
-            self._features[name] = tuple(
-                array
-                for split in (self.train_split, self.eval_split)
-                for array in extract_features(
-                    encoder,
-                    self.eval_dataset(self.source, split, self.feature_input),
-                    self.mesh,
-                    what=f"{self.source.spec} split {split!r}",
-                )
-            )
-        return self._features[name]
-
-
-def fraction_name(fraction: float) -> str:
-    return f"{100 * fraction:g}%"
-
-
-def row(encoder: str, method: str, fraction: float, indices: np.ndarray, **fields) -> Row:
-    return {
-        "encoder": encoder,
-        "method": method,
-        "label_fraction": fraction,
-        "num_labels": len(indices),
-        **fields,
-    }
-
-
-def run_linear(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
-) -> list[Row]:
-    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
-    minival = target.splits.minival
-    rows = []
-    for fraction, indices in target.splits.subsets.items():
-        start = time.perf_counter()
-        result = linear_probe(
-            train_x[indices], train_y[indices], train_x[minival], train_y[minival], test_x, test_y,
-            num_classes=target.source.num_classes, l2_grid=list(config.linear.l2_grid),
-        )  # fmt: skip
-        rows.append(
-            row(
-                name,
-                "linear",
-                fraction,
-                indices,
-                test_accuracy=result.test_accuracy,
-                minival_accuracy=result.minival_accuracy,
-                train_accuracy=result.train_accuracy,
-                l2=result.l2,
-                seconds=time.perf_counter() - start,
-            )  # fmt: skip
-        )
-    return rows
-
-
-def run_knn(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
-) -> list[Row]:
-    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
-    minival = target.splits.minival
-    rows = []
-    for fraction, indices in target.splits.subsets.items():
-        for k in config.knn.ks:
-            start = time.perf_counter()
-            # Fewer labelled examples than k: every one of them votes.
-            used_k = min(k, len(indices))
-            kwargs = dict(
-                num_classes=target.source.num_classes, k=used_k, temperature=config.knn.temperature
-            )
-            bank = train_x[indices], train_y[indices]
-            rows.append(
-                row(
-                    name,
-                    f"knn/k{k}",
-                    fraction,
-                    indices,
-                    test_accuracy=knn_accuracy(*bank, test_x, test_y, **kwargs),
-                    minival_accuracy=knn_accuracy(
-                        *bank, train_x[minival], train_y[minival], **kwargs
-                    ),
-                    k=used_k,
-                    temperature=config.knn.temperature,
-                    seconds=time.perf_counter() - start,
-                )  # fmt: skip
-            )
-    return rows
-
-
-def run_finetune(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
-) -> list[Row]:
-    evaluation = {
-        "minival": target.eval_dataset(target.minival_source(), "minival", target.image_input),
-        "test": target.eval_dataset(target.source, target.eval_split, target.image_input),
-    }
-    ft = config.finetune
-    rows = []
-    for fraction, indices in target.splits.subsets.items():
-        train = subset_source(target.source, target.train_split, indices, name="labelled")
-        for frozen_stages in ft.freeze_stages:
-            method = f"finetune/freeze{frozen_stages}"
-            result, _ = finetune(
-                encoder,
-                source=train,
-                train_split="labelled",
-                evaluation=evaluation,
-                config=ft,
-                frozen_stages=frozen_stages,
-                preprocess=target.crop_input,
-                mesh=target.mesh,
-                seed=config.seed,
-                what=f"{name} {method} {fraction_name(fraction)} labels",
-            )
-            rows.append(
-                row(
-                    name,
-                    method,
-                    fraction,
-                    indices,
-                    test_accuracy=result.accuracy["test"],
-                    minival_accuracy=result.accuracy["minival"],
-                    train_loss=result.train_loss,
-                    freeze_stages=frozen_stages,
-                    learning_rate=result.learning_rate,
-                    stage_lr_decay=ft.stage_lr_decay,
-                    weight_decay=ft.optim.weight_decay,
-                    steps=result.steps,
-                    batch_size=result.batch_size,
-                    epochs=result.epochs,
-                    seconds=result.seconds,
-                )  # fmt: skip
-            )
-    return rows
-
-
-EVALUATORS: dict[str, Callable[..., list[Row]]] = {
-    "linear": run_linear,
-    "knn": run_knn,
-    "finetune": run_finetune,
+EVALUATORS: dict[str, Evaluator] = {
+    "linear": linear.EVALUATOR,
+    "knn": knn.EVALUATOR,
+    "finetune": finetune.EVALUATOR,
 }
 
 
@@ -270,8 +90,60 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Ro
 def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, list[Row]]:
     start = time.perf_counter()
     mesh = parallel.make_mesh()
-    local_batch = parallel.local_batch_size(config.batch_size, mesh)
     pre_config, step, model = load_pretrained_model(config.checkpoint, mesh)
+    task = get_task(pre_config)
+    target, skipped = open_target(config, pre_config, task, mesh)
+    save_config(config, workdir)
+    encoders = {"pretrained": model.encoder}
+    if config.random_init_baseline:
+        encoders["random_init"] = task.build_model(nnx.Rngs(config.seed)).encoder
+    summary: Row = {
+        "checkpoint": str(config.checkpoint),
+        "checkpoint_step": step,
+        "model/dtype": pre_config.model.dtype,
+        "data": target.source.spec,
+        "train_split": target.train_split,
+        "eval_split": target.eval_split,
+        "features": config.features,
+        "minival_examples": len(target.splits.minival),
+        "data/skipped_images": len(skipped),
+    }
+    rows = [
+        r
+        for evaluator in config.evaluators
+        for name, encoder in encoders.items()
+        for r in printed(EVALUATORS[evaluator].run(target, config, name, encoder))
+    ]
+    for r in rows:
+        for field, value in r.items():
+            if field not in ("encoder", "method", "label_fraction"):
+                summary[summary_key(r, field)] = value
+    summary["evaluate/wall_seconds"] = time.perf_counter() - start
+    report.write_summary(workdir, summary)
+    (workdir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
+    )
+    settings = [EVALUATORS[e].settings(config) for e in config.evaluators]
+    report.write_transfer_report(
+        workdir, config, summary, rows, settings=settings, probe_method="linear"
+    )
+    return summary, rows
+
+
+def printed(rows: list[Row]) -> list[Row]:
+    """`rows`, each announced in a line as it arrives."""
+    for r in rows:
+        print(
+            f"{r['encoder']} {r['method']} {fraction_name(r['label_fraction'])} labels: "
+            f"test {r['test_accuracy']:.4f}, minival {r['minival_accuracy']:.4f}",
+            flush=True,
+        )
+    return rows
+
+
+def open_target(config, pre_config, task, mesh) -> tuple[Target, list]:
+    """The target task (empty data keys: the pretraining run's) with its label splits and the
+    task's evaluation inputs, and the images left out as undecodable."""
     data = config.data or pre_config.data
     source = open_source(data, data_dir=config.data_dir or pre_config.data_dir or None)
     train_split = config.train_split or pre_config.train_split
@@ -290,54 +162,18 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         )
     except ValueError as e:
         raise ConfigError(f"{data} split {train_split!r}: {e}.") from None
-    task = get_task(pre_config)
+    views = eval_views(task, config)
     target = Target(
         source=source,
         train_split=train_split,
         eval_split=eval_split,
         splits=splits,
         mesh=mesh,
-        local_batch=local_batch,
-        feature_input=eval_views(task, config)[config.features],
-        image_input=eval_views(task, config)["image"],
+        local_batch=parallel.local_batch_size(
+            parallel.padded_batch_size(config.batch_size, mesh), mesh
+        ),
+        feature_input=views[config.features],
+        image_input=views["image"],
         crop_input=task.eval_views(crop_proportion=1.0)["image"],
     )
-    save_config(config, workdir)
-
-    encoders = {"pretrained": model.encoder}
-    if config.random_init_baseline:
-        encoders["random_init"] = task.build_model(nnx.Rngs(config.seed)).encoder
-    summary: Row = {
-        "checkpoint": str(config.checkpoint),
-        "checkpoint_step": step,
-        "model/dtype": pre_config.model.dtype,
-        "data": data,
-        "train_split": train_split,
-        "eval_split": eval_split,
-        "features": config.features,
-        "minival_examples": len(splits.minival),
-        "data/skipped_images": len(skipped),
-    }
-    rows: list[Row] = []
-    for evaluator in config.evaluators:
-        for name, encoder in encoders.items():
-            new_rows = EVALUATORS[evaluator](target, config, name, encoder)
-            for r in new_rows:
-                print(
-                    f"{name} {r['method']} {fraction_name(r['label_fraction'])} labels: "
-                    f"test {r['test_accuracy']:.4f}, minival {r['minival_accuracy']:.4f}",
-                    flush=True,
-                )
-            rows += new_rows
-    for r in rows:
-        for field, value in r.items():
-            if field not in ("encoder", "method", "label_fraction"):
-                summary[summary_key(r, field)] = value
-    summary["evaluate/wall_seconds"] = time.perf_counter() - start
-
-    report.write_summary(workdir, summary)
-    (workdir / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
-    )
-    report.write_transfer_report(workdir, config, summary, rows)
-    return summary, rows
+    return target, skipped

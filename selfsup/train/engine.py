@@ -14,7 +14,6 @@ import dataclasses
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -247,31 +246,3 @@ def prefetch(items: Iterator, size: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
-
-
-class Throughput:
-    """Images/s and ETA since the first report (which compilation would skew), minus time
-    excluded for non-training work (held-out evaluation)."""
-
-    def __init__(self, *, start_step: int, total_steps: int, batch_size: int):
-        self.total_steps, self.batch_size = total_steps, batch_size
-        self.since, self.first = (time.perf_counter(), start_step), True
-
-    def exclude(self, seconds: float) -> None:
-        self.since = (self.since[0] + seconds, self.since[1])
-
-    def report(self, step: int) -> tuple[float, str]:
-        """(images/s, '  N images/s  ETA 1m02s') at `step`."""
-        start_time, start_step = self.since
-        rate = (step - start_step) * self.batch_size / max(time.perf_counter() - start_time, 1e-9)
-        if self.first:
-            self.since, self.first = (time.perf_counter(), step), False
-        eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
-        return rate, f"  {rate:.1f} images/s  ETA {format_duration(eta)}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"

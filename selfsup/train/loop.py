@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
 
-from selfsup import parallel
+from selfsup import parallel, report
 from selfsup.config import (
     ConfigError,
     check_minimums,
@@ -32,9 +32,8 @@ from selfsup.config import (
 )
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
-from selfsup.evaluate import report
-from selfsup.evaluate.report import read_metrics
 from selfsup.pretext import get_task
+from selfsup.report import read_metrics
 from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
 from selfsup.train.engine import NonFiniteLossError
@@ -77,7 +76,7 @@ class MetricsLog:
             for record in kept:
                 self._write_events(record["step"], record)
         self.total_steps = total_steps
-        self.throughput = engine.Throughput(
+        self.throughput = report.Throughput(
             start_step=start_step, total_steps=total_steps, batch_size=batch_size
         )
 
@@ -253,14 +252,7 @@ def _train(
     source, skipped = _open_data(config, workdir, allow_config_change=allow_config_change)
     task = get_task(config)
     num_examples = source.num_examples(config.train_split)
-    total_steps, warmup_steps = schedule_lengths(config, num_examples)
-    tx, schedule = make_optimizer(
-        config.optim,
-        batch_size=config.batch_size,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-        steps_per_epoch=num_examples / config.batch_size,
-    )
+    total_steps, tx, schedule = _optimizer(config, num_examples)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     cleanup.callback(checkpointer.close)
     restored = initial_state(
@@ -288,8 +280,8 @@ def _train(
         _train_batches(config, source, task, mesh, local_batch, start_step=restored.step),
         start_step=restored.step,
         cadence=engine.Cadence(
-            total_steps=total_steps,
-            log_every=config.log_every_steps,
+            total_steps,
+            config.log_every_steps,
             eval_every=config.eval_every_steps,
             save_every=config.checkpoint_every_steps,
         ),
@@ -302,11 +294,23 @@ def _train(
     host_metrics = host_metrics or (read_metrics(log.path) or [{}])[-1]
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     summary |= {"pretrain/steps": total_steps, "pretrain/examples": num_examples}
-    summary["model/dtype"] = config.model.dtype
-    summary["data/skipped_images"] = len(skipped)
+    summary |= {"model/dtype": config.model.dtype, "data/skipped_images": len(skipped)}
     if jax.process_index() == 0:
         report.write_pretrain_report(workdir, config, summary)
     return summary
+
+
+def _optimizer(config: ml_collections.ConfigDict, num_examples: int):
+    """(total steps, optimizer, learning-rate schedule) of the run."""
+    total_steps, warmup_steps = schedule_lengths(config, num_examples)
+    tx, schedule = make_optimizer(
+        config.optim,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        steps_per_epoch=num_examples / config.batch_size,
+    )
+    return total_steps, tx, schedule
 
 
 def _open_data(config: ml_collections.ConfigDict, workdir: Path, *, allow_config_change: bool):
@@ -354,6 +358,13 @@ def _heldout(config, source: Source, task, graphdef, mesh, local_batch: int):
         process_count=jax.process_count(),
     )
     what = f"{config.data} split {config.eval_split!r}"
-    return lambda state: heldout_metrics(
-        heldout_step, state, pipeline.global_batches(ds, mesh, what=what)
-    )
+    # Whole global batches (the remainder is dropped).
+    total = source.num_examples(config.eval_split) // config.batch_size * config.batch_size
+
+    def batches():
+        progress = report.Progress(f"held-out {what}", total)
+        for batch in pipeline.global_batches(ds, mesh, what=what):
+            yield batch
+            progress.advance(config.batch_size)
+
+    return lambda state: heldout_metrics(heldout_step, state, batches())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -157,9 +158,12 @@ def plot_accuracy_vs_labels(rows: Sequence[Mapping[str, object]], path: Path, *,
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
-def plot_frozen_vs_finetuned(rows: Sequence[Mapping[str, object]], path: Path, *, title: str):
-    """Test accuracy against the number of frozen bottom stages, per label fraction, with the
-    linear probe on frozen features as the point at "probe"; random-init dashed."""
+def plot_frozen_vs_finetuned(
+    rows: Sequence[Mapping[str, object]], path: Path, *, title: str, probe_method: str
+):
+    """Test accuracy against `freeze_stages` (rows that have it), per label fraction, with the
+    rows of `probe_method` (a probe of frozen features) as the point at "probe"; random-init
+    dashed."""
     with _figure(path, figsize=(7, 4.5)) as ax:
         fractions = sorted({r["label_fraction"] for r in rows})
         for encoder, style in (("pretrained", "-"), ("random_init", "--")):
@@ -170,9 +174,9 @@ def plot_frozen_vs_finetuned(rows: Sequence[Mapping[str, object]], path: Path, *
                 points = sorted(
                     (r["freeze_stages"], 100 * r["test_accuracy"])
                     for r in mine
-                    if str(r["method"]).startswith("finetune/")
+                    if "freeze_stages" in r
                 )
-                probe = [100 * r["test_accuracy"] for r in mine if r["method"] == "linear"]
+                probe = [100 * r["test_accuracy"] for r in mine if r["method"] == probe_method]
                 label = f"{_fraction_label(fraction)} labels ({encoder})"
                 if points:
                     ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label)
@@ -191,9 +195,13 @@ def write_transfer_report(
     config: ml_collections.ConfigDict,
     summary: Mapping[str, object],
     rows: Sequence[Mapping[str, object]],
+    *,
+    settings: Sequence[str],
+    probe_method: str,
 ) -> None:
-    """`report.md`: the accuracy table, how settings were chosen, every row with its settings,
-    and the plots."""
+    """`report.md`: the accuracy table, how settings were chosen (a sentence per evaluator,
+    `settings`), every row with its settings, and the plots (`probe_method`'s rows are the
+    frozen-features point next to fine-tuning's)."""
     title = f"{summary['data']} ({summary['eval_split']})"
     if len({r["label_fraction"] for r in rows}) == 1:
         plot_accuracy_bars(rows, workdir / "accuracy.png", title=title)
@@ -201,11 +209,11 @@ def write_transfer_report(
     else:
         plot_accuracy_vs_labels(rows, workdir / "accuracy_vs_labels.png", title=title)
         plots = "![accuracy vs label fraction](accuracy_vs_labels.png)\n"
-    if any(str(r["method"]).startswith("finetune/") for r in rows):
-        plot_frozen_vs_finetuned(rows, workdir / "frozen_vs_finetuned.png", title=title)
+    if any("freeze_stages" in r for r in rows):
+        path = workdir / "frozen_vs_finetuned.png"
+        plot_frozen_vs_finetuned(rows, path, title=title, probe_method=probe_method)
         plots += "![frozen vs fine-tuned](frozen_vs_finetuned.png)\n"
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    ft = config.finetune
     Path(workdir, "report.md").write_text(
         f"# Transfer: {summary['data']}, trained on {summary['train_split']!r}, "
         f"tested on {summary['eval_split']!r}\n\n"
@@ -218,14 +226,63 @@ def write_transfer_report(
         f"{config.seed}) is held out for choosing hyper-parameters only; each label fraction is "
         "a class-balanced subset of the rest (100% = all of the rest), the same for every "
         "method and encoder.\n\n"
-        f"Settings: linear probe L2 chosen per row on minival from {list(config.linear.l2_grid)}; "
-        f"k-NN with cosine similarity, votes weighted by exp(s / {config.knn.temperature:g}), "
-        "k fixed in the config (capped at the number of labels); fine-tuning: random resized "
-        f"crop (area >= {ft.min_crop_area:g}) + flip, SGD momentum {ft.optim.momentum:g}, "
-        f"{ft.warmup_steps} warmup steps then cosine decay, {ft.steps} steps, weight decay "
-        f"{ft.optim.weight_decay:g}, stage lr decay {ft.stage_lr_decay:g}, extra lr multipliers "
-        f"{list(ft.lr_multipliers)}. Total time: {summary['evaluate/wall_seconds']:.0f} s.\n\n"
+        f"Settings: {'; '.join(settings)}. "
+        f"Total time: {summary['evaluate/wall_seconds']:.0f} s.\n\n"
         + plots
         + "\n## Every result with its settings\n\n"
         + markdown_table(rows, columns)
     )
+
+
+class Throughput:
+    """Images/s and ETA since the first report (which compilation would skew), minus time
+    excluded for non-training work (held-out evaluation)."""
+
+    def __init__(self, *, start_step: int, total_steps: int, batch_size: int):
+        self.total_steps, self.batch_size = total_steps, batch_size
+        self.since, self.first = (time.perf_counter(), start_step), True
+
+    def exclude(self, seconds: float) -> None:
+        self.since = (self.since[0] + seconds, self.since[1])
+
+    def report(self, step: int) -> tuple[float, str]:
+        """(images/s, '  N images/s  ETA 1m02s') at `step`."""
+        start_time, start_step = self.since
+        rate = (step - start_step) * self.batch_size / max(time.perf_counter() - start_time, 1e-9)
+        if self.first:
+            self.since, self.first = (time.perf_counter(), step), False
+        eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
+        return rate, f"  {rate:.1f} images/s  ETA {format_duration(eta)}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """A progress line for long work other than training steps (feature extraction, a probe's
+    sweep): `what: done/total unit  rate unit/s  ETA`, printed when `every_s` seconds have passed
+    since the last one, and once more at the end if any was printed; silent for short work."""
+
+    def __init__(self, what: str, total: int, *, unit: str = "images", every_s: float = 10.0):
+        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def advance(self, count: int) -> None:
+        """`count` more done (at most `total` in all: a padded last batch counts its real part)."""
+        self.done = min(self.done + count, self.total)
+        now = time.perf_counter()
+        finished = self.done >= self.total
+        if now - self.last >= self.every_s or (finished and self.last > self.start):
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = format_duration((self.total - self.done) / max(rate, 1e-9))
+            print(
+                f"  {self.what}: {self.done}/{self.total} {self.unit}  {rate:.1f} {self.unit}/s"
+                f"  ETA {eta}",
+                flush=True,
+            )
+            self.last = now

@@ -18,10 +18,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from selfsup import report
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
-from selfsup.evaluate import report
 from selfsup.pretext import get_task
 from selfsup.workdir import claim
 
