@@ -4,7 +4,8 @@ crashes a process that imported TensorFlow first, as the test process has.)
 
 Each case (a JSON object) names a depth, a stem, a batch of NHWC images (.npy) and any of:
 - `load`: a state dict (.safetensors) to load with strict=True into torchvision's module; its
-  eval-mode features go to `features` (.npy) and its state_dict() to `resaved` (.safetensors);
+  eval-mode features go to `features` (.npy; `_64.npy` in float64), its state_dict() to
+  `resaved` (.safetensors);
 - `fresh`: where to save the state dict of a torchvision ResNet of its own random init with
   BatchNorm statistics from a train-mode pass (its classifier included, as torchvision's
   pretrained files have it), whose eval-mode features go to `fresh_features`;
@@ -12,6 +13,7 @@ Each case (a JSON object) names a depth, a stem, a batch of NHWC images (.npy) a
   nn.Sequential of Linear/BatchNorm1d/ReLU with those widths, its inputs and outputs.
 """
 
+import copy
 import json
 import sys
 
@@ -30,10 +32,14 @@ def torchvision_resnet(depth: int, stem: str) -> torch.nn.Module:
     return model
 
 
-def features(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+def save_features(model: torch.nn.Module, images: np.ndarray, path: str) -> None:
+    """Eval-mode features in float32 to `path`, and in float64 (the reference float32 rounding
+    is measured against) to `path` with `_64` before `.npy`."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
     model.eval()
     with torch.no_grad():
-        return model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+        np.save(path, model(x).numpy())
+        np.save(path.replace(".npy", "_64.npy"), copy.deepcopy(model).double()(x.double()).numpy())
 
 
 def projection_head(dims: list[int]) -> torch.nn.Sequential:
@@ -52,7 +58,7 @@ def run(case: dict) -> None:
         model = torchvision_resnet(case["depth"], case["stem"])
         model.fc = torch.nn.Identity()
         model.load_state_dict(load_file(case["load"]), strict=True)
-        np.save(case["features"], features(model, images))
+        save_features(model, images, case["features"])
         save_file(model.state_dict(), case["resaved"])
     if "fresh" in case:
         model = torchvision_resnet(case["depth"], case["stem"])
@@ -61,11 +67,11 @@ def run(case: dict) -> None:
                 torch.nn.init.uniform_(module.weight, 0.5, 1.5)
                 torch.nn.init.normal_(module.bias, 0.0, 0.1)
                 module.momentum = 1.0
-        model.train()(torch.rand(8, 3, *images.shape[1:3]))
+        model.train()(torch.rand(32, 3, *images.shape[1:3]))
         save_file(model.state_dict(), case["fresh"])
         torch.save(model.state_dict(), case["fresh"].replace(".safetensors", ".pth"))
         model.fc = torch.nn.Identity()
-        np.save(case["fresh_features"], features(model, images))
+        save_features(model, images, case["fresh_features"])
     if "head" in case:
         head = projection_head(case["head_dims"])
         head.load_state_dict(load_file(case["head"]), strict=True)
