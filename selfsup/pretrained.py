@@ -83,7 +83,7 @@ def read_run(
 ) -> RunVariables:
     """`modules`' variables in the checkpoint of `step` (default: the latest) of a run."""
     config = pretraining_config(workdir, flag)
-    directory = Path(workdir) / "checkpoints"
+    directory = Path(workdir).absolute() / "checkpoints"  # Orbax takes absolute paths only.
     steps = sorted(ocp.path.step.checkpoint_steps(directory)) if directory.is_dir() else []
     if not steps:
         raise ConfigError(
@@ -127,7 +127,7 @@ def _damaged(workdir, step: int, error: Exception) -> ConfigError:
     reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:150]}"
     return ConfigError(
         f"the checkpoint at step {step} of {workdir} does not load ({reason}): pass an older "
-        "step (the export config's --config.step)."
+        "step (export's --config.step, load_encoder's step=)."
     )
 
 

@@ -40,6 +40,7 @@ from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.subsets import LabelSplits, make_label_splits, split_labels, subset_source
 from selfsup.pretext import get_task
+from selfsup.pretrained import init_encoder
 from selfsup.train.checkpoint import load_pretrained_model
 from selfsup.workdir import claim
 
@@ -311,6 +312,8 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     encoders = {"pretrained": model.encoder}
     if config.random_init_baseline:
         encoders["random_init"] = task.build_model(nnx.Rngs(config.seed)).encoder
+    if config.init_from:
+        encoders["init_from"] = init_encoder(config.init_from, pre_config.model)
     summary: Row = {
         "checkpoint": str(config.checkpoint),
         "checkpoint_step": step,

@@ -37,6 +37,7 @@ from selfsup.evaluate import report
 from selfsup.evaluate.report import read_metrics
 from selfsup.models.heads import online_probe_loss
 from selfsup.pretext import get_task
+from selfsup.pretrained import init_train_state
 from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
 from selfsup.train.engine import NonFiniteLossError
@@ -310,7 +311,9 @@ def _train(
     restored = initial_state(
         checkpointer,
         abstract_train_state(task.build_model, tx, mesh=mesh),
-        lambda: create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh),
+        lambda: init_train_state(
+            create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh), config
+        ),
         resume_step=resume_step,
     )
     if restored.step:
