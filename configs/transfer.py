@@ -41,6 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # evaluation of patch-based models). Fine-tuning always feeds whole images.
     config.features = "image"
     config.random_init_baseline = True
+    # Also evaluate the checkpoint's architecture with these weights, as the row "init_from":
+    # `torchvision:FILE` (e.g. a supervised ImageNet ResNet-50's state dict, .safetensors or
+    # .pth), or a selfsup pretraining workdir or export; "" = no such row.
+    config.init_from = ""
     config.evaluators = ("linear", "knn", "finetune")
     config.label_fractions = (0.01, 0.1, 1.0)
     config.minival_fraction = 0.1

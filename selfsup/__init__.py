@@ -10,3 +10,13 @@ import os
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 if YNN_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_FLAG}=".strip()
+
+
+def __getattr__(name: str):
+    # `selfsup.load_encoder` imports JAX, Flax and orbax on first use, so `import selfsup` stays
+    # light and sets the flag above before anything starts JAX.
+    if name == "load_encoder":
+        from selfsup.pretrained import load_encoder
+
+        return load_encoder
+    raise AttributeError(f"module 'selfsup' has no attribute {name!r}")

@@ -28,7 +28,7 @@ from selfsup.config import ConfigError, check_values, flat_items, load_config_fi
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.py"
-COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations")
+COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations", "export")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a job stopped by Ctrl-C.
 # What to do about an OS error in reading or writing a file, by errno.
 _NO_SPACE = (
@@ -162,6 +162,10 @@ def dispatch(command: str) -> None:
         from selfsup.show import show_augmentations
 
         show_augmentations(config, workdir, num_images=_NUM_IMAGES.value)
+    elif command == "export":
+        from selfsup.export import export
+
+        export(config, workdir)
     else:
         from selfsup.evaluate.run import evaluate
 

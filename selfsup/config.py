@@ -134,6 +134,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
 # they were (a key under a block, e.g. `simclr.`, only where the saved config has that block).
 ADDED_KEYS = {
     "corrupt_images": "error",
+    "init_from": "",
     "model.dtype": "float32",
     "model.kernels": "auto",
     "simclr.solarize": 0.0,

@@ -38,3 +38,33 @@ def image_folder(tmp_path_factory) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (20, 20, 3), np.uint8)).numpy())
     return f"folder:{root}"
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory):
+    """A pretraining workdir that export and load_encoder read: SimCLR on 16 random 16 px
+    images, a width-1 ResNet-18 with the CIFAR stem (torchvision's width), 2 steps, one
+    checkpoint (so its BatchNorm statistics have moved)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from selfsup.config import load_config_file
+    from selfsup.train import loop
+
+    root = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        path = root / "images" / "train" / f"c{i % 2}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (16, 16, 3), np.uint8)).numpy())
+    config = load_config_file(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "simclr_cifar10.py"), "runlocal"
+    )
+    config.update(
+        dict(data=f"folder:{root / 'images'}", eval_split="train", image_size=16, batch_size=8)
+    )
+    config.update(dict(total_steps=2, checkpoint_every_steps=2, eval_every_steps=0))
+    config.online_probe_classes = 0
+    config.model.width = 1.0
+    loop.pretrain(config, root / "pretrain")
+    return root / "pretrain"

@@ -1,8 +1,13 @@
-"""The README's "Adding a pretext task" example is real code: pasted into a module and
-registered, it trains through the unchanged trainer."""
+"""The README's examples are real code: "Adding a pretext task", pasted into a module and
+registered, trains through the unchanged trainer; "Using a pretrained encoder elsewhere" exports,
+loads in PyTorch and JAX, and initialises from torchvision weights as written."""
 
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -12,8 +17,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from flax import nnx
+from test_cli import cli_env
 from test_loop import tiny_config
+from test_torchvision import HAS_TORCHVISION, TOLERANCE
 
+import selfsup
+from selfsup import pretrained
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.pretext import PretextTask
@@ -91,3 +100,71 @@ def first_step_metrics(task, config) -> dict[str, float]:
     rng = jax.random.fold_in(jax.random.key(config.seed), 0)  # The trainer's key for step 1.
     loss, metrics, _ = task.loss(model, batch, rng, train=True)
     return {"loss": float(loss), **{name: float(value) for name, value in metrics.items()}}
+
+
+def readme_block(first_line: str, language: str = "python") -> str:
+    """The README's fenced block that starts with `first_line`."""
+    pattern = rf"```{language}\n({re.escape(first_line)}.*?)```"
+    return re.search(pattern, README.read_text(), re.S).group(1)
+
+
+def shell_commands(block: str) -> list[list[str]]:
+    """The `python -m selfsup ...` commands of a bash block, as argument lists."""
+    lines = block.replace("\\\n", " ").splitlines()
+    return [
+        [sys.executable, *shlex.split(line)[1:]] for line in lines if line.startswith("python ")
+    ]
+
+
+@pytest.mark.slow  # pretrained_run (~35 s), a pretraining and an evaluation: ~2-3 min.
+def test_using_a_pretrained_encoder_elsewhere_runs_as_written(
+    pretrained_run, tmp_path, monkeypatch
+):
+    (tmp_path / "configs").symlink_to(README.parent / "configs")
+    shutil.copytree(pretrained_run, tmp_path / "runs" / "simclr_cifar10")
+
+    def run(args: list[str]) -> None:
+        done = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    (export,) = shell_commands(readme_block("python -m selfsup export", "bash"))
+    run(export)
+    # JAX, run here: the run's own encoder, through the export.
+    namespace: dict = {}
+    monkeypatch.chdir(tmp_path)
+    exec(readme_block("# JAX: the encoder without the training workdir."), namespace)
+    run_encoder = selfsup.load_encoder(tmp_path / "runs" / "simclr_cifar10")
+    features, images = np.asarray(namespace["features"]), namespace["images"]
+    assert features.shape == (2, 512)
+    np.testing.assert_array_equal(features, run_encoder(images, train=False))
+    if not HAS_TORCHVISION:
+        return  # The rest runs where torch is installed (CI's Python 3.11 end).
+    # PyTorch, in a process of its own (tests/torchvision_side.py says why).
+    torch_code = readme_block("# PyTorch: the exported encoder in torchvision's ResNet.")
+    run([sys.executable, "-c", torch_code + SAVE_TORCH_FEATURES])
+    images = np.load(tmp_path / "images.npy").transpose(0, 2, 3, 1)
+    ours = np.asarray(run_encoder(images, train=False))
+    assert np.abs(np.load(tmp_path / "features.npy") - ours).max() <= TOLERANCE
+    # Initialised from the state dict PyTorch saved; a zero learning rate keeps the weights.
+    pretrain, evaluate = shell_commands(
+        readme_block("# Initialise from torchvision weights", "bash")
+    )
+    data = f"--config.data={json.loads((pretrained_run / 'config.json').read_text())['data']}"
+    run(pretrain + [data, "--config.batch_size=8", "--config.image_size=16",
+                    "--config.total_steps=1", "--config.optim.learning_rate=0",
+                    "--config.eval_every_steps=0", "--config.online_probe_classes=0"])  # fmt: skip
+    started = pretrained.read_run(tmp_path / "runs" / "from_torch").params["encoder"]
+    imported = pretrained.read_weights(tmp_path / "resnet18_cifar.pth").params
+    for name, value in imported.items():
+        np.testing.assert_array_equal(started[name], value, err_msg=name)
+    run(evaluate + ["--config.batch_size=8"])
+    summary = json.loads((tmp_path / "runs" / "probe" / "summary.json").read_text())
+    assert 0 <= summary["init_from/linear/test_accuracy"] <= 1
+    assert "| init_from | linear |" in (tmp_path / "runs" / "probe" / "report.md").read_text()
+
+
+SAVE_TORCH_FEATURES = """
+import numpy as np
+np.save("images.npy", images.numpy())
+np.save("features.npy", features.detach().numpy())
+"""

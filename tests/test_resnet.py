@@ -52,6 +52,31 @@ def images(n=8, size=16, channels=3) -> jax.Array:
     return jax.random.normal(jax.random.key(0), (n, size, size, channels))
 
 
+@pytest.mark.parametrize("size", [16, 15])
+def test_imagenet_stem_max_pool_pads_one_pixel_on_each_side_as_torchvision(size):
+    # torchvision's MaxPool2d(3, stride=2, padding=1); "SAME" would pad an even size on the far
+    # side only, shifting every window by a pixel.
+    model = ResNet(18, stem="imagenet", width=0.125, rngs=rngs())
+    x = images(2, 2 * size)
+    stem = np.asarray(nnx.relu(model.stem(x, train=False)))
+    padded = np.pad(stem, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    out = (size + 1) // 2
+    expected = np.stack(
+        [
+            np.stack(
+                [
+                    padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(1, 2))
+                    for j in range(out)
+                ],
+                axis=1,
+            )
+            for i in range(out)
+        ],
+        axis=1,
+    )
+    np.testing.assert_array_equal(model.features(x, train=False)["stem"], expected)
+
+
 @pytest.mark.parametrize("depth, expected", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032)])
 def test_param_count_matches_torchvision(depth, expected):
     model = nnx.eval_shape(

@@ -32,6 +32,7 @@ from selfsup.evaluate import Evaluator, Row, finetune, fraction_name, knn, linea
 from selfsup.evaluate.subsets import make_label_splits, split_labels
 from selfsup.evaluate.target import Target
 from selfsup.pretext import get_task
+from selfsup.pretrained import init_encoder
 from selfsup.train.checkpoint import load_pretrained_model
 from selfsup.workdir import claim
 
@@ -97,6 +98,8 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     encoders = {"pretrained": model.encoder}
     if config.random_init_baseline:
         encoders["random_init"] = task.build_model(nnx.Rngs(config.seed)).encoder
+    if config.init_from:
+        encoders["init_from"] = init_encoder(config.init_from, pre_config.model)
     summary: Row = {
         "checkpoint": str(config.checkpoint),
         "checkpoint_step": step,

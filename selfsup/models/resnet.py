@@ -1,10 +1,12 @@
 """ResNet-18/34/50 (v1.5) encoders in Flax NNX, NHWC, for self-supervised pretraining.
 
 Two stems: "cifar" (3x3 stride-1 conv, no max-pool, for 32 px images) and "imagenet" (7x7
-stride-2 conv and a 3x3/2 max-pool). v1.5 puts the bottleneck's stride on its 3x3 conv; strided
-convs pad symmetrically by (k-1)//2 like torchvision and google-research/simclr's fixed
-padding. BatchNorm follows google-research/simclr (momentum 0.9, epsilon 1e-5, last BN of each
-residual block zero-initialised) and its mode is an explicit `train` argument on every call, so
+stride-2 conv and a 3x3/2 max-pool). v1.5 puts the bottleneck's stride on its 3x3 conv. Convs
+and the max-pool pad symmetrically by (k-1)//2 like torchvision (and simclr's fixed padding of
+strided convs), so torchvision's weights compute the same function here (simclr's max-pool pads
+"SAME", on an even size only on the far side, which shifts every window by a pixel).
+BatchNorm follows google-research/simclr (momentum 0.9, epsilon 1e-5, last BN of each residual
+block zero-initialised) and its mode is an explicit `train` argument on every call, so
 jit-compiled steps never depend on a mutable train/eval flag. Parameter paths are
 stage-prefixed (`stem/conv/kernel`, `stage3/1/bn2/scale`, `classifier/kernel`) so optimizers
 can freeze or rescale whole stages by regex.
@@ -246,7 +248,7 @@ class ResNet(nnx.Module):
 
         x = nnx.relu(self.stem(x, train=train and frozen_stages == 0))
         if self.pool is not None:
-            x = self.pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = self.pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = output(0, x)
         out = {"stem": x}
         for i, name in enumerate(STAGE_NAMES[1:], start=1):

@@ -33,6 +33,7 @@ from selfsup.config import (
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.pretext import get_task
+from selfsup.pretrained import init_train_state
 from selfsup.report import read_metrics
 from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
@@ -258,7 +259,7 @@ def _train(
     restored = initial_state(
         checkpointer,
         abstract_train_state(task.build_model, tx, mesh=mesh),
-        lambda: create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh),
+        lambda: fresh_state(config, task, tx, mesh),
         resume_step=resume_step,
     )
     if restored.step:
@@ -298,6 +299,13 @@ def _train(
     if jax.process_index() == 0:
         report.write_pretrain_report(workdir, config, summary)
     return summary
+
+
+def fresh_state(config: ml_collections.ConfigDict, task, tx, mesh) -> TrainState:
+    """Step 0: the model initialised from `config.seed`, its encoder from `config.init_from`."""
+    return init_train_state(
+        create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh), config
+    )
 
 
 def _optimizer(config: ml_collections.ConfigDict, num_examples: int):

@@ -1,0 +1,101 @@
+"""The `export` command: a pretraining run's encoder as a safetensors file that PyTorch or
+another JAX program loads without the run's workdir, TensorFlow or pickle.
+
+Formats: `torchvision` (the state dict of `torchvision.models.resnet18/34/50`, loaded with
+`strict=True` once `fc` is `nn.Identity()`, and for the CIFAR stem `conv1`/`maxpool` replaced as
+`selfsup.models.torchvision` says; `head` adds the projection head as an `nn.Sequential`) and
+`flax` (the encoder's parameters and BatchNorm statistics under selfsup's names). Each file's
+metadata holds the run's `config.model`, so `selfsup.load_encoder` rebuilds the encoder from the
+file alone. The command only reads the run; it writes into its own workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import ml_collections
+from safetensors.numpy import save_file
+
+from selfsup import pretrained
+from selfsup.config import ConfigError, save_config
+from selfsup.models import torchvision
+from selfsup.workdir import claim
+
+FORMATS = ("torchvision", "flax")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Fails before any work on a config that cannot export."""
+    if not config.checkpoint:
+        raise ConfigError("export needs a pretraining run: pass --config.checkpoint=WORKDIR.")
+    if config.format not in FORMATS:
+        raise ConfigError(
+            f"unknown config.format={config.format!r}: use one of {', '.join(FORMATS)}."
+        )
+    if config.step < 0:
+        raise ConfigError(
+            f"config.step={config.step} is invalid: pass a checkpoint's step, or 0 for the latest."
+        )
+    if config.head and config.format != "torchvision":
+        raise ConfigError(
+            "config.head exports the projection head for PyTorch: use it with "
+            "--config.format=torchvision (a flax export holds the encoder alone)."
+        )
+    model = pretrained.pretraining_config(config.checkpoint, "--config.checkpoint").model
+    if config.format == "torchvision" and model.width != 1:
+        raise ConfigError(
+            f"{config.checkpoint} has config.model.width={model.width:g}, and torchvision's "
+            "ResNets have width 1 only: export it with --config.format=flax."
+        )
+
+
+def export(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, object]:
+    """Writes the run's encoder (and head) into `workdir`; returns the summary it also writes."""
+    check_config(config)
+    with claim(workdir, "export"):
+        return _export(config, Path(workdir))
+
+
+def _export(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
+    start = time.perf_counter()
+    modules = ("encoder", "projection") if config.head else ("encoder",)
+    run = pretrained.read_run(
+        config.checkpoint, step=config.step or None, modules=modules, flag="--config.checkpoint"
+    )
+    files = {}
+    for module, name in zip(modules, (pretrained.ENCODER_FILE, pretrained.HEAD_FILE)):
+        params, batch_stats = run.params[module], run.batch_stats[module]
+        if config.format == "torchvision":
+            tensors = torchvision.to_torch(
+                params, batch_stats, batches=run.step, head=module != "encoder"
+            )
+        else:
+            tensors = {f"params/{k}": v for k, v in params.items()}
+            tensors |= {f"batch_stats/{k}": v for k, v in batch_stats.items()}
+        files[name] = tensors
+    # The encoder's file says how to rebuild it; the head's, only where it came from.
+    source = {"format": config.format, "checkpoint": str(config.checkpoint), "step": str(run.step)}
+    model = run.config.model
+    for name, tensors in files.items():
+        extra = {"model": json.dumps(model.to_dict())} if name == pretrained.ENCODER_FILE else {}
+        save_file(tensors, workdir / name, metadata={**source, **extra})
+    save_config(config, workdir)
+    summary = {
+        "export/checkpoint": str(config.checkpoint),
+        "export/step": run.step,
+        "export/format": config.format,
+        "export/files": sorted(files),
+        "model/depth": model.depth,
+        "model/stem": model.stem,
+        "model/width": model.width,
+        "export/seconds": time.perf_counter() - start,
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"Exported the ResNet-{model.depth} ({model.stem} stem) of {config.checkpoint} at step "
+        f"{run.step} as {config.format} weights: {', '.join(str(workdir / f) for f in files)} "
+        f"({summary['export/seconds']:.1f} s)."
+    )
+    return summary

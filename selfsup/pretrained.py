@@ -1,0 +1,313 @@
+"""Pretrained encoders from wherever they are: a pretraining workdir's checkpoint, an export of
+`python -m selfsup export`, or a torchvision ResNet state dict (.safetensors, or a PyTorch
+pickle when torch is installed). `load_encoder` rebuilds one for inference; `config.init_from`
+starts pretraining from one, or adds it as an evaluation row.
+
+It reads only (nothing in a workdir changes) and imports no TensorFlow, so JAX code elsewhere
+can load an encoder without the data stack: the checkpoint is read with orbax directly, and
+only the variables asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from safetensors import safe_open
+
+from selfsup.config import ConfigError, load_saved_config
+from selfsup.models import torchvision
+from selfsup.models.resnet import ResNet, encoder_from_config
+from selfsup.train.state import TrainState, split_model
+from selfsup.workdir import check_made_by, made_by
+
+Flat = dict[str, np.ndarray]  # Variables by "/"-joined flax path, e.g. "stage1/0/bn1/scale".
+ENCODER_FILE = "encoder.safetensors"  # What `export` writes, in either format.
+HEAD_FILE = "projection.safetensors"
+TORCHVISION_PREFIX = "torchvision:"
+ITEM = "default"  # Orbax's folder for a checkpoint step's single item (the TrainState).
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderWeights:
+    """An encoder's variables and the `config.model` (depth, stem, width, dtype, kernels) that
+    builds it; `what` names where they came from, for messages."""
+
+    model: ml_collections.ConfigDict
+    params: Flat
+    batch_stats: Flat
+    what: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunVariables:
+    """The variables of some top-level modules (`encoder`, `projection`) of a pretraining run's
+    checkpoint, by module."""
+
+    config: ml_collections.ConfigDict
+    step: int
+    params: dict[str, Flat]
+    batch_stats: dict[str, Flat]
+
+
+def _name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def flatten(tree) -> Flat:
+    return {_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def pretraining_config(workdir: str | Path, flag: str) -> ml_collections.ConfigDict:
+    """The config of the pretraining run in `workdir` (`flag` names where the path came from)."""
+    if not Path(workdir).is_dir():
+        raise ConfigError(f"{flag}={workdir} does not exist: pass a pretraining --workdir.")
+    check_made_by(workdir, "pretrain", flag=flag)
+    return load_saved_config(workdir)
+
+
+def read_run(
+    workdir: str | Path,
+    *,
+    step: int | None = None,
+    modules: tuple[str, ...] = ("encoder",),
+    flag: str = "path",
+) -> RunVariables:
+    """`modules`' variables in the checkpoint of `step` (default: the latest) of a run."""
+    config = pretraining_config(workdir, flag)
+    directory = Path(workdir).absolute() / "checkpoints"  # Orbax takes absolute paths only.
+    steps = sorted(ocp.path.step.checkpoint_steps(directory)) if directory.is_dir() else []
+    if not steps:
+        raise ConfigError(
+            f"{workdir} has no checkpoint yet: wait for the run's first one "
+            "(config.checkpoint_every_steps), or pass a run that has saved one."
+        )
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise ConfigError(
+            f"{workdir} has no checkpoint at step {step} (steps: {', '.join(map(str, steps))}): "
+            "pass one of those."
+        )
+    folder = directory / str(step) / ITEM
+    try:
+        saved = ocp.StandardCheckpointHandler().metadata(folder).tree
+    except Exception as e:  # Orbax and tensorstore raise many kinds.
+        raise _damaged(workdir, step, e) from None
+    if absent := [m for m in modules if m not in saved["params"]]:
+        raise ConfigError(
+            f"the {config.task} model of {workdir} has no {' or '.join(absent)} module: "
+            "export its encoder alone (--config.head=False)."
+        )
+    wanted = {
+        kind: {m: saved[kind].get(m, {}) for m in modules} for kind in ("params", "batch_stats")
+    }
+    args = ocp.args.PyTreeRestore(
+        item=wanted,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
+        partial_restore=True,
+    )
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            tree = checkpointer.restore(folder, args=args)
+    except Exception as e:
+        raise _damaged(workdir, step, e) from None
+    variables = {kind: {m: flatten(tree[kind][m]) for m in modules} for kind in tree}
+    return RunVariables(config, step, variables["params"], variables["batch_stats"])
+
+
+def _damaged(workdir, step: int, error: Exception) -> ConfigError:
+    reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:150]}"
+    return ConfigError(
+        f"the checkpoint at step {step} of {workdir} does not load ({reason}): pass an older "
+        "step (export's --config.step, load_encoder's step=)."
+    )
+
+
+def read_weights(
+    path: str | Path, *, step: int | None = None, flag: str = "path"
+) -> EncoderWeights:
+    """The encoder in a pretraining workdir (its checkpoint of `step`, default the latest), an
+    export folder, or a file (.safetensors of either export format, or a torchvision
+    state dict as .safetensors or a PyTorch pickle)."""
+    path = Path(path)
+    if path.is_dir() and made_by(path) == "export":
+        path = path / ENCODER_FILE
+    elif path.is_dir():
+        run = read_run(path, step=step, flag=flag)
+        what = f"{path} (step {run.step})"
+        return EncoderWeights(
+            run.config.model, run.params["encoder"], run.batch_stats["encoder"], what
+        )
+    tensors, metadata = read_tensors(path)
+    if "conv1.weight" in tensors:
+        return torchvision_weights(tensors, str(path))
+    if "model" not in metadata:
+        raise ConfigError(
+            f"{path} is neither a torchvision ResNet state dict nor a selfsup export (no "
+            "conv1.weight, no model in its metadata): pass one of those."
+        )
+    model = ml_collections.ConfigDict(json.loads(metadata["model"]))
+    parts = {
+        kind: {
+            k.removeprefix(f"{kind}/"): v for k, v in tensors.items() if k.startswith(f"{kind}/")
+        }
+        for kind in ("params", "batch_stats")
+    }
+    return EncoderWeights(model, parts["params"], parts["batch_stats"], str(path))
+
+
+def read_tensors(path: Path) -> tuple[Flat, dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file or a PyTorch pickle of a state dict."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist: pass a pretraining workdir, an export, or a .safetensors "
+            "or .pth file."
+        )
+    if path.suffix in PICKLE_SUFFIXES:
+        return read_pickle(path), {}
+    try:
+        with safe_open(path, framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a file it cannot read.
+        raise ConfigError(
+            f"{path} is not a readable .safetensors file ({type(e).__name__}: {e}): pass a "
+            f".safetensors file, or a PyTorch pickle named *{', *'.join(PICKLE_SUFFIXES)}."
+        ) from None
+
+
+def read_pickle(path: Path) -> Flat:
+    """A state dict that torch.save wrote, loaded without running pickled code."""
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError(
+            f"{path} is a PyTorch pickle, which only torch reads: pip install torch, or convert "
+            "it where torch is installed: safetensors.torch.save_file(torch.load(path), "
+            "'weights.safetensors')."
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch wraps the unpickler's many errors.
+        raise ConfigError(f"{path} does not load as a PyTorch state dict ({e}).") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(
+            f"{path} holds no flat state dict of tensors: save model.state_dict() itself."
+        )
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+
+
+def torchvision_weights(state: Flat, what: str) -> EncoderWeights:
+    """The encoder a torchvision ResNet state dict holds (its classifier left out)."""
+    depth, stem = torchvision.torchvision_architecture(state, what)
+    model = ml_collections.ConfigDict(
+        dict(depth=depth, stem=stem, width=1.0, dtype="float32", kernels="auto")
+    )
+    _, params, batch_stats = _abstract_encoder(model)
+    shapes = {k: v.shape for k, v in {**flatten(params), **flatten(batch_stats)}.items()}
+    variables = torchvision.from_torch(state, shapes, what)
+    return EncoderWeights(
+        model,
+        {k: variables[k] for k in flatten(params)},
+        {k: variables[k] for k in flatten(batch_stats)},
+        what,
+    )
+
+
+def _abstract_encoder(model: ml_collections.ConfigDict):
+    """(graphdef, params, batch_stats) of `model`'s encoder, as shapes (nothing allocated)."""
+    return split_model(nnx.eval_shape(lambda: encoder_from_config(model, rngs=nnx.Rngs(0))))
+
+
+def filled(tree, flat: Flat, what: str):
+    """`tree` (arrays or shapes) with each leaf replaced by the NumPy array of the same name in
+    `flat`, cast to the leaf's dtype; ConfigError naming the names missing, extra or of another
+    shape."""
+    want = flatten(tree)
+    problems = [f"missing {k}" for k in sorted(want.keys() - flat.keys())]
+    problems += [f"unexpected {k}" for k in sorted(flat.keys() - want.keys())]
+    problems += [
+        f"{k} has shape {tuple(flat[k].shape)}, not {tuple(want[k].shape)}"
+        for k in sorted(want.keys() & flat.keys())
+        if tuple(flat[k].shape) != tuple(want[k].shape)
+    ]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ConfigError(
+            f"{what} does not fit the encoder it names ({'; '.join(problems[:3])}{more}): pass "
+            "an unchanged export or checkpoint."
+        )
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: np.asarray(flat[_name(path)], leaf.dtype), tree
+    )
+
+
+def build_encoder(weights: EncoderWeights) -> ResNet:
+    graphdef, params, batch_stats = _abstract_encoder(weights.model)
+    params, batch_stats = (
+        jax.tree.map(jnp.asarray, filled(tree, flat, weights.what))
+        for tree, flat in ((params, weights.params), (batch_stats, weights.batch_stats))
+    )
+    return nnx.merge(graphdef, params, batch_stats)
+
+
+def load_encoder(path: str | Path, *, step: int | None = None) -> ResNet:
+    """The encoder of a pretraining workdir (checkpoint `step`, default the latest), of an export
+    folder or file, or of a torchvision ResNet state dict, with its weights and BatchNorm
+    statistics. Call it as `encoder(images, train=False)` (NHWC float32 images, the inputs
+    selfsup trained it on) for pooled features; `encoder.features(...)` gives every stage's."""
+    return build_encoder(read_weights(path, step=step))
+
+
+def _describe(model) -> str:
+    return f"ResNet-{model.depth} ({model.stem} stem, width {model.width:g})"
+
+
+def init_weights(spec: str, model: ml_collections.ConfigDict) -> EncoderWeights:
+    """The weights `config.init_from` names (`torchvision:FILE`, or a path `load_encoder`
+    takes), for an encoder of `model`, whose dtype and kernels they take."""
+    weights = read_weights(spec.removeprefix(TORCHVISION_PREFIX), flag="--config.init_from")
+    have = (weights.model.depth, weights.model.stem, weights.model.width)
+    if have != (model.depth, model.stem, model.width):
+        raise ConfigError(
+            f"config.init_from={spec} holds a {_describe(weights.model)}, but config.model is a "
+            f"{_describe(model)}: set --config.model.depth={have[0]} --config.model.stem={have[1]} "
+            f"--config.model.width={have[2]:g}, or pass weights of a {_describe(model)}."
+        )
+    return dataclasses.replace(weights, model=model)
+
+
+def init_encoder(spec: str, model: ml_collections.ConfigDict) -> ResNet:
+    """An encoder of `model` with the weights `config.init_from` names (an evaluation row)."""
+    return build_encoder(init_weights(spec, model))
+
+
+def init_train_state(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+    """A fresh pretraining state whose encoder starts from `config.init_from` ("" leaves it
+    as initialised). The optimizer state stays: optax's states start from the parameters' shapes,
+    not their values."""
+    if not config.init_from:
+        return state
+    weights = init_weights(config.init_from, config.model)
+
+    def put(tree, flat: Flat):
+        return jax.tree.map(
+            lambda value, leaf: jax.device_put(value, leaf.sharding),
+            filled(tree, flat, weights.what),
+            tree,
+        )
+
+    return state.replace(
+        params={**state.params, "encoder": put(state.params["encoder"], weights.params)},
+        batch_stats={
+            **state.batch_stats,
+            "encoder": put(state.batch_stats["encoder"], weights.batch_stats),
+        },
+    )
