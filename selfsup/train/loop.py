@@ -39,7 +39,7 @@ from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
 from selfsup.train.engine import NonFiniteLossError
 from selfsup.train.optim import make_optimizer
-from selfsup.train.pretext_step import heldout_metrics, jit_train_step, make_heldout_step
+from selfsup.train.pretext_step import heldout_metrics, jit_heldout_step, jit_train_step
 from selfsup.train.state import (
     TrainState,
     abstract_train_state,
@@ -265,8 +265,8 @@ def _train(
     cleanup.callback(checkpointer.close)
     restored = initial_state(
         checkpointer,
-        abstract_train_state(task.build_model, tx, mesh=mesh),
-        lambda: create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh),
+        abstract_train_state(task, tx, mesh=mesh),
+        lambda: create_train_state(task, tx, seed=config.seed, mesh=mesh),
         resume_step=resume_step,
     )
     if restored.step:
@@ -284,7 +284,9 @@ def _train(
     )
     _, host_metrics = engine.run(
         restored.state,
-        jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh),
+        jit_train_step(
+            task, graphdef, tx, schedule, seed=config.seed, mesh=mesh, total_steps=total_steps
+        ),
         _train_batches(config, source, task, mesh, local_batch, start_step=restored.step),
         start_step=restored.step,
         cadence=engine.Cadence(
@@ -294,7 +296,7 @@ def _train(
             save_every=config.checkpoint_every_steps,
         ),
         hooks=PretrainHooks(
-            log, checkpointer, _heldout(config, source, task, graphdef, mesh, local_batch)
+            log, checkpointer, _heldout(config, source, task, graphdef, tx, mesh, local_batch)
         ),
         window=engine.Window.from_json(restored.metric_window, mesh),
     )
@@ -335,15 +337,11 @@ def _train_batches(config, source: Source, task, mesh, local_batch: int, *, star
     return pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
 
 
-def _heldout(config, source: Source, task, graphdef, mesh, local_batch: int):
+def _heldout(config, source: Source, task, graphdef, tx, mesh, local_batch: int):
     """`state -> held-out metrics` over `config.eval_split`, or None without evaluations."""
     if not config.eval_every_steps:
         return None
-    heldout_step = jax.jit(
-        make_heldout_step(task, graphdef, seed=config.seed),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-        out_shardings=parallel.replicated(mesh),
-    )
+    heldout_step = jit_heldout_step(task, graphdef, tx, seed=config.seed, mesh=mesh)
     ds = pipeline.heldout_dataset(
         source,
         config.eval_split,
