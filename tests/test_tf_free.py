@@ -30,7 +30,8 @@ from selfsup.train.optim import make_optimizer
 from selfsup.train.pretext_step import jit_train_step
 from selfsup.train.state import abstract_train_state, create_train_state, model_graphdef
 
-# Synthetic batches of 8 examples, shaped as each task's host pipeline makes them.
+# Synthetic batches of 8 examples, shaped as each task's host pipeline makes them (SimCLR,
+# BYOL and MoCo take two views of each image).
 def synthetic(config):
     rng = np.random.default_rng(0)
     if config.task == "relpatch":

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 TASKS = {
     "simclr": "simclr:SimCLR",
     "relpatch": "relpatch:RelativePatchPosition",
+    "byol": "byol:BYOL",
+    "moco": "moco:MoCo",
 }
 
 
