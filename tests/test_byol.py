@@ -153,7 +153,7 @@ def test_lars_skips_exactly_biases_and_batchnorm_parameters_as_byol_does():
     """DeepMind's `exclude_bias_and_norm`: a parameter named `b` (a bias) or inside a
     normalisation module; the recipe's regex must pick the same set here."""
     config = tiny_config("byol", online_probe_classes=10)
-    model = get_task(config).build_model(nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: get_task(config).build_model(nnx.Rngs(0)))
     norm_paths = {path for path, node in nnx.iter_graph(model) if isinstance(node, nnx.BatchNorm)}
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     excluded = path_mask(params, config.optim.weight_decay_exclude, match=True)
