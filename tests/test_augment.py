@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from selfsup.data import augment
+from selfsup.data.augment_jax import ColorJitter
 
 
 def seed(i: int) -> tf.Tensor:
@@ -161,7 +162,9 @@ def test_color_distortion_applies_jitter_and_grayscale_with_their_probabilities(
     image = random_image(8)
     gray = augment.to_grayscale(image).numpy()
     n = 1000
-    out = over_seeds(lambda s: augment.random_color_distortion(image, s, strength=1.0), n)
+    out = over_seeds(
+        lambda s: augment.random_color_distortion(image, s, jitter=ColorJitter.simclr(1.0)), n
+    )
     is_gray = np.all(out == out[..., :1], axis=(1, 2, 3))
     untouched = np.all(np.isclose(out, image, atol=1e-6), axis=(1, 2, 3))
     gray_only = np.all(np.isclose(out, gray, atol=1e-6), axis=(1, 2, 3))
@@ -309,7 +312,9 @@ OPS = {
     "crop": lambda x, s: augment.random_resized_crop(x, s, size=16),
     "flip": augment.random_flip,
     "jitter": lambda x, s: augment.color_jitter(x, s, strength=1.0),
-    "distortion": lambda x, s: augment.random_color_distortion(x, s, strength=0.5),
+    "distortion": lambda x, s: augment.random_color_distortion(
+        x, s, jitter=ColorJitter.simclr(0.5)
+    ),
     "blur": lambda x, s: augment.gaussian_blur(x, s, p=0.5),
     "solarize": lambda x, s: augment.random_solarize(x, s, p=0.5),
     "solarized_view": lambda x, s: augment.simclr_view(x, s, **VIEW, solarize_p=0.5),

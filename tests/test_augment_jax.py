@@ -133,11 +133,52 @@ def test_jitter_components_match_the_tf_distribution(components):
     assert jax_out.min() >= 0.0 and jax_out.max() <= 1.0
 
 
+def test_additive_brightness_adds_one_delta_per_image_in_tf_and_jax():
+    """BYOL's brightness: x + U[-0.4, 0.4], the same delta on every pixel (none clips here)."""
+    image = 0.45 + 0.1 * random_image(8)
+    tf_out = over_seeds(
+        lambda s: augment.color_jitter_components(
+            image, s, brightness=0.4, additive_brightness=True
+        ),
+        N,
+    )
+    jax_out = jax_over_keys(
+        lambda k: aj.color_jitter_components(image, k, brightness=0.4, additive_brightness=True),
+        N,
+    )
+    for out in (tf_out, jax_out):
+        delta = (out - image).reshape(N, -1)
+        np.testing.assert_allclose(delta, np.broadcast_to(delta[:, :1], delta.shape), atol=1e-6)
+        assert -0.4 <= delta.min() < -0.3 and 0.3 < delta.max() <= 0.4  # Both signs, full range.
+    assert_same_distribution(tf_out, jax_out)
+
+
+def test_per_view_colours_give_each_view_its_own_arguments_and_key():
+    views = jnp.broadcast_to(random_image(24), (3, 2, 24, 24, 3))
+    key = jax.random.key(4)
+    jitter = aj.ColorJitter(0.4, 0.4, 0.2, 0.1, additive_brightness=True)
+    per_view = [
+        dict(jitter=jitter, blur_p=1.0, solarize_p=0.0),
+        dict(jitter=None, blur_p=0.0, solarize_p=1.0),
+    ]
+    out = jax.jit(lambda v, k: aj.augment_colors_per_view(v, k, per_view))(views, key)
+    keys = jax.random.split(key, (3, 2))
+    for n in range(3):
+        for v in range(2):
+            expected = aj.augment_colors(views[n, v], keys[n, v], **per_view[v])
+            np.testing.assert_allclose(out[n, v], expected, atol=1e-6)
+    np.testing.assert_array_equal(out[:, 1], aj.solarize(views[:, 1]))  # Always, nothing else.
+
+
 def test_color_distortion_matches_tf_probabilities_and_statistics():
     image = random_image(8)
     gray = augment.to_grayscale(image).numpy()
-    tf_out = over_seeds(lambda s: augment.random_color_distortion(image, s, strength=1.0), N)
-    jax_out = jax_over_keys(lambda k: aj.random_color_distortion(image, k, strength=1.0), N)
+    tf_out = over_seeds(
+        lambda s: augment.random_color_distortion(image, s, jitter=aj.ColorJitter.simclr(1.0)), N
+    )
+    jax_out = jax_over_keys(
+        lambda k: aj.random_color_distortion(image, k, jitter=aj.ColorJitter.simclr(1.0)), N
+    )
     for out in (tf_out, jax_out):
         is_gray = np.all(out == out[..., :1], axis=(1, 2, 3))
         untouched = np.all(np.isclose(out, image, atol=1e-6), axis=(1, 2, 3))

@@ -6,15 +6,18 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import flax.struct
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from test_loop import final_params, tiny_config
 
 from selfsup.config import ConfigError
 from selfsup.train import engine, loop
-from selfsup.train.checkpoint import CHECKSUMS, Checkpointer, load_train_state
+from selfsup.train.checkpoint import CHECKSUMS, ITEM, Checkpointer, load_train_state
 
 
 def settings(image_folder, **overrides):
@@ -168,3 +171,39 @@ def test_divergence_is_never_checkpointed_and_a_chosen_step_resumes(run6, image_
     assert_same_params(workdir, run6)  # Steps 5-6 redone from 4 as the original run did them.
     with pytest.raises(ConfigError, match=r"no checkpoint at step 3 .*\(steps: 2, 4, 6\)"):
         loop.pretrain(config, workdir, resume_step=3, allow_config_change=True)
+
+
+@flax.struct.dataclass
+class TrainStateBeforeExtra:
+    """TrainState as checkpoints held it before the `extra` field (a task's extra state)."""
+
+    step: jax.Array
+    params: dict[str, Any]
+    batch_stats: dict[str, Any]
+    opt_state: Any
+
+
+def test_a_checkpoint_saved_before_extra_state_existed_resumes_exactly(
+    run6, image_folder, tmp_path
+):
+    workdir = copy_run(run6, tmp_path)
+    mesh = loop.parallel.make_mesh()
+    _, _, state = load_train_state(run6, mesh, step=4)
+    window = json.loads((run6 / "checkpoints" / "4" / "_CHECKPOINT_METADATA").read_text())
+    for step in ("4", "6"):
+        shutil.rmtree(workdir / "checkpoints" / step)
+    old = TrainStateBeforeExtra(state.step, state.params, state.batch_stats, state.opt_state)
+    checkpointer = Checkpointer(workdir, keep=3)
+    checkpointer.save(4, old, metric_window=window["custom_metadata"]["metric_window"])
+    checkpointer.close()
+    saved = ocp.StandardCheckpointHandler().metadata(workdir / "checkpoints" / "4" / ITEM).tree
+    assert (
+        "extra" not in saved
+        and "extra"
+        in ocp.StandardCheckpointHandler().metadata(run6 / "checkpoints" / "4" / ITEM).tree
+    )
+
+    _, _, restored = load_train_state(workdir, mesh)  # Evaluate's reader, and check_fits.
+    assert restored.extra == {}
+    loop.pretrain(settings(image_folder), workdir)  # Resumes from 4 and trains 5-6.
+    assert_same_params(workdir, run6)

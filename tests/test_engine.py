@@ -20,10 +20,10 @@ from selfsup.train.state import TrainState
 LR = 0.1
 
 
-def squared_error(params, batch_stats, batch, rng):
+def squared_error(params, batch_stats, extra, batch, rng):
     residual = batch["x"] @ params["w"] - batch["y"]
     loss = jnp.mean(residual**2)
-    return loss, ({"loss": loss, "max_residual": jnp.max(jnp.abs(residual))}, batch_stats)
+    return loss, ({"loss": loss, "max_residual": jnp.max(jnp.abs(residual))}, batch_stats, extra)
 
 
 def toy_batches(mesh, steps: int, *, nan_at: int | None = None):
@@ -72,6 +72,32 @@ def test_the_step_is_one_sgd_update_with_its_gradient_norm_and_learning_rate():
     np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(grad), rtol=1e-5)
     np.testing.assert_allclose(metrics["loss"], np.mean(y**2), rtol=1e-5)
     assert int(state.step) == 1 and metrics["learning_rate"] == np.float32(LR)  # schedule(0).
+
+
+def test_extra_state_reaches_the_loss_gets_no_gradient_and_moves_after_the_update():
+    """A toy teacher: the loss pulls w towards extra["t"] (read, not trained), the loss sees
+    a counter it advances, and `update_extra` moves t halfway to the updated w."""
+
+    def loss_fn(params, batch_stats, extra, batch, rng):
+        loss = jnp.sum((params["w"] - extra["t"]) ** 2)
+        return loss, ({"loss": loss}, batch_stats, {**extra, "seen": extra["seen"] + 1})
+
+    def update_extra(extra, params, step):
+        t = extra["t"] + 0.5 * (params["w"] - extra["t"])
+        return {**extra, "t": t}, {"step_seen": step}
+
+    tx = optax.sgd(LR)
+    step = engine.make_train_step(loss_fn, tx, seed=0, update_extra=update_extra)
+    w, t = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, -1.0, 2.0, 0.0])
+    params = {"w": jnp.asarray(w, jnp.float32)}
+    extra = {"t": jnp.asarray(t, jnp.float32), "seen": jnp.zeros((), jnp.int32)}
+    state = TrainState(jnp.asarray(3, jnp.int32), params, {}, tx.init(params), extra)
+    state, metrics = jax.jit(step)(state, {})
+    new_w = w - LR * 2 * (w - t)  # The gradient is the parameters' only: d/dw sum (w - t)^2.
+    np.testing.assert_allclose(state.params["w"], new_w, rtol=1e-6)
+    np.testing.assert_allclose(state.extra["t"], t + 0.5 * (new_w - t), rtol=1e-6)
+    assert int(state.extra["seen"]) == 1 and int(metrics["step_seen"]) == 3
+    np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(2 * (w - t)), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

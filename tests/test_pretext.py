@@ -12,7 +12,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup.config import ConfigError, load_config_file
-from selfsup.pretext import TASKS, PretextTask, get_task
+from selfsup.pretext import TASKS, PretextTask, StatefulTask, get_task, stateful
 from selfsup.train.pretext_step import pretrain_loss
 from selfsup.train.state import split_model
 
@@ -37,8 +37,12 @@ def test_every_task_meets_the_contract(name):
     config = task_config(name)
     task = get_task(config)
     assert isinstance(task, PretextTask)
-    for method in ("train_example", "eval_views", "display_views", "build_model", "loss"):
-        expected = inspect.signature(getattr(PretextTask, method)).parameters
+    methods = ["train_example", "eval_views", "display_views", "build_model", "loss"]
+    contract = StatefulTask if isinstance(task, StatefulTask) else PretextTask
+    if contract is StatefulTask:  # A task with extra state (a momentum teacher, a queue).
+        methods += ["init_extra", "update_extra"]
+    for method in methods:
+        expected = inspect.signature(getattr(contract, method)).parameters
         assert list(inspect.signature(getattr(task, method)).parameters) == list(expected)[1:]
 
     examples = [task.train_example(image, tf.constant([i, 0])) for i, image in enumerate(images(4))]
@@ -50,13 +54,19 @@ def test_every_task_meets_the_contract(name):
     model = task.build_model(nnx.Rngs(0))
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     batch["label"] = np.array([0, 1, 2, 0])
-    loss, metrics, features = task.loss(model, batch, jax.random.key(0), train=True)
+    graphdef, params, stats = split_model(task.build_model(nnx.Rngs(0)))
+    extra = stateful(task).init_extra(params, stats, jax.random.key(1))
+    loss, metrics, features, new_extra = stateful(task).loss(
+        model, batch, jax.random.key(0), train=True, extra=extra
+    )
     assert loss.shape == () and np.isfinite(loss)
     assert all(np.shape(v) == () for v in metrics.values())
     assert features.shape == (4, model.encoder.feature_dim)
+    assert jax.tree.structure(new_extra) == jax.tree.structure(extra)
     # The trainer's loss: the task's, and the online probe's on the same features.
-    graphdef, params, stats = split_model(task.build_model(nnx.Rngs(0)))
-    total, (logged, _) = pretrain_loss(task, graphdef)(params, stats, batch, jax.random.key(0))
+    total, (logged, _, _) = pretrain_loss(task, graphdef)(
+        params, stats, extra, batch, jax.random.key(0)
+    )
     assert logged["loss"] == pytest.approx(float(loss), rel=1e-6) and total > logged["loss"]
 
 

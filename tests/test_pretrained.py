@@ -169,7 +169,7 @@ def test_init_from_replaces_the_fresh_encoder_and_nothing_else(pretrained_run, t
         config.optim, batch_size=8, total_steps=2, warmup_steps=0, steps_per_epoch=1.0
     )
     mesh = parallel.make_mesh()
-    fresh = create_train_state(task.build_model, tx, seed=0, mesh=mesh)
+    fresh = create_train_state(task, tx, seed=0, mesh=mesh)
     state = pretrained.init_train_state(fresh, config)
     wanted = pretrained.read_weights(tmp_path / "resnet18.safetensors")
     for kind, flat in (("params", wanted.params), ("batch_stats", wanted.batch_stats)):

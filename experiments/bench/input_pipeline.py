@@ -129,8 +129,10 @@ def step_rate(config, *, batch: int, steps: int) -> float:
     tx, schedule = make_optimizer(
         config.optim, batch_size=batch, total_steps=1000, warmup_steps=10, steps_per_epoch=100.0
     )
-    state = create_train_state(task.build_model, tx, seed=0, mesh=mesh)
-    step = jit_train_step(task, model_graphdef(task.build_model), tx, schedule, seed=0, mesh=mesh)
+    state = create_train_state(task, tx, seed=0, mesh=mesh)
+    step = jit_train_step(
+        task, model_graphdef(task.build_model), tx, schedule, seed=0, mesh=mesh, total_steps=1000
+    )
     rng = np.random.default_rng(0)
     size = config.image_size
     data = jax.device_put(

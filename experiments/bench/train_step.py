@@ -162,9 +162,11 @@ def compile_jax_step(
         warmup_steps=0,
         steps_per_epoch=100.0,
     )
-    state = create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh)
+    state = create_train_state(task, tx, seed=config.seed, mesh=mesh)
     graphdef = model_graphdef(task.build_model)
-    step = jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh)
+    step = jit_train_step(
+        task, graphdef, tx, schedule, seed=config.seed, mesh=mesh, total_steps=10_000
+    )
     batch = jax.device_put(batch, parallel.batch_sharding(mesh))
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from selfsup.data.augment_jax import ColorJitter
+
 Op = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -97,10 +99,12 @@ def color_jitter_components(
     saturation: float = 0.0,
     hue: float = 0.0,
     random_order: bool = True,
+    additive_brightness: bool = False,
 ) -> tf.Tensor:
     """Random brightness, contrast, saturation and hue (simclr `color_jitter_rand`/`_nonrand`).
 
-    Brightness multiplies by U[max(1 - b, 0), 1 + b]; contrast and saturation scale by
+    Brightness multiplies by U[max(1 - b, 0), 1 + b] (adds U[-b, b] with `additive_brightness`,
+    as BYOL's augmentations and simclr v1 do); contrast and saturation scale by
     U[1 - c, 1 + c] and U[1 - s, 1 + s] (`tf.image.stateless_random_contrast`/`_saturation`);
     hue shifts by U[-h, h] (`tf.image.stateless_random_hue`). A component with strength 0 is
     skipped. The four ops run in a seeded random permutation (fixed order brightness, contrast,
@@ -113,8 +117,14 @@ def color_jitter_components(
         return (lambda x: x) if strength == 0 else op
 
     brightness_seed, contrast_seed, saturation_seed, hue_seed = op_seeds
+
+    def random_brightness(x):
+        if additive_brightness:
+            return tf.image.stateless_random_brightness(x, brightness, brightness_seed)
+        return _random_brightness(x, brightness_seed, brightness)
+
     ops = [
-        skip_if_zero(brightness, lambda x: _random_brightness(x, brightness_seed, brightness)),
+        skip_if_zero(brightness, random_brightness),
         skip_if_zero(
             contrast,
             lambda x: tf.image.stateless_random_contrast(
@@ -165,17 +175,28 @@ def random_color_distortion(
     image: tf.Tensor,
     seed: tf.Tensor,
     *,
-    strength: float,
+    jitter: ColorJitter,
     p_jitter: float = 0.8,
     p_grayscale: float = 0.2,
 ) -> tf.Tensor:
-    """simclr `random_color_jitter`: color jitter with prob. `p_jitter`, then grayscale with
-    prob. `p_grayscale` (independent draws)."""
+    """simclr `random_color_jitter`: colour jitter of `jitter`'s ranges (SimCLR's:
+    `ColorJitter.simclr(strength)`) with prob. `p_jitter`, then grayscale with prob.
+    `p_grayscale` (independent draws)."""
     image = to_float(image)
     jitter_coin, jitter_seed, grayscale_coin = split_seed(seed, 3)
-    image = apply_with_probability(
-        lambda x: color_jitter(x, jitter_seed, strength=strength), p_jitter, jitter_coin, image
-    )
+
+    def jittered(x):
+        return color_jitter_components(
+            x,
+            jitter_seed,
+            brightness=jitter.brightness,
+            contrast=jitter.contrast,
+            saturation=jitter.saturation,
+            hue=jitter.hue,
+            additive_brightness=jitter.additive_brightness,
+        )
+
+    image = apply_with_probability(jittered, p_jitter, jitter_coin, image)
     return apply_with_probability(to_grayscale, p_grayscale, grayscale_coin, image)
 
 
@@ -279,10 +300,38 @@ def simclr_view(
     blur: bool = False,
     solarize_p: float = 0.0,
 ) -> tf.Tensor:
-    """One augmented view, float32 [size, size, 3] in [0, 1], in simclr's order
-    (`preprocess_for_train`, then `batch_random_blur`): random resized crop (else a plain
-    resize), flip, color distortion, blur with p=0.5, then solarize with probability
-    `solarize_p` (BYOL's last op), clip."""
+    """SimCLR's view (`augmented_view` in simclr's order, `preprocess_for_train` then
+    `batch_random_blur`): colour jitter of strength `color_strength`, blur with p=0.5 if
+    `blur`, then solarize with probability `solarize_p` (BYOL's last op)."""
+    return augmented_view(
+        image,
+        seed,
+        size=size,
+        jitter=ColorJitter.simclr(color_strength) if color else None,
+        blur_p=0.5 if blur else 0.0,
+        solarize_p=solarize_p,
+        crop=crop,
+        min_crop_area=min_crop_area,
+        flip=flip,
+    )
+
+
+def augmented_view(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    jitter: ColorJitter | None,
+    blur_p: float,
+    solarize_p: float,
+    crop: bool = True,
+    min_crop_area: float = 0.08,
+    flip: bool = True,
+) -> tf.Tensor:
+    """One augmented view, float32 [size, size, 3] in [0, 1]: random resized crop (else a
+    plain resize), flip, colour distortion (`jitter` with p=0.8, then grayscale with p=0.2;
+    none if `jitter` is None), blur with probability `blur_p`, solarize with probability
+    `solarize_p`, clip. SimCLR's, BYOL's and MoCo v2's views differ only in these arguments."""
     # A 5-way split keeps the first four seeds of the earlier 4-way split (stateless_split is
     # prefix-stable), so adding solarize left every existing augmentation stream unchanged.
     crop_seed, flip_seed, color_seed, blur_seed, solarize_seed = split_seed(seed, 5)
@@ -292,10 +341,10 @@ def simclr_view(
         image = resize(image, size=size)
     if flip:
         image = random_flip(image, flip_seed)
-    if color:
-        image = random_color_distortion(image, color_seed, strength=color_strength)
-    if blur:
-        image = gaussian_blur(image, blur_seed)
+    if jitter is not None:
+        image = random_color_distortion(image, color_seed, jitter=jitter)
+    if blur_p > 0:
+        image = gaussian_blur(image, blur_seed, p=blur_p)
     if solarize_p > 0:
         image = random_solarize(image, solarize_seed, p=solarize_p)
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])

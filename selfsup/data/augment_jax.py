@@ -10,8 +10,9 @@ per view, so under `jax.jit` with a batch-sharded input every device augments it
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,25 @@ Op = Callable[[jax.Array], jax.Array]
 
 # tf.image.rgb_to_grayscale's weights (ITU-R 601 luma, as TF rounds them).
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorJitter:
+    """The ranges of a colour jitter (here and in `selfsup.data.augment`): brightness, contrast,
+    saturation and hue strengths, and whether brightness adds a delta (BYOL, simclr v1) or
+    multiplies (simclr v2, torchvision)."""
+
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    additive_brightness: bool = False
+
+    @classmethod
+    def simclr(cls, strength: float) -> ColorJitter:
+        """simclr `color_jitter`: brightness/contrast/saturation 0.8 * strength, hue 0.2 *
+        strength."""
+        return cls(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
 
 
 def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
@@ -133,10 +153,12 @@ def color_jitter_components(
     contrast: float = 0.0,
     saturation: float = 0.0,
     hue: float = 0.0,
+    additive_brightness: bool = False,
 ) -> jax.Array:
-    """Random brightness (x U[max(1 - b, 0), 1 + b]), contrast (U[1 - c, 1 + c]), saturation
-    (U[1 - s, 1 + s]) and hue (+ U[-h, h]) in a random order, clipping to [0, 1] after each; a
-    component of strength 0 is skipped (augment.color_jitter_components, random order)."""
+    """Random brightness (x U[max(1 - b, 0), 1 + b], or + U[-b, b] with `additive_brightness`),
+    contrast (U[1 - c, 1 + c]), saturation (U[1 - s, 1 + s]) and hue (+ U[-h, h]) in a random
+    order, clipping to [0, 1] after each; a component of strength 0 is skipped
+    (augment.color_jitter_components, random order)."""
     order_key, brightness_key, contrast_key, saturation_key, hue_key = jax.random.split(key, 5)
 
     def uniform(key, low, high):
@@ -145,12 +167,20 @@ def color_jitter_components(
     def component(strength: float, op: Op) -> Op:
         return (lambda x: x) if strength == 0 else op
 
-    brightness_factor = uniform(brightness_key, max(1.0 - brightness, 0.0), 1.0 + brightness)
+    if additive_brightness:
+        brightness_delta = uniform(brightness_key, -brightness, brightness)
+    else:
+        brightness_factor = uniform(brightness_key, max(1.0 - brightness, 0.0), 1.0 + brightness)
     contrast_factor = uniform(contrast_key, 1.0 - contrast, 1.0 + contrast)
     saturation_factor = uniform(saturation_key, 1.0 - saturation, 1.0 + saturation)
     hue_delta = uniform(hue_key, -hue, hue)
     ops = [
-        component(brightness, lambda x: adjust_brightness(x, brightness_factor)),
+        component(
+            brightness,
+            (lambda x: x + brightness_delta)
+            if additive_brightness
+            else (lambda x: adjust_brightness(x, brightness_factor)),
+        ),
         component(contrast, lambda x: adjust_contrast(x, contrast_factor)),
         component(saturation, lambda x: adjust_saturation(x, saturation_factor)),
         component(hue, lambda x: adjust_hue(x, hue_delta)),
@@ -181,16 +211,18 @@ def random_color_distortion(
     image: jax.Array,
     key: jax.Array,
     *,
-    strength: float,
+    jitter: ColorJitter,
     p_jitter: float = 0.8,
     p_grayscale: float = 0.2,
 ) -> jax.Array:
-    """Colour jitter with probability `p_jitter`, then grayscale with probability `p_grayscale`
-    (independent draws; augment.random_color_distortion)."""
+    """Colour jitter of `jitter`'s ranges with probability `p_jitter`, then grayscale with
+    probability `p_grayscale` (independent draws; augment.random_color_distortion)."""
     jitter_coin, jitter_key, grayscale_coin = jax.random.split(key, 3)
-    image = apply_with_probability(
-        lambda x: color_jitter(x, jitter_key, strength=strength), p_jitter, jitter_coin, image
-    )
+
+    def jittered(x):
+        return color_jitter_components(x, jitter_key, **dataclasses.asdict(jitter))
+
+    image = apply_with_probability(jittered, p_jitter, jitter_coin, image)
     return apply_with_probability(to_grayscale, p_grayscale, grayscale_coin, image)
 
 
@@ -223,13 +255,33 @@ def color_augment(
     blur: bool = False,
     solarize_p: float = 0.0,
 ) -> jax.Array:
-    """The colour ops of one `augment.simclr_view`, in its order: colour distortion, blur with
-    p=0.5, solarize with probability `solarize_p`, clip."""
+    """The colour ops of one `augment.simclr_view`: `augment_colors` with SimCLR's jitter of
+    `strength` (if `color`) and blur with p=0.5 (if `blur`)."""
+    return augment_colors(
+        image,
+        key,
+        jitter=ColorJitter.simclr(strength) if color else None,
+        blur_p=0.5 if blur else 0.0,
+        solarize_p=solarize_p,
+    )
+
+
+def augment_colors(
+    image: jax.Array,
+    key: jax.Array,
+    *,
+    jitter: ColorJitter | None,
+    blur_p: float,
+    solarize_p: float,
+) -> jax.Array:
+    """The colour ops of one `augment.augmented_view`, in its order: colour distortion (none if
+    `jitter` is None), blur with probability `blur_p`, solarize with probability `solarize_p`,
+    clip."""
     color_key, blur_key, solarize_key = jax.random.split(key, 3)
-    if color:
-        image = random_color_distortion(image, color_key, strength=strength)
-    if blur:
-        image = gaussian_blur(image, blur_key)
+    if jitter is not None:
+        image = random_color_distortion(image, color_key, jitter=jitter)
+    if blur_p > 0:
+        image = gaussian_blur(image, blur_key, p=blur_p)
     if solarize_p > 0:
         image = apply_with_probability(solarize, solarize_p, solarize_key, image)
     return jnp.clip(image, 0.0, 1.0)
@@ -244,3 +296,18 @@ def color_augment_views(views: jax.Array, key: jax.Array, **color_kwargs) -> jax
         return color_augment(image, key, **color_kwargs)
 
     return jax.vmap(jax.vmap(one_view))(views, keys)
+
+
+def augment_colors_per_view(
+    views: jax.Array, key: jax.Array, per_view: Sequence[dict]
+) -> jax.Array:
+    """`augment_colors` of [N, V, H, W, 3] with view v's arguments `per_view[v]` (BYOL's views
+    differ), each view with its own key split from `key` as `color_augment_views` splits it."""
+    keys = jax.random.split(key, views.shape[:2])
+    columns = [
+        jax.vmap(lambda image, key, kwargs=kwargs: augment_colors(image, key, **kwargs))(
+            views[:, v], keys[:, v]
+        )
+        for v, kwargs in enumerate(per_view)
+    ]
+    return jnp.stack(columns, axis=1)

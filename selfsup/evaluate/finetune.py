@@ -136,11 +136,11 @@ def _train_example(config: ml_collections.ConfigDict, preprocess: Callable[[tf.T
 def finetune_loss(graphdef: nnx.GraphDef, *, frozen_stages: int) -> engine.LossFn:
     """The classifier's cross-entropy, for `engine.make_train_step`."""
 
-    def loss_fn(params, batch_stats, batch, rng):
+    def loss_fn(params, batch_stats, extra, batch, rng):
         model = nnx.merge(graphdef, params, batch_stats)
         logits = model(batch["image"], train=True, frozen_stages=frozen_stages)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, ({"loss": loss}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+        return loss, ({"loss": loss}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), extra)
 
     return loss_fn
 

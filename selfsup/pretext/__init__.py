@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import jax
 import ml_collections
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 TASKS = {
     "simclr": "simclr:SimCLR",
     "relpatch": "relpatch:RelativePatchPosition",
+    "byol": "byol:BYOL",
+    "moco": "moco:MoCo",
 }
 
 
@@ -61,6 +63,63 @@ class PretextTask(Protocol):
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
         """Inside the jitted, sharded step: (scalar loss, metrics, encoder features [N, F] of
         each image, which the online probe classifies). `rng` is the step's key."""
+
+
+@runtime_checkable
+class StatefulTask(PretextTask, Protocol):
+    """A task whose training keeps state that is not parameters (a momentum teacher, a queue of
+    negatives): `TrainState.extra`, which the optimizer never sees, checkpointed, restored and
+    sharded with the run. Its `loss` takes that state and returns it as the forward pass left
+    it (the teacher's BatchNorm statistics, the queue after enqueueing); `update_extra` then
+    moves it on after each optimizer step (the teacher's moving average of the new weights)."""
+
+    # Keys of `extra` whose arrays are split along their first axis over the mesh's data axis
+    # (e.g. a queue of keys); everything else is replicated like the parameters.
+    sharded_extra: tuple[str, ...]
+
+    def init_extra(self, params: dict, batch_stats: dict, rng: jax.Array) -> dict[str, Any]:
+        """Inside the jitted init, from the freshly initialised model's arrays: the state."""
+
+    def loss(
+        self,
+        model: nnx.Module,
+        batch: dict[str, jax.Array],
+        rng: jax.Array,
+        *,
+        train: bool,
+        extra: dict[str, Any],
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, dict[str, Any]]:
+        """`PretextTask.loss` plus the state after this forward pass, fourth. Whatever of
+        `extra` it reads passes no gradient: the engine differentiates the parameters only."""
+
+    def update_extra(
+        self, extra: dict[str, Any], params: dict, step: jax.Array, *, total_steps: int
+    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        """After the optimizer step that took `step` to `step + 1` (of `total_steps`), with its
+        new `params`: the next state, and metrics to log (e.g. the momentum used)."""
+
+
+class _Stateless:
+    """A plain `PretextTask` seen as a `StatefulTask` whose state is empty."""
+
+    sharded_extra = ()
+
+    def __init__(self, task: PretextTask):
+        self.task = task
+
+    def init_extra(self, params, batch_stats, rng) -> dict[str, Any]:
+        return {}
+
+    def loss(self, model, batch, rng, *, train, extra):
+        return (*self.task.loss(model, batch, rng, train=train), extra)
+
+    def update_extra(self, extra, params, step, *, total_steps):
+        return extra, {}
+
+
+def stateful(task: PretextTask) -> StatefulTask:
+    """`task` as the trainer drives it: itself if it keeps extra state, else with an empty one."""
+    return task if isinstance(task, StatefulTask) else _Stateless(task)
 
 
 def get_task(config: ml_collections.ConfigDict) -> PretextTask:

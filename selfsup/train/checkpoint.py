@@ -109,9 +109,15 @@ class Checkpointer:
         except Exception as e:  # Orbax and tensorstore raise many kinds.
             raise DamagedCheckpoint(f"its metadata does not load ({_reason(e)})") from None
         check_fits(saved, abstract_state, f"checkpoint {folder}")
+        # The fields the checkpoint holds: one saved before `TrainState.extra` existed has no
+        # such field, and restores with the empty default (check_fits saw no array missing).
+        fields = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(TrainState)}
         try:
             with ocp.StandardCheckpointer() as checkpointer:
-                state = checkpointer.restore(folder / ITEM, abstract_state)
+                restored = checkpointer.restore(
+                    folder / ITEM, {k: v for k, v in fields.items() if k in saved}
+                )
+            state = TrainState(**restored)
             step_metadata = json.loads((folder / STEP_METADATA).read_text())
         except Exception as e:
             raise DamagedCheckpoint(f"it does not load ({_reason(e)})") from None
@@ -240,7 +246,7 @@ def load_train_state(
         warmup_steps=0,
         steps_per_epoch=1.0,
     )
-    abstract_state = abstract_train_state(get_task(config).build_model, tx, mesh=mesh)
+    abstract_state = abstract_train_state(get_task(config), tx, mesh=mesh)
     try:
         if step is None:
             restored = checkpointer.restore_latest(abstract_state)

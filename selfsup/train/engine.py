@@ -25,8 +25,11 @@ import optax
 from selfsup import parallel
 from selfsup.train.state import TrainState
 
-# (params, batch_stats, batch, rng) -> (loss to differentiate, (metrics, new batch_stats)).
-LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+# (params, batch_stats, extra, batch, rng) -> (loss to differentiate, (metrics, new batch_stats,
+# new extra)): `extra` is `TrainState.extra`, state that is not parameters (no gradient).
+LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any, Any]]]
+# (extra, new params, step) -> (extra, metrics), after the optimizer step (e.g. a teacher's EMA).
+UpdateExtraFn = Callable[..., tuple[Any, dict[str, jax.Array]]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,34 +46,48 @@ class PreemptedError(RuntimeError):
         self.signum = signum
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, seed: int, schedule=None):
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    schedule=None,
+    update_extra: UpdateExtraFn | None = None,
+):
     """The pure update `(state, batch) -> (state, metrics)`: `metrics` are the loss's own plus
-    `grad_norm` and, given a `schedule`, `learning_rate`. The step's key folds the step number
-    into `seed`, so a resumed run draws what an uninterrupted one does."""
+    `grad_norm`, given a `schedule` `learning_rate`, and `update_extra`'s. Only the parameters
+    are differentiated; `update_extra` moves the extra state on after the optimizer step. The
+    step's key folds the step number into `seed`, so a resumed run draws what an uninterrupted
+    one does."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, batch, rng
+        (_, (metrics, batch_stats, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, state.extra, batch, rng
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
-        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+        if update_extra is not None:
+            extra, extra_metrics = update_extra(extra, params, state.step)
+            metrics |= extra_metrics
+        return TrainState(state.step + 1, params, batch_stats, opt_state, extra), metrics
 
     return train_step
 
 
-def jit_step(train_step, mesh: jax.sharding.Mesh):
-    """`train_step` compiled as the runner runs it: state replicated and donated, batch sharded
-    over the mesh (so BatchNorm statistics are the global batch's), metrics replicated."""
+def jit_step(train_step, mesh: jax.sharding.Mesh, *, state_sharding=None):
+    """`train_step` compiled as the runner runs it: state donated, replicated (or as
+    `state_sharding`, a TrainState of shardings, places it), batch sharded over the mesh (so
+    BatchNorm statistics are the global batch's), metrics replicated."""
     replicated = parallel.replicated(mesh)
+    state_sharding = replicated if state_sharding is None else state_sharding
     return jax.jit(
         train_step,
-        in_shardings=(replicated, parallel.batch_sharding(mesh)),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
 

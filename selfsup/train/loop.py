@@ -39,7 +39,7 @@ from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
 from selfsup.train.engine import NonFiniteLossError
 from selfsup.train.optim import make_optimizer
-from selfsup.train.pretext_step import heldout_metrics, jit_train_step, make_heldout_step
+from selfsup.train.pretext_step import heldout_metrics, jit_heldout_step, jit_train_step
 from selfsup.train.state import (
     TrainState,
     abstract_train_state,
@@ -258,7 +258,7 @@ def _train(
     cleanup.callback(checkpointer.close)
     restored = initial_state(
         checkpointer,
-        abstract_train_state(task.build_model, tx, mesh=mesh),
+        abstract_train_state(task, tx, mesh=mesh),
         lambda: fresh_state(config, task, tx, mesh),
         resume_step=resume_step,
     )
@@ -272,12 +272,15 @@ def _train(
     cleanup.callback(log.close)
     graphdef = model_graphdef(task.build_model)
     print(
-        f"Pretraining {config.task} on {config.data} ({num_examples} images) for "
-        f"{total_steps} steps of {config.batch_size} on {jax.device_count()} devices."
+        f"Pretraining {config.task} on {config.data} ({num_examples} images) for {total_steps} "
+        f"steps of {config.batch_size} on {jax.device_count()} devices.",
+    )
+    step = jit_train_step(
+        task, graphdef, tx, schedule, seed=config.seed, mesh=mesh, total_steps=total_steps
     )
     _, host_metrics = engine.run(
         restored.state,
-        jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh),
+        step,
         _train_batches(config, source, task, mesh, local_batch, start_step=restored.step),
         start_step=restored.step,
         cadence=engine.Cadence(
@@ -287,15 +290,20 @@ def _train(
             save_every=config.checkpoint_every_steps,
         ),
         hooks=PretrainHooks(
-            log, checkpointer, _heldout(config, source, task, graphdef, mesh, local_batch)
+            log, checkpointer, _heldout(config, source, task, graphdef, tx, mesh, local_batch)
         ),
         window=engine.Window.from_json(restored.metric_window, mesh),
     )
     # A finished run re-run trains nothing: its last record stands.
     host_metrics = host_metrics or (read_metrics(log.path) or [{}])[-1]
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
+    return _summarised(workdir, config, summary, total_steps, num_examples, len(skipped))
+
+
+def _summarised(workdir, config, summary, total_steps: int, num_examples: int, skipped: int):
+    """The run's flat summary, written with its report by process 0."""
     summary |= {"pretrain/steps": total_steps, "pretrain/examples": num_examples}
-    summary |= {"model/dtype": config.model.dtype, "data/skipped_images": len(skipped)}
+    summary |= {"model/dtype": config.model.dtype, "data/skipped_images": skipped}
     if jax.process_index() == 0:
         report.write_pretrain_report(workdir, config, summary)
     return summary
@@ -303,9 +311,7 @@ def _train(
 
 def fresh_state(config: ml_collections.ConfigDict, task, tx, mesh) -> TrainState:
     """Step 0: the model initialised from `config.seed`, its encoder from `config.init_from`."""
-    return init_train_state(
-        create_train_state(task.build_model, tx, seed=config.seed, mesh=mesh), config
-    )
+    return init_train_state(create_train_state(task, tx, seed=config.seed, mesh=mesh), config)
 
 
 def _optimizer(config: ml_collections.ConfigDict, num_examples: int):
@@ -347,15 +353,11 @@ def _train_batches(config, source: Source, task, mesh, local_batch: int, *, star
     return pipeline.global_batches(ds, mesh, what=f"{config.data} split {config.train_split!r}")
 
 
-def _heldout(config, source: Source, task, graphdef, mesh, local_batch: int):
+def _heldout(config, source: Source, task, graphdef, tx, mesh, local_batch: int):
     """`state -> held-out metrics` over `config.eval_split`, or None without evaluations."""
     if not config.eval_every_steps:
         return None
-    heldout_step = jax.jit(
-        make_heldout_step(task, graphdef, seed=config.seed),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-        out_shardings=parallel.replicated(mesh),
-    )
+    heldout_step = jit_heldout_step(task, graphdef, tx, seed=config.seed, mesh=mesh)
     ds = pipeline.heldout_dataset(
         source,
         config.eval_split,

@@ -318,9 +318,15 @@ def check_step_flops():
             warmup_steps=0,
             steps_per_epoch=100.0,
         )
-        state = abstract_train_state(task.build_model, tx, mesh=mesh)
+        state = abstract_train_state(task, tx, mesh=mesh)
         step = jit_train_step(
-            task, model_graphdef(task.build_model), tx, schedule, seed=config.seed, mesh=mesh
+            task,
+            model_graphdef(task.build_model),
+            tx,
+            schedule,
+            seed=config.seed,
+            mesh=mesh,
+            total_steps=10_000,
         )
         size = config.image_size
         batch_spec = {

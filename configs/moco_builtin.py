@@ -1,0 +1,31 @@
+"""MoCo on the built-in offline dataset (`builtin:shapes`), at the demo's CPU budget.
+
+A CPU-budget variant of configs/moco_cifar10.py (same recipe, optimizer and code path), sized
+like configs/simclr_builtin.py: ResNet-18 at width 1/8 (64-d features), batch 128, 8 epochs,
+the recipe's queue of 4,096 keys (32 batches; the dataset has 10,000 `train` images), and
+crops of at least 20% of the image, as simclr_builtin.py explains for this dataset.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from selfsup.config import load_config_file, parse_runlocal
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    runlocal = parse_runlocal(arg)
+    config = load_config_file(Path(__file__).with_name("moco_cifar10.py"), arg)
+    config.data = "builtin:shapes"
+    config.eval_split = "test"
+    if runlocal:  # The recipe files already shrank the model and the schedule.
+        return config
+    config.batch_size = 128
+    config.num_epochs = 8.0
+    config.model.width = 0.125
+    config.moco.min_crop_area = 0.2
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 250
+    config.eval_every_steps = 250
+    config.keep_checkpoints = 2
+    return config

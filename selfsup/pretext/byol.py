@@ -1,0 +1,222 @@
+"""BYOL (Grill et al. 2020): an online network (encoder, projector, predictor) learns to predict
+a momentum target network's projection of the other view of the same image.
+
+Matches deepmind-research `byol/byol_experiment.py`: each view goes through the encoder as its
+own batch (BatchNorm statistics per view, over the global batch); the loss is DeepMind's
+`regression_loss` (||p/|p| - z/|z|||^2 = 2 - 2 cos, with `l2_normalize`'s epsilon) of each
+view's prediction against the target's projection of the *other* view, the two orders summed
+and then averaged over the batch (summed, not averaged: averaging would halve the loss and
+its gradient); the target is a second copy of the whole network, initialised from its own key
+as DeepMind does, runs in training mode, gets no gradient, and after each optimizer step moves
+towards the new online weights by `tau`, which rises from `base_momentum` to 1 on a cosine
+over training (`teacher.cosine_momentum`). The target's projections skip its predictor, whose
+output nothing reads. The views are BYOL's asymmetric pair (`VIEW_COLORS` below) on the host,
+or with `color_on_device` their colour part in the jitted step, as DeepMind's
+`augmentations.postprocess` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from selfsup.config import ConfigError
+from selfsup.data import augment_jax
+from selfsup.models.heads import online_probe_head
+from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, encoder_from_config
+from selfsup.pretext import teacher
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.byol`: deepmind-research byol's ImageNet recipe (its 300-epoch presets)."""
+    return ml_collections.ConfigDict(
+        dict(
+            base_momentum=0.99,  # tau at step 0 (DeepMind: 0.99 for 300 epochs, 0.996 for 1000).
+            proj_hidden_dim=4096,
+            proj_out_dim=256,
+            pred_hidden_dim=4096,
+            min_crop_area=0.08,
+            # Per view (view 1, view 2): BYOL's asymmetric blur and solarize probabilities.
+            blur=(1.0, 0.1),
+            solarize=(0.0, 0.2),
+            # Brightness adds U[-0.4, 0.4] (DeepMind's augmentations); False multiplies by
+            # U[0.6, 1.4] (torchvision's, as CIFAR recipes built on it do).
+            additive_brightness=True,
+            # Colour jitter, grayscale, blur and solarize in the jitted step (the host then only
+            # crops, flips and resizes), as DeepMind's implementation runs them.
+            color_on_device=False,
+        )
+    )
+
+
+def view_colors(c: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """Each view's colour arguments of `augment.augmented_view` / `augment_jax.augment_colors`:
+    BYOL's jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1; then grayscale), with
+    the config's per-view blur and solarize probabilities."""
+    jitter = augment_jax.ColorJitter(0.4, 0.4, 0.2, 0.1, additive_brightness=c.additive_brightness)
+    return [
+        dict(jitter=jitter, blur_p=blur, solarize_p=solarize)
+        for blur, solarize in zip(c.blur, c.solarize, strict=True)
+    ]
+
+
+def l2_normalize(x: jax.Array, epsilon: float = 1e-12) -> jax.Array:
+    """deepmind-research byol `helpers.l2_normalize` (the epsilon bounds the squared norm)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), epsilon))
+
+
+def regression_loss(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Per row, ||x/|x| - y/|y|||^2 = 2 - 2 cos(x, y) (DeepMind's `regression_loss`)."""
+    return jnp.sum(jnp.square(l2_normalize(x) - l2_normalize(y)), axis=-1)
+
+
+def byol_loss(predictions: jax.Array, target_projections: jax.Array) -> jax.Array:
+    """`predictions`, `target_projections` [N, 2, D] (view axis second): the mean over images
+    of the two orders' summed regression losses, view 1's prediction against the target's
+    view 2 and view 2's against view 1."""
+    loss = regression_loss(predictions[:, 0], target_projections[:, 1])
+    loss = loss + regression_loss(predictions[:, 1], target_projections[:, 0])
+    return jnp.mean(loss)
+
+
+class MLP(nnx.Module):
+    """deepmind-research byol `networks.MLP`: Linear (with bias), BatchNorm, ReLU, Linear
+    (without bias); haiku's default initialisation (truncated normal, std 1/sqrt(fan in))."""
+
+    def __init__(self, in_dim: int, *, hidden_dim: int, out_dim: int, rngs: nnx.Rngs):
+        def init(key, shape, dtype=jnp.float32):
+            return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) / np.sqrt(shape[0])
+
+        self.hidden = nnx.Linear(in_dim, hidden_dim, kernel_init=init, rngs=rngs)
+        self.bn = nnx.BatchNorm(hidden_dim, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.out = nnx.Linear(hidden_dim, out_dim, use_bias=False, kernel_init=init, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.out(nnx.relu(self.bn(self.hidden(x), use_running_average=not train)))
+
+
+class BYOLModel(nnx.Module):
+    """Encoder, projector and predictor (the target is a second copy, in `TrainState.extra`);
+    `encoder` is what transfer evaluators use."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        c = config.byol
+        self.encoder = encoder_from_config(config.model, rngs=rngs)
+        dim = self.encoder.feature_dim
+        self.projector = MLP(dim, hidden_dim=c.proj_hidden_dim, out_dim=c.proj_out_dim, rngs=rngs)
+        self.predictor = MLP(
+            c.proj_out_dim, hidden_dim=c.pred_hidden_dim, out_dim=c.proj_out_dim, rngs=rngs
+        )
+        self.online_probe = online_probe_head(dim, config, rngs=rngs)
+
+    def project(self, views: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        """views [N, 2, H, W, C] -> (encoder features, projections), each [N, 2, ...]; each
+        view is its own batch, as DeepMind's `apply_once_fn`."""
+        features = [self.encoder(views[:, v], train=train) for v in range(2)]
+        projections = [self.projector(h, train=train) for h in features]
+        return jnp.stack(features, axis=1), jnp.stack(projections, axis=1)
+
+    def __call__(self, views: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        """views [N, 2, H, W, C] -> (predictions [N, 2, D], view 1's encoder features [N, F],
+        which DeepMind's online classifier reads)."""
+        features, projections = self.project(views, train=train)
+        predictions = [self.predictor(projections[:, v], train=train) for v in range(2)]
+        return jnp.stack(predictions, axis=1), features[:, 0]
+
+
+class BYOL:
+    """The pretext task: its views (TF side), its online model, its target and loss."""
+
+    sharded_extra = ()  # The target is replicated like the online weights.
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        c = config.byol
+        for key in ("blur", "solarize"):
+            values = tuple(c[key])
+            if len(values) != 2 or not all(0.0 <= p <= 1.0 for p in values):
+                raise ConfigError(
+                    f"config.byol.{key}={values!r} must be two probabilities (view 1, view 2): "
+                    f"set --config.byol.{key} to e.g. '{default_config()[key]}'."
+                )
+        if not 0.0 <= c.base_momentum <= 1.0:
+            raise ConfigError(
+                f"config.byol.base_momentum={c.base_momentum!r} is the target's starting "
+                "momentum: set --config.byol.base_momentum to a value in [0, 1] (BYOL: 0.99)."
+            )
+        self.config = config
+
+    def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        import tensorflow as tf  # Only the input pipeline needs TensorFlow.
+
+        from selfsup.data import augment
+
+        c = self.config.byol
+        no_color = dict(jitter=None, blur_p=0.0, solarize_p=0.0)  # `loss` colours them.
+        views = [
+            augment.augmented_view(
+                image,
+                view_seed,
+                size=self.config.image_size,
+                min_crop_area=c.min_crop_area,
+                **(no_color if c.color_on_device else colors),
+            )
+            for view_seed, colors in zip(augment.split_seed(seed, 2), view_colors(c))
+        ]
+        return {"views": tf.stack(views)}
+
+    def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """What the network sees of one `train_example`: its two views, each in [0, 1]."""
+        return list(example["views"])
+
+    def eval_views(self, *, crop_proportion: float) -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:
+        """`image`: simclr's evaluation view (`eval_view`), as DeepMind's `preprocess_for_eval`."""
+        from selfsup.data import augment
+
+        size = self.config.image_size
+        return {"image": lambda x: augment.eval_view(x, size=size, crop_proportion=crop_proportion)}
+
+    def build_model(self, rngs: nnx.Rngs) -> BYOLModel:
+        return BYOLModel(self.config, rngs=rngs)
+
+    def init_extra(self, params: dict, batch_stats: dict, rng: jax.Array) -> dict[str, Any]:
+        """The target: the whole network again, from its own key (DeepMind initialises online
+        and target from split keys)."""
+        _, params, batch_stats = nnx.split(
+            self.build_model(nnx.Rngs(rng)), nnx.Param, nnx.BatchStat
+        )
+        target = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(batch_stats)}
+        return {"target": target}
+
+    def loss(
+        self,
+        model: BYOLModel,
+        batch: dict[str, jax.Array],
+        rng: jax.Array,
+        *,
+        train: bool,
+        extra: dict[str, Any],
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, dict[str, Any]]:
+        views = batch["views"]
+        if self.config.byol.color_on_device:
+            # The step's key: a resumed run draws the same colours (as in simclr.py).
+            views = augment_jax.augment_colors_per_view(views, rng, view_colors(self.config.byol))
+        predictions, features = model(views, train=train)
+        projections, target = teacher.run(
+            model, extra["target"], lambda net: net.project(views, train=train)[1]
+        )
+        return byol_loss(predictions, projections), {}, features, {"target": target}
+
+    def update_extra(
+        self, extra: dict[str, Any], params: dict, step: jax.Array, *, total_steps: int
+    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        tau = teacher.cosine_momentum(step, total_steps, self.config.byol.base_momentum)
+        return {"target": teacher.moving_average(extra["target"], params, tau)}, {"momentum": tau}

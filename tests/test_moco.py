@@ -1,0 +1,160 @@
+"""MoCo: InfoNCE against a float64 reference and its hand-derived gradient, the queue against a
+NumPy FIFO of the global batches' keys on 1 and 8 devices, loss, gradients and key-encoder
+outputs equal on 1 and 8 devices (global BatchNorm: nothing for shuffled BN to protect)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from test_teacher import mesh_of, synthetic_batches, tiny_config, train
+
+from selfsup import parallel
+from selfsup.config import ConfigError
+from selfsup.pretext import get_task, moco
+from selfsup.train.optim import make_optimizer
+from selfsup.train.pretext_step import pretrain_loss
+from selfsup.train.state import create_train_state, model_graphdef
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def info_nce_reference(q, k, queue, temperature) -> tuple[float, float]:
+    """moco/builder.py `forward` then `nn.CrossEntropyLoss` with label 0, in float64 loops:
+    logits [q.k, q.queue_1, ..., q.queue_K] / T; and the share of queries ranking k first."""
+    q, k, queue = (np.asarray(a, np.float64) for a in (q, k, queue))
+    losses, top = [], []
+    for qi, ki in zip(q, k):
+        logits = np.concatenate([[qi @ ki], queue @ qi]) / temperature
+        losses.append(-logits[0] + np.log(np.sum(np.exp(logits))))
+        top.append(np.argmax(logits) == 0)
+    return float(np.mean(losses)), float(np.mean(top))
+
+
+def test_info_nce_matches_a_float64_reference():
+    rng = np.random.default_rng(0)
+    q = unit(rng.normal(size=(12, 8)))
+    k = unit(q + 0.7 * rng.normal(size=(12, 8)))  # Noisy positives: some rank first.
+    queue = unit(rng.normal(size=(40, 8)))
+    for temperature in (0.07, 0.2, 1.0):
+        loss, metrics = moco.info_nce_loss(
+            *(jnp.asarray(a, jnp.float32) for a in (q, k, queue)), temperature
+        )
+        ref_loss, ref_accuracy = info_nce_reference(q, k, queue, temperature)
+        np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+        assert 0 < ref_accuracy < 1 and float(metrics["contrast_accuracy"]) == pytest.approx(
+            ref_accuracy
+        )
+
+
+def test_info_nce_gradient_is_the_hand_derived_one():
+    """dL/dq_i = (sum_j s_j c_j - k_i) / (T N), s = softmax of the logits, c = [k_i, queue]."""
+    rng = np.random.default_rng(1)
+    q, k, queue = (
+        rng.normal(size=(6, 5)),
+        unit(rng.normal(size=(6, 5))),
+        unit(rng.normal(size=(9, 5))),
+    )
+    t = 0.2
+    grad = jax.grad(lambda q: moco.info_nce_loss(q, k, queue, t)[0])(jnp.asarray(q, jnp.float32))
+    expected = []
+    for qi, ki in zip(q, k):
+        candidates = np.concatenate([ki[None], queue])
+        logits = candidates @ qi / t
+        s = np.exp(logits - logits.max())
+        s /= s.sum()
+        expected.append((s @ candidates - ki) / (t * len(q)))
+    np.testing.assert_allclose(grad, np.array(expected), rtol=1e-5, atol=1e-7)
+
+
+def keys_of(state, batch, graphdef) -> np.ndarray:
+    """The key encoder's embeddings of view 2, computed apart from the task's loss."""
+
+    @jax.jit
+    def embed(key_encoder, views):
+        net = nnx.merge(graphdef, key_encoder["params"], key_encoder["batch_stats"])
+        return net.embed(views[:, 1], train=True)[0]
+
+    return np.asarray(embed(state.extra["key_encoder"], batch["views"]))
+
+
+@pytest.mark.slow  # Compiles MoCo's step for two meshes.
+def test_the_queue_is_a_fifo_of_the_global_batches_keys_on_1_and_8_devices():
+    config = tiny_config("moco")  # K = 32 = two batches of 16: the third step wraps.
+    batches = synthetic_batches(config, 3)
+    graphdef = model_graphdef(get_task(config).build_model)
+    queues = {}
+    for devices in (1, 8):
+        states, _ = train(config, mesh_of(devices), batches)
+        fifo, pointer = np.asarray(states[0].extra["queue"]).copy(), 0
+        np.testing.assert_allclose(np.linalg.norm(fifo, axis=1), 1.0, rtol=1e-6)
+        for state, after, batch in zip(states, states[1:], batches):
+            fifo[pointer : pointer + 16] = keys_of(state, batch, graphdef)
+            pointer = (pointer + 16) % 32
+            np.testing.assert_allclose(after.extra["queue"], fifo, rtol=1e-5, atol=1e-5)
+            assert int(after.extra["queue_pointer"]) == pointer
+        queues[devices] = fifo
+    np.testing.assert_allclose(queues[1], queues[8], rtol=1e-4, atol=1e-5)
+
+
+def _step_outputs(config, mesh):
+    task = get_task(config)
+    [batch] = synthetic_batches(config, 1, seed=3)
+    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=1, warmup_steps=0)
+    state = create_train_state(task, tx, seed=0, mesh=mesh)
+    queue_sharding = state.extra["queue"].sharding
+    loss_fn = pretrain_loss(task, model_graphdef(task.build_model))
+
+    @jax.jit
+    def step(state, batch):
+        def total(params):
+            return loss_fn(params, state.batch_stats, state.extra, batch, jax.random.key(0))
+
+        (loss, (_, _, extra)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+        return loss, grads, extra
+
+    return queue_sharding, jax.device_get(step(state, parallel.to_global(batch, mesh)))
+
+
+@pytest.mark.slow  # Compiles MoCo's loss and gradients for two meshes.
+def test_loss_gradients_and_key_encoder_outputs_equal_on_1_and_8_devices():
+    """With BatchNorm over the global batch the keys do not depend on the device count: no
+    device holds statistics of its own shard for a query and its key to share."""
+    config = tiny_config("moco")
+    sharding1, (loss1, grads1, extra1) = _step_outputs(config, mesh_of(1))
+    sharding8, (loss8, grads8, extra8) = _step_outputs(config, mesh_of(8))
+    # The queue is split over the mesh: each of 8 devices holds 32 / 8 rows.
+    assert sharding8.spec == P(parallel.DATA_AXIS) and sharding1.spec == P(parallel.DATA_AXIS)
+    assert sharding8.shard_shape((32, config.moco.dim)) == (4, config.moco.dim)
+    np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
+    # Enqueued keys (rows 0-15) and the key encoder's BatchNorm statistics.
+    for one, eight in ((grads1, grads8), (extra1, extra8)):
+        flat1, flat8 = jax.tree.leaves(one), jax.tree.leaves(eight)
+        assert len(flat1) == len(flat8) > 10
+        scale = max(np.abs(a).max() for a in flat1)
+        for a, b in zip(flat1, flat8):  # Rounding only, as in test_simclr.py.
+            np.testing.assert_allclose(
+                a, b, rtol=1e-3, atol=max(1e-4 * np.abs(a).max(), 1e-6 * scale)
+            )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "queue_size",
+            40,
+            r"queue_size=40 must be a multiple of config\.batch_size=16 .* e\.g\. 48",
+        ),
+        ("queue_size", 8, r"queue_size=8 must be a multiple"),
+        ("temperature", 0.0, r"--config\.moco\.temperature=0\.2"),
+    ],
+)
+def test_bad_settings_are_config_errors(key, value, message):
+    config = tiny_config("moco")
+    config.moco[key] = value
+    with pytest.raises(ConfigError, match=message):
+        get_task(config)
