@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 TASKS = {
     "simclr": "simclr:SimCLR",
     "relpatch": "relpatch:RelativePatchPosition",
+    "rotation": "rotation:Rotation",
+    "jigsaw": "jigsaw:Jigsaw",
+    "exemplar": "exemplar:Exemplar",
 }
 
 
