@@ -7,6 +7,7 @@ each evaluator named in `config.evaluators` for every encoder and label fraction
 
 - `linear`: L-BFGS logistic regression on frozen features, L2 chosen on minival;
 - `knn`: weighted k-NN on frozen features, for each k in `config.knn.ks` (temperature fixed);
+  both for each depth of the encoder in `config.layers` (features of every depth from one pass);
 - `finetune`: the encoder plus a linear head trained end to end, for each depth in
   `config.finetune.freeze_stages` of frozen bottom stages.
 
@@ -33,7 +34,7 @@ from selfsup.config import ConfigError, check_values, load_saved_config, save_co
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.evaluate import report
-from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.features import PRE_LOGITS, extract_features, resolve_layers
 from selfsup.evaluate.finetune import finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
@@ -60,7 +61,10 @@ class Target:
     image_input: Callable[[tf.Tensor], tf.Tensor]  # A whole image, as fine-tuning feeds it.
     # A fine-tuning crop, already a square view: prepared as an evaluation image, not cropped again.
     crop_input: Callable[[tf.Tensor], tf.Tensor]
-    _features: dict[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
+    layers: tuple[str, ...]  # The depths frozen evaluators probe.
+    _features: dict[str, dict[str, tuple[np.ndarray, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def eval_dataset(
         self, source: Source, split: str, preprocess: Callable[[tf.Tensor], tf.Tensor]
@@ -77,20 +81,30 @@ class Target:
     def minival_source(self) -> Source:
         return subset_source(self.source, self.train_split, self.splits.minival, name="minival")
 
-    def frozen_features(self, name: str, encoder: nnx.Module) -> tuple[np.ndarray, ...]:
-        """(train_x, train_y, test_x, test_y) of encoder `name`; train rows in split order."""
+    def frozen_features(self, name: str, encoder: nnx.Module, layer: str) -> tuple[np.ndarray, ...]:
+        """(train_x, train_y, test_x, test_y) of encoder `name` at depth `layer`; train rows in
+        split order. Every layer's features come from one pass over each split."""
         if name not in self._features:
-            self._features[name] = tuple(
-                array
-                for split in (self.train_split, self.eval_split)
-                for array in extract_features(
+            (train_x, train_y), (test_x, test_y) = (
+                extract_features(
                     encoder,
                     self.eval_dataset(self.source, split, self.feature_input),
                     self.mesh,
                     what=f"{self.source.spec} split {split!r}",
+                    layers=self.layers,
                 )
+                for split in (self.train_split, self.eval_split)
             )
-        return self._features[name]
+            self._features[name] = {
+                layer: (train_x[layer], train_y, test_x[layer], test_y) for layer in self.layers
+            }
+        return self._features[name][layer]
+
+
+def layer_method(method: str, layer: str) -> str:
+    """A frozen evaluator's result name at `layer`: `method/layer`, but plain `method` at the
+    pre-logits, so `linear/test_accuracy` is the classic linear-evaluation number at any sweep."""
+    return method if layer == PRE_LOGITS else f"{method}/{layer}"
 
 
 def fraction_name(fraction: float) -> str:
@@ -107,10 +121,8 @@ def row(encoder: str, method: str, fraction: float, indices: np.ndarray, **field
     }
 
 
-def run_linear(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
-) -> list[Row]:
-    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
+def linear_rows(target: Target, config, name: str, layer: str, features) -> list[Row]:
+    train_x, train_y, test_x, test_y = features
     minival = target.splits.minival
     rows = []
     for fraction, indices in target.splits.subsets.items():
@@ -122,9 +134,10 @@ def run_linear(
         rows.append(
             row(
                 name,
-                "linear",
+                layer_method("linear", layer),
                 fraction,
                 indices,
+                layer=layer,
                 test_accuracy=result.test_accuracy,
                 minival_accuracy=result.minival_accuracy,
                 train_accuracy=result.train_accuracy,
@@ -135,10 +148,8 @@ def run_linear(
     return rows
 
 
-def run_knn(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
-) -> list[Row]:
-    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
+def knn_rows(target: Target, config, name: str, layer: str, features) -> list[Row]:
+    train_x, train_y, test_x, test_y = features
     minival = target.splits.minival
     rows = []
     for fraction, indices in target.splits.subsets.items():
@@ -153,9 +164,10 @@ def run_knn(
             rows.append(
                 row(
                     name,
-                    f"knn/k{k}",
+                    layer_method(f"knn/k{k}", layer),
                     fraction,
                     indices,
+                    layer=layer,
                     test_accuracy=knn_accuracy(*bank, test_x, test_y, **kwargs),
                     minival_accuracy=knn_accuracy(
                         *bank, train_x[minival], train_y[minival], **kwargs
@@ -215,9 +227,25 @@ def run_finetune(
     return rows
 
 
+def at_each_layer(rows_at: Callable[..., list[Row]]) -> Callable[..., list[Row]]:
+    """A frozen-feature evaluator `rows_at(target, config, name, layer, features)` run at every
+    depth in `target.layers`."""
+
+    def run(target: Target, config, name: str, encoder: nnx.Module) -> list[Row]:
+        return [
+            r
+            for layer in target.layers
+            for r in rows_at(
+                target, config, name, layer, target.frozen_features(name, encoder, layer)
+            )
+        ]
+
+    return run
+
+
 EVALUATORS: dict[str, Callable[..., list[Row]]] = {
-    "linear": run_linear,
-    "knn": run_knn,
+    "linear": at_each_layer(linear_rows),
+    "knn": at_each_layer(knn_rows),
     "finetune": run_finetune,
 }
 
@@ -240,6 +268,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
         )
     check_values(config)
+    resolve_layers(config.layers)
     unknown = sorted(set(config.evaluators) - set(EVALUATORS))
     if unknown or not config.evaluators:
         raise ConfigError(
@@ -301,6 +330,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         feature_input=eval_views(task, config)[config.features],
         image_input=eval_views(task, config)["image"],
         crop_input=task.eval_views(crop_proportion=1.0)["image"],
+        layers=resolve_layers(config.layers),
     )
     save_config(config, workdir)
 
@@ -315,6 +345,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         "train_split": train_split,
         "eval_split": eval_split,
         "features": config.features,
+        "layers": list(resolve_layers(config.layers)),
         "minival_examples": len(splits.minival),
         "data/skipped_images": len(skipped),
     }
