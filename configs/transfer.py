@@ -40,6 +40,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # mean of the features of a patch task's 3x3 evaluation patches (Revisiting-SSL's
     # evaluation of patch-based models). Fine-tuning always feeds whole images.
     config.features = "image"
+    # The encoder depths linear and k-NN probe, each stage's output averaged over its positions:
+    # "stage1".."stage4" (stage4 is the pre-logits, the encoder's output) or "all_stages", all
+    # from one pass over the data (Revisiting-SSL's layer-wise evaluation). Fine-tuning always
+    # trains the whole encoder's output.
+    config.layers = ("stage4",)
     config.random_init_baseline = True
     # Also evaluate the checkpoint's architecture with these weights, as the row "init_from":
     # `torchvision:FILE` (e.g. a supervised ImageNet ResNet-50's state dict, .safetensors or

@@ -190,6 +190,55 @@ def plot_frozen_vs_finetuned(
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
+def accuracy_by_depth(rows: Sequence[Mapping[str, object]]) -> dict[tuple[str, str], dict]:
+    """{(encoder, method without its layer): {layer: test accuracy}} of the frozen evaluators'
+    rows at the largest label fraction, layers in order of appearance (shallow to deep)."""
+    probed = [r for r in rows if "layer" in r]
+    top = max((r["label_fraction"] for r in probed), default=None)
+    cells: dict[tuple[str, str], dict] = {}
+    for r in probed:
+        if r["label_fraction"] == top:
+            method = str(r["method"]).removesuffix(f"/{r['layer']}")
+            cells.setdefault((str(r["encoder"]), method), {})[str(r["layer"])] = r["test_accuracy"]
+    return cells
+
+
+def plot_accuracy_by_depth(cells: Mapping[tuple[str, str], Mapping], path: Path, *, title: str):
+    """Test accuracy against the encoder depth probed (`accuracy_by_depth`'s cells), one line
+    per encoder and method; random-init encoders dashed."""
+    layers = list(dict.fromkeys(layer for accuracy in cells.values() for layer in accuracy))
+    with _figure(path, figsize=(7, 4.5)) as ax:
+        for i, ((encoder, method), accuracy) in enumerate(cells.items()):
+            style = "--" if encoder.startswith("random") else "-"
+            points = [(layers.index(k), 100 * v) for k, v in accuracy.items()]
+            label = f"{method} ({encoder})"
+            ax.plot(*zip(*points), style, marker="o", color=f"C{i % 10}", label=label)
+        ax.set_xticks(range(len(layers)), layers)
+        ax.set(xlabel="encoder depth probed", ylabel="test accuracy (%)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def accuracy_by_depth_section(workdir: Path, rows: Sequence[Mapping[str, object]], title: str):
+    """The report's table and plot of accuracy by depth if several depths were probed, else
+    ""."""
+    cells = accuracy_by_depth(rows)
+    layers = list(dict.fromkeys(layer for accuracy in cells.values() for layer in accuracy))
+    if len(layers) < 2:
+        return ""
+    plot_accuracy_by_depth(cells, workdir / "accuracy_by_depth.png", title=title)
+    table = [
+        {"encoder": e, "method": m, **{k: f"{100 * v:.1f}" for k, v in accuracy.items()}}
+        for (e, m), accuracy in cells.items()
+    ]
+    return (
+        "\n## Accuracy by depth\n\nTest accuracy (%) of each frozen evaluator on the global "
+        "average of each stage's output (stage4 is the pre-logits), with the most labels:\n\n"
+        + markdown_table(table, ["encoder", "method", *layers])
+        + "\n![accuracy by depth](accuracy_by_depth.png)\n"
+    )
+
+
 def write_transfer_report(
     workdir: Path,
     config: ml_collections.ConfigDict,
@@ -229,6 +278,7 @@ def write_transfer_report(
         f"Settings: {'; '.join(settings)}. "
         f"Total time: {summary['evaluate/wall_seconds']:.0f} s.\n\n"
         + plots
+        + accuracy_by_depth_section(workdir, rows, title)
         + "\n## Every result with its settings\n\n"
         + markdown_table(rows, columns)
     )

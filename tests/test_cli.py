@@ -229,6 +229,9 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
           "--config.minival_fraction=0"], 1, "config.minival_fraction=0.0 is invalid"),
         (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W", "--config.knn.ks=(0,)"], 1,
          "config.knn.ks=(0,) is invalid"),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W", "--config.layers=stage5"], 1,
+         "error: config.layers=('stage5',): use depths from ['stage1', 'stage2', 'stage3', "
+         "'stage4'] (stage4 is the pre-logits) or 'all_stages', e.g. --config.layers=all_stages."),
         # Paths that are the wrong kind of thing.
         (["pretrain", SIMCLR, "--workdir=file"], 1,
          "error: --workdir=file is a file, not a folder: pass a folder (made if missing)."),

@@ -46,7 +46,8 @@ def encoders() -> list[tuple[int, str, int]]:
             config = load_config_file(path, arg)
             runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
             for run in (r for r in runs if "model" in r):
-                size = run.relpatch.patch_size if run.task == "relpatch" else run.image_size
+                block = run[run.task]  # Patch tasks feed patches; the others, whole views.
+                size = block.patch_size if "patch_size" in block else run.image_size
                 found.add((run.model.depth, run.model.stem, min(size, MAX_SIZE)))
     return sorted(found)
 

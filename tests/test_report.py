@@ -93,3 +93,37 @@ def test_progress_lines_count_what_is_done_and_stay_silent_for_short_work(capsys
     quick = report.Progress("quick", 2, every_s=10)
     quick.advance(2)
     assert capsys.readouterr().out == ""
+
+
+def depth_rows():
+    """Linear and 20-NN rows at four depths (method suffixed by the layer except at stage4, the
+    pre-logits), for two label fractions, plus a fine-tuning row that has no depth."""
+    out = []
+    for encoder, base in (("pretrained", 0.5), ("random_init", 0.3)):
+        for fraction in (0.1, 1.0):
+            for depth, layer in enumerate(("stage1", "stage2", "stage3", "stage4"), 1):
+                for method, bonus in (("linear", 0.0), ("knn/k20", -0.05)):
+                    name = method if layer == "stage4" else f"{method}/{layer}"
+                    out.append(
+                        dict(encoder=encoder, method=name, label_fraction=fraction, layer=layer,
+                             test_accuracy=base + 0.02 * depth + bonus - (fraction < 1) * 0.1)
+                    )  # fmt: skip
+        out.append(dict(encoder=encoder, method="finetune/freeze0", label_fraction=1.0,
+                        test_accuracy=0.9, freeze_stages=0))  # fmt: skip
+    return out
+
+
+def test_accuracy_by_depth_has_a_line_per_encoder_and_method_at_the_most_labels(tmp_path):
+    cells = report.accuracy_by_depth(depth_rows())
+    assert list(cells) == [
+        ("pretrained", "linear"), ("pretrained", "knn/k20"),
+        ("random_init", "linear"), ("random_init", "knn/k20"),
+    ]  # fmt: skip
+    assert list(cells["pretrained", "linear"]) == ["stage1", "stage2", "stage3", "stage4"]
+    assert cells["random_init", "knn/k20"]["stage2"] == pytest.approx(0.3 + 0.04 - 0.05)
+    section = report.accuracy_by_depth_section(tmp_path, depth_rows(), "t")
+    assert "| encoder | method | stage1 | stage2 | stage3 | stage4 |" in section
+    assert "| pretrained | linear | 52.0 | 54.0 | 56.0 | 58.0 |" in section
+    assert (tmp_path / "accuracy_by_depth.png").stat().st_size > 1000
+    one_depth = [r for r in depth_rows() if r.get("layer") in (None, "stage4")]
+    assert report.accuracy_by_depth_section(tmp_path / "none", one_depth, "t") == ""

@@ -34,13 +34,21 @@ from selfsup.train.state import abstract_train_state, create_train_state, model_
 # BYOL and MoCo take two views of each image).
 def synthetic(config):
     rng = np.random.default_rng(0)
-    if config.task == "relpatch":
-        p = config.relpatch.patch_size
+    s = config.get("image_size")
+    if config.task in ("relpatch", "jigsaw"):
+        p = config[config.task].patch_size
         arrays = {"patches": rng.normal(size=(8, 9, p, p, 3))}
+    elif config.task == "rotation":
+        arrays = {"rotations": rng.uniform(size=(8, 4, s, s, 3))}
+    elif config.task == "exemplar":
+        arrays = {"copies": rng.normal(size=(8, config.exemplar.copies, s, s, 3))}
     else:
-        s = config.image_size
         arrays = {"views": rng.uniform(size=(8, 2, s, s, 3))}
-    return {**{k: v.astype(np.float32) for k, v in arrays.items()}, "label": np.arange(8) % 2}
+    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+    if config.task == "jigsaw":
+        c = config.jigsaw
+        arrays["permutation"] = rng.integers(0, c.num_permutations, (8, c.perms_per_image))
+    return {**arrays, "label": np.arange(8) % 2}
 
 mesh = parallel.make_mesh()
 for name in sorted(TASKS):

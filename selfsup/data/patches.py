@@ -127,12 +127,35 @@ def patch_example(
     return tf.ensure_shape(patches, [grid * grid, c.patch_size, c.patch_size, 3])
 
 
+def eval_views(c: ml_collections.ConfigDict, *, grid: int, crop_proportion: float) -> dict:
+    """A patch task's evaluation inputs: `image`, the whole image at the pretext crop's scale
+    [crop_size, crop_size, 3] (`eval_view`: the central `crop_proportion`, as SimCLR evaluates),
+    standardised as the patches are; `patches`, the grid x grid evaluation patches
+    [grid * grid, p, p, 3], whose features the evaluators average (Revisiting's
+    `combine_patches=avg_pool`)."""
+
+    def image_view(image: tf.Tensor) -> tf.Tensor:
+        whole = augment.eval_view(image, size=c.crop_size, crop_proportion=crop_proportion)
+        if c.chromatic == "project":
+            whole = project_out_green_magenta(whole)
+        size = [c.crop_size, c.crop_size, 3]
+        return tf.ensure_shape(tf.image.per_image_standardization(whole), size)
+
+    return {"image": image_view, "patches": lambda image: patch_example(image, None, c, grid=grid)}
+
+
+def rescaled(images: np.ndarray) -> np.ndarray:
+    """[n, h, w, 3] standardised images, each rescaled from its own range to [0, 1] for display
+    (a flat one is grey)."""
+    low = images.min(axis=(1, 2, 3), keepdims=True)
+    span = images.max(axis=(1, 2, 3), keepdims=True) - low
+    return np.where(span > 0, (images - low) / np.where(span > 0, span, 1), 0.5)
+
+
 def grid_mosaic(patches: np.ndarray, *, grid: int, gap: int = 2) -> np.ndarray:
     """[grid * grid, p, p, 3] standardised patches as one [h, w, 3] picture in [0, 1], patches
-    `gap` px apart in their grid, each rescaled from its own range (a flat patch is grey)."""
-    low = patches.min(axis=(1, 2, 3), keepdims=True)
-    span = patches.max(axis=(1, 2, 3), keepdims=True) - low
-    shown = np.where(span > 0, (patches - low) / np.where(span > 0, span, 1), 0.5)
+    `gap` px apart in their grid, each rescaled from its own range (`rescaled`)."""
+    shown = rescaled(patches)
     p = patches.shape[1]
     side = grid * p + (grid - 1) * gap
     mosaic = np.ones((side, side, 3), np.float32)

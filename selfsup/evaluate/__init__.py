@@ -20,6 +20,32 @@ if TYPE_CHECKING:
 Row = dict[str, object]
 
 
+# The depth whose results keep their plain names (`linear/test_accuracy`): the encoder's output.
+PRE_LOGITS = "stage4"
+
+
+def layer_method(method: str, layer: str) -> str:
+    """A frozen evaluator's result name at `layer`: `method/layer`, but plain `method` at the
+    pre-logits, so `linear/test_accuracy` is the classic linear-evaluation number at any sweep."""
+    return method if layer == PRE_LOGITS else f"{method}/{layer}"
+
+
+def at_each_layer(rows_at: Callable[..., list[Row]]) -> Callable[..., list[Row]]:
+    """A frozen-feature evaluator `rows_at(target, config, name, layer, features)` run at every
+    depth in `target.layers`, on that depth's frozen features."""
+
+    def run(target: Target, config, name: str, encoder: nnx.Module) -> list[Row]:
+        return [
+            r
+            for layer in target.layers
+            for r in rows_at(
+                target, config, name, layer, target.frozen_features(name, encoder, layer)
+            )
+        ]
+
+    return run
+
+
 def fraction_name(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 

@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from selfsup.evaluate import Evaluator, Row, fraction_name, row
+from selfsup.evaluate import Evaluator, Row, at_each_layer, fraction_name, layer_method, row
 from selfsup.report import Progress
 
 if TYPE_CHECKING:
@@ -84,10 +83,11 @@ def knn_accuracy(
     return float(np.mean(predictions == np.asarray(test_y)))
 
 
-def run(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
+def rows_at(
+    target: Target, config: ml_collections.ConfigDict, name: str, layer: str, features
 ) -> list[Row]:
-    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
+    """Its rows of encoder `name` at depth `layer`, from that depth's frozen `features`."""
+    train_x, train_y, test_x, test_y = features
     minival = target.splits.minival
     rows = []
     for fraction, indices in target.splits.subsets.items():
@@ -98,14 +98,15 @@ def run(
             kwargs = dict(
                 num_classes=target.source.num_classes, k=used_k, temperature=config.knn.temperature
             )
-            what = f"{name} knn/k{k} {fraction_name(fraction)} labels"
+            what = f"{name} {layer_method(f'knn/k{k}', layer)} {fraction_name(fraction)} labels"
             bank = train_x[indices], train_y[indices]
             rows.append(
                 row(
                     name,
-                    f"knn/k{k}",
+                    layer_method(f"knn/k{k}", layer),
                     fraction,
                     indices,
+                    layer=layer,
                     test_accuracy=knn_accuracy(*bank, test_x, test_y, **kwargs, what=what),
                     minival_accuracy=knn_accuracy(
                         *bank, train_x[minival], train_y[minival], **kwargs
@@ -125,4 +126,4 @@ def settings(config: ml_collections.ConfigDict) -> str:
     )
 
 
-EVALUATOR = Evaluator(run=run, settings=settings)
+EVALUATOR = Evaluator(run=at_each_layer(rows_at), settings=settings)

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
-from selfsup.evaluate import Evaluator, Row, fraction_name, row
+from selfsup.evaluate import Evaluator, Row, at_each_layer, fraction_name, layer_method, row
 from selfsup.report import Progress
 
 if TYPE_CHECKING:
@@ -234,10 +233,11 @@ def _checked_features(
     return x, y
 
 
-def run(
-    target: Target, config: ml_collections.ConfigDict, name: str, encoder: nnx.Module
+def rows_at(
+    target: Target, config: ml_collections.ConfigDict, name: str, layer: str, features
 ) -> list[Row]:
-    train_x, train_y, test_x, test_y = target.frozen_features(name, encoder)
+    """Its rows of encoder `name` at depth `layer`, from that depth's frozen `features`."""
+    train_x, train_y, test_x, test_y = features
     minival = target.splits.minival
     rows = []
     for fraction, indices in target.splits.subsets.items():
@@ -245,14 +245,15 @@ def run(
         result = linear_probe(
             train_x[indices], train_y[indices], train_x[minival], train_y[minival], test_x, test_y,
             num_classes=target.source.num_classes, l2_grid=list(config.linear.l2_grid),
-            what=f"{name} linear {fraction_name(fraction)} labels",
+            what=f"{name} {layer_method('linear', layer)} {fraction_name(fraction)} labels",
         )  # fmt: skip
         rows.append(
             row(
                 name,
-                "linear",
+                layer_method("linear", layer),
                 fraction,
                 indices,
+                layer=layer,
                 test_accuracy=result.test_accuracy,
                 minival_accuracy=result.minival_accuracy,
                 train_accuracy=result.train_accuracy,
@@ -267,4 +268,4 @@ def settings(config: ml_collections.ConfigDict) -> str:
     return f"linear probe L2 chosen per row on minival from {list(config.linear.l2_grid)}"
 
 
-EVALUATOR = Evaluator(run=run, settings=settings)
+EVALUATOR = Evaluator(run=at_each_layer(rows_at), settings=settings)

@@ -7,6 +7,7 @@ each evaluator named in `config.evaluators` for every encoder and label fraction
 
 - `linear`: L-BFGS logistic regression on frozen features, L2 chosen on minival;
 - `knn`: weighted k-NN on frozen features, for each k in `config.knn.ks` (temperature fixed);
+  both for each depth of the encoder in `config.layers` (features of every depth from one pass);
 - `finetune`: the encoder plus a linear head trained end to end, for each depth in
   `config.finetune.freeze_stages` of frozen bottom stages.
 
@@ -29,6 +30,7 @@ from selfsup.config import ConfigError, check_values, load_saved_config, save_co
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate import Evaluator, Row, finetune, fraction_name, knn, linear
+from selfsup.evaluate.features import resolve_layers
 from selfsup.evaluate.subsets import make_label_splits, split_labels
 from selfsup.evaluate.target import Target
 from selfsup.pretext import get_task
@@ -61,6 +63,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
         )
     check_values(config)
+    resolve_layers(config.layers)
     unknown = sorted(set(config.evaluators) - set(EVALUATORS))
     if unknown or not config.evaluators:
         raise ConfigError(
@@ -108,6 +111,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         "train_split": target.train_split,
         "eval_split": target.eval_split,
         "features": config.features,
+        "layers": list(target.layers),
         "minival_examples": len(target.splits.minival),
         "data/skipped_images": len(skipped),
     }
@@ -178,5 +182,6 @@ def open_target(config, pre_config, task, mesh) -> tuple[Target, list]:
         feature_input=views[config.features],
         image_input=views["image"],
         crop_input=task.eval_views(crop_proportion=1.0)["image"],
+        layers=resolve_layers(config.layers),
     )
     return target, skipped

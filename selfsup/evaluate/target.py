@@ -32,7 +32,10 @@ class Target:
     image_input: Callable[[tf.Tensor], tf.Tensor]  # A whole image, as fine-tuning feeds it.
     # A fine-tuning crop, already a square view: prepared as an evaluation image, not cropped again.
     crop_input: Callable[[tf.Tensor], tf.Tensor]
-    _features: dict[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
+    layers: tuple[str, ...]  # The depths frozen evaluators probe.
+    _features: dict[str, dict[str, tuple[np.ndarray, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def eval_dataset(
         self, source: Source, split: str, preprocess: Callable[[tf.Tensor], tf.Tensor]
@@ -49,18 +52,22 @@ class Target:
     def minival_source(self) -> Source:
         return subset_source(self.source, self.train_split, self.splits.minival, name="minival")
 
-    def frozen_features(self, name: str, encoder: nnx.Module) -> tuple[np.ndarray, ...]:
-        """(train_x, train_y, test_x, test_y) of encoder `name`; train rows in split order."""
+    def frozen_features(self, name: str, encoder: nnx.Module, layer: str) -> tuple[np.ndarray, ...]:
+        """(train_x, train_y, test_x, test_y) of encoder `name` at depth `layer`; train rows in
+        split order. Every layer's features come from one pass over each split."""
         if name not in self._features:
-            self._features[name] = tuple(
-                array
-                for split in (self.train_split, self.eval_split)
-                for array in extract_features(
+            (train_x, train_y), (test_x, test_y) = (
+                extract_features(
                     encoder,
                     self.eval_dataset(self.source, split, self.feature_input),
                     self.mesh,
                     what=f"{self.source.spec} split {split!r}",
                     total=self.source.num_examples(split),
+                    layers=self.layers,
                 )
+                for split in (self.train_split, self.eval_split)
             )
-        return self._features[name]
+            self._features[name] = {
+                layer: (train_x[layer], train_y, test_x[layer], test_y) for layer in self.layers
+            }
+        return self._features[name][layer]

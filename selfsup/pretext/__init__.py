@@ -29,6 +29,9 @@ TASKS = {
     "relpatch": "relpatch:RelativePatchPosition",
     "byol": "byol:BYOL",
     "moco": "moco:MoCo",
+    "rotation": "rotation:Rotation",
+    "jigsaw": "jigsaw:Jigsaw",
+    "exemplar": "exemplar:Exemplar",
 }
 
 

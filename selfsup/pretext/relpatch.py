@@ -53,12 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def check_geometry(c: ml_collections.ConfigDict) -> None:
-    """A ConfigError naming the key to change if the grid does not fit."""
+def check_geometry(c: ml_collections.ConfigDict, block: str = "relpatch") -> None:
+    """A ConfigError naming the key of `config.<block>` to change if the grid does not fit (the
+    patch tasks share this geometry)."""
     cell = c.crop_size // GRID
     if c.crop_size > c.resize_size:
         raise ConfigError(
-            f"config.relpatch.crop_size={c.crop_size} is larger than resize_size="
+            f"config.{block}.crop_size={c.crop_size} is larger than resize_size="
             f"{c.resize_size}: raise resize_size to at least {c.crop_size}."
         )
     needed = GRID * (c.patch_size + 2 * math.ceil(c.min_gap / 2))
@@ -66,12 +67,12 @@ def check_geometry(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"a {GRID}x{GRID} grid of {c.patch_size} px patches at least {c.min_gap} px apart "
             f"needs crop_size >= {needed} (and resize_size >= crop_size), but "
-            f"config.relpatch.crop_size={c.crop_size} gives {cell} px cells: raise crop_size "
+            f"config.{block}.crop_size={c.crop_size} gives {cell} px cells: raise crop_size "
             "and resize_size, or lower patch_size / min_gap."
         )
     if c.chromatic not in CHROMATIC_REMEDIES:
         raise ConfigError(
-            f"unknown config.relpatch.chromatic={c.chromatic!r}: use one of {CHROMATIC_REMEDIES}."
+            f"unknown config.{block}.chromatic={c.chromatic!r}: use one of {CHROMATIC_REMEDIES}."
         )
 
 
@@ -138,27 +139,11 @@ class RelativePatchPosition:
         return [patches.grid_mosaic(example["patches"], grid=GRID)]
 
     def eval_views(self, *, crop_proportion: float) -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:
-        """`image`: the whole image at the pretext crop's scale [crop_size, crop_size, 3]
-        (`eval_view`: the central `crop_proportion`, as SimCLR evaluates), standardised as the
-        patches are; `patches`: the 9 evaluation patches [9, p, p, 3], whose features the
-        evaluators average (Revisiting's `combine_patches=avg_pool`)."""
-        import tensorflow as tf
+        """`image` (whole, standardised) and `patches` (the 9 evaluation patches): see
+        `patches.eval_views`."""
+        from selfsup.data import patches
 
-        from selfsup.data import augment, patches
-
-        c = self.config.relpatch
-
-        def image_view(image: tf.Tensor) -> tf.Tensor:
-            whole = augment.eval_view(image, size=c.crop_size, crop_proportion=crop_proportion)
-            if c.chromatic == "project":
-                whole = patches.project_out_green_magenta(whole)
-            size = [c.crop_size, c.crop_size, 3]
-            return tf.ensure_shape(tf.image.per_image_standardization(whole), size)
-
-        return {
-            "image": image_view,
-            "patches": lambda image: patches.patch_example(image, None, c, grid=GRID),
-        }
+        return patches.eval_views(self.config.relpatch, grid=GRID, crop_proportion=crop_proportion)
 
     def build_model(self, rngs: nnx.Rngs) -> RelPatchModel:
         return RelPatchModel(self.config, rngs=rngs)

@@ -1,0 +1,91 @@
+"""Exemplar on ImageNet with ResNet-50, the Revisiting-SSL recipe.
+
+Kolesnikov, Zhai, Beyer 2019, google/revisiting-self-supervised `config/exemplar/imagenet.sh`,
+checked against its `preprocess.py`, `self_supervision/exemplar.py` and `trainer.py`:
+  --preprocessing to_gray,crop_inception_preprocess_patches,standardization
+  --resize_size 224,224 --grayscale_probability 0.66 --embed_dim 1000 --margin 0.5
+  --num_of_inception_patches 8 --architecture resnet50 --filters_factor 12 --batch_size 64
+  --lr 0.1 --lr_scale_batch_size 256 --decay_epochs 15,25 --epochs 35 --warmup_epochs 5
+i.e. each of the 64 images of a batch turns grey (mean of RGB) with p=0.66 and gives 8 copies
+(TF-slim's Inception training crop, area 0.05-1, resized to 224 px, a flip and slim's fast colour
+distortion), each standardised; a 1000-d linear embedding of the pooled features, L2-normalised
+along the batch axis, and a semi-hard triplet loss with margin 0.5 over the 512 copies; momentum
+SGD 0.9, weight decay 1e-4, lr 0.1 x 64/256 with 5 warmup epochs and x0.1 at epochs 15 and 25.
+Differences: the ResNet-50 (at three times the standard width, filters_factor 12) is v1.5,
+the crop is resized bicubically (slim: bilinearly) and BatchNorm momentum is 0.9 (TF's 0.997).
+An accelerator run:
+
+  python -m selfsup pretrain --config=configs/exemplar_imagenet.py --workdir=runs/exemplar_in1k
+
+ImageNet must already be prepared in `--config.data_dir` (TFDS cannot download it). Revisiting
+evaluates exemplar models on whole images, at every depth:
+  python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/exemplar_probe \
+      --config.checkpoint=runs/exemplar_in1k --config.layers=all_stages
+"""
+
+import ml_collections
+
+from selfsup.config import parse_runlocal
+from selfsup.pretext import exemplar
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    runlocal = parse_runlocal(arg)
+    config = ml_collections.ConfigDict()
+    config.task = "exemplar"
+    config.data = "tfds:imagenet2012"
+    config.data_dir = ""  # Where TFDS/builtin datasets are prepared; "" = TFDS's default.
+    config.train_split = "train"
+    config.eval_split = "validation"
+    config.seed = 0
+    # An image that does not decode: "error" stops with its file named; "skip" leaves such
+    # images out (one decoding pass over the splits read, at start) and counts them in
+    # summary.json as data/skipped_images.
+    config.corrupt_images = "error"
+    config.image_size = 224
+    config.batch_size = 64  # Images; each gives exemplar.copies copies.
+    config.num_epochs = 35.0
+    config.total_steps = 0  # > 0 overrides num_epochs.
+    # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
+    # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
+    # and config.json records which ran (README: `model.dtype`). kernels: "xla" (XLA's own conv,
+    # BatchNorm and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up to
+    # rounding) or "auto" (the rewrites on a CPU backend, XLA's ops elsewhere).
+    config.model = ml_collections.ConfigDict(
+        dict(depth=50, stem="imagenet", width=3.0, dtype="auto", kernels="auto")
+    )
+    config.exemplar = exemplar.default_config()
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            lr_scaling="linear",
+            momentum=0.9,
+            weight_decay=1e-4,
+            weight_decay_exclude=r"(^|/)(bias|scale)$",
+            trust_coefficient=0.001,  # LARS only.
+            warmup_epochs=5.0,
+            schedule="piecewise",
+            decay_epochs=(15, 25),
+            decay_factor=0.1,
+        )
+    )
+    # A linear classifier on stop-gradient features (mean over the copies) trained alongside,
+    # logged as online_probe/*: -1 = the data's class count, 0 = off. Not part of Revisiting.
+    config.online_probe_classes = -1
+    config.log_every_steps = 100
+    # Held-out pretext metrics (loss, same-image nearest-copy accuracy on eval_split); 0 = never.
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 5000
+    config.keep_checkpoints = 3
+    if runlocal:
+        config.model.update(depth=18, width=0.125)
+        config.image_size = 32
+        config.exemplar.update(copies=4, embed_dim=64)
+        config.batch_size = 32
+        config.total_steps = 60
+        config.optim.warmup_epochs = 0.0
+        config.log_every_steps = 10
+        config.checkpoint_every_steps = 30
+        config.eval_every_steps = 30
+    return config
