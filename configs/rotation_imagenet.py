@@ -38,6 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.eval_split = "validation"
     config.seed = 0
+    # The encoder's weights at step 0 (a resume restores its checkpoint): "" = random init;
+    # `torchvision:FILE` (a torchvision ResNet state dict, .safetensors or .pth), or a selfsup
+    # pretraining workdir or export, of config.model's architecture.
+    config.init_from = ""
     # An image that does not decode: "error" stops with its file named; "skip" leaves such
     # images out (one decoding pass over the splits read, at start) and counts them in
     # summary.json as data/skipped_images.

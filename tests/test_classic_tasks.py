@@ -55,7 +55,7 @@ def loss_and_grads(task, mesh, batch):
     batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
     loss_fn = pretrain_loss(task, graphdef)  # What the engine differentiates.
     value_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss, _), grads = value_and_grad(params, stats, batch, jax.random.key(3))
+    (loss, _), grads = value_and_grad(params, stats, {}, batch, jax.random.key(3))
     return jax.device_get((loss, grads))
 
 

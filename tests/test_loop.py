@@ -74,6 +74,7 @@ def test_pretrain_writes_outputs_and_resumes_exactly(image_folder, tmp_path):
     assert again["pretrain/loss"] == summary["pretrain/loss"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, monkeypatch):
     def nan_loss(z1, z2, temperature):
         loss, metrics = nt_xent(z1, z2, temperature)

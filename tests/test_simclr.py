@@ -106,6 +106,7 @@ def test_loss_and_gradients_equal_on_1_and_8_devices():
         np.testing.assert_allclose(g1, g8, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
 
 
+@pytest.mark.slow
 def test_bfloat16_encoder_stays_close_to_float32_with_float32_params_and_loss():
     """Same initial weights: bf16 compute changes the projections by at most 3% of their range
     and the loss by under 0.5%, and everything the optimizer and loss see is float32."""

@@ -130,6 +130,7 @@ def test_cosine_momentum_is_deepminds_target_ema():
     assert float(actual[0]) == pytest.approx(0.996) and float(actual[-1]) == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["byol", "moco"])
 def test_the_teacher_gets_exactly_zero_gradient(name):
     config = tiny_config(name)

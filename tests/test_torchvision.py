@@ -126,6 +126,7 @@ def round_trip(depth: int, stem: str, tmp_path: Path) -> str:
     )
 
 
+@pytest.mark.slow
 @needs_torchvision
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 def test_resnet18_round_trips_through_torchvision(stem, tmp_path):

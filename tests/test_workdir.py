@@ -115,6 +115,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_command_refuses_a_workdir_another_kind_of_command_made(image_folder, tmp_path):
     run = tmp_path / "run"
     config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
