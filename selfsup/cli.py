@@ -1,4 +1,4 @@
-"""Command line: `python -m selfsup {demo,pretrain,evaluate,show-augmentations}
+"""Command line: `python -m selfsup {demo,pretrain,evaluate,show-augmentations,export}
 --config=FILE[:arg] --workdir=DIR`.
 
 Errors a user can fix (bad config, missing data, NaN loss, a full or read-only disk) end the

@@ -1,5 +1,5 @@
-"""Heads that sit on encoder features: the SimCLR projection MLP and the relative-patch fusion
-head.
+"""Heads that sit on encoder features: the SimCLR projection MLP and the fusion head of the
+patch tasks (relative patch position, jigsaw).
 
 `ProjectionHead` follows google-research/simclr (`tf2/model.py`, `proj_head_mode="nonlinear"`):
 every layer is a bias-free Dense (N(0, 0.01) init) followed by BatchNorm; middle layers keep the
@@ -63,7 +63,8 @@ class ProjectionHead(nnx.Module):
 
 
 class PatchPairHead(nnx.Module):
-    """Classifies concatenated patch-pair embeddings [..., in_dim] -> logits [..., num_classes]."""
+    """Classifies concatenated patch embeddings (a pair for relative patch position, the nine
+    cells for jigsaw) [..., in_dim] -> logits [..., num_classes]."""
 
     def __init__(
         self, in_dim: int, *, hidden_dim: int, num_classes: int, dropout: float, rngs: nnx.Rngs
