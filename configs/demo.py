@@ -1,7 +1,7 @@
 """The demo: both pretext tasks on the built-in offline dataset, each followed by a linear probe and
 k-NN of its frozen encoder next to a random-init encoder of the same architecture.
 
-  python -m selfsup demo                                     # ~6 minutes on 2 CPU cores
+  python -m selfsup demo                                     # ~6-8 minutes on 2 CPU cores
   python -m selfsup demo --config=configs/demo.py:runlocal   # ~3 minutes, same code path
 
 `tasks.<name>.pretrain` is the pretraining config (configs/simclr_builtin.py,
