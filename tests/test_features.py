@@ -33,6 +33,7 @@ def to_float(image):
     return tf.cast(tf.reshape(image, [8, 8, 3]), tf.float32) / 255
 
 
+@pytest.mark.slow
 def test_features_match_direct_forward_with_padding(tmp_path: Path):
     images, order = image_folder(tmp_path)
     source = open_source(f"folder:{tmp_path}")

@@ -152,6 +152,7 @@ def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder
         loop.pretrain(tiny_config(image_folder, online_probe_classes=7), tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_a_nonfinite_gradient_with_a_finite_loss_stops_too(image_folder, tmp_path, monkeypatch):
     def nan_gradient(z1, z2, temperature):
         loss, metrics = nt_xent(z1, z2, temperature)
@@ -170,6 +171,7 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_too(image_folder, tmp_pat
     assert Checkpointer(tmp_path, keep=3).latest_step() is None  # The NaN state is not saved.
 
 
+@pytest.mark.slow
 def test_a_half_written_checkpoint_is_ignored_and_replaced(image_folder, tmp_path, capsys):
     config = tiny_config(image_folder)
     loop.pretrain(config, tmp_path)
