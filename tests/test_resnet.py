@@ -327,6 +327,7 @@ def test_rejects_unknown_depth_and_stem():
         ResNet(18, stem="tiny", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen_stages", [1, 3])
 def test_frozen_stages_keep_their_statistics_and_pass_no_gradient(resnet18, frozen_stages):
     """`frozen_stages=n`: stem..stage<n> in inference mode and cut from the gradient; the

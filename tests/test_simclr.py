@@ -88,6 +88,7 @@ def _loss_and_grads(mesh, views):
     return jax.device_get(loss_fn(params, stats, views))
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_equal_on_1_and_8_devices():
     views = np.random.default_rng(1).uniform(size=(16, 2, 16, 16, 3)).astype(np.float32)
     mesh1 = jax.make_mesh(
