@@ -135,9 +135,10 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
     assert summary["relpatch/features"] == "image" and summary["simclr/features"] == "image"
     report = (tmp_path / "demo" / "report.md").read_text()
     for task, heldout in (("simclr", "contrast_accuracy"), ("relpatch", "pretext_accuracy")):
-        [row] = [line for line in report.splitlines() if line.startswith(f"| {task} | image |")]
-        assert f"| {summary[f'{task}/pretrain/heldout/{heldout}']:.4g} |" in row
-    for task in ("simclr", "relpatch"):
+        [task_row] = [
+            line for line in report.splitlines() if line.startswith(f"| {task} | image |")
+        ]
+        assert f"| {summary[f'{task}/pretrain/heldout/{heldout}']:.4g} |" in task_row
         for encoder, key in ((task, "linear"), (f"random init ({task})", "random_init/linear")):
             accuracy = summary[f"{task}/{key}/test_accuracy"]
             # Counted over all 2,000 test images of builtin:shapes, and the row of the table.

@@ -60,6 +60,7 @@ def main() -> None:
         parent, child = context.Pipe()
         tree = getattr(args, name)
         context.Process(target=worker, args=(child, tree, worker_args), daemon=True).start()
+        child.close()  # So that a worker that dies ends `recv` with EOFError, not a hang.
         print(name, "imports", parent.recv(), "built", parent.recv(), flush=True)
         conns[name] = parent
     samples = {"before": [], "after": []}
