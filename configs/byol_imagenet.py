@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(depth=50, stem="imagenet", width=1.0, dtype="auto", kernels="auto")
     )
     config.byol = byol.default_config()
+    # Colour ops in the jitted step, as DeepMind's BYOL runs them: the host only crops, resizes
+    # and flips, and its views cross to the device as uint8 (README "Feeding the device").
+    config.byol.color_on_device = True
     config.optim = ml_collections.ConfigDict(
         dict(
             name="lars",

@@ -38,6 +38,11 @@ def fit_original(image: np.ndarray, side: int) -> np.ndarray:
     return np.clip(resized.numpy(), 0.0, 1.0)
 
 
+def as_picture(view: np.ndarray) -> np.ndarray:
+    """A view in [0, 1] (a uint8 view scaled as the device scales it)."""
+    return view * np.float32(1 / 255) if view.dtype == np.uint8 else view
+
+
 def compose_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """Rows of [h, w, 3] panels in [0, 1] -> one uint8 image: panel j of every row in column j
     (as wide as its widest panel), each row as high as the highest panel, `GAP` px apart."""
@@ -79,7 +84,7 @@ def _show(config: ml_collections.ConfigDict, workdir: Path, num_images: int) -> 
         seed=config.seed,
     )
     examples = list(pipeline.host_batches(ds, what=f"{config.data} split {config.train_split!r}"))
-    views = [task.display_views(example) for example in examples]
+    views = [[as_picture(v) for v in task.display_views(example)] for example in examples]
     side = max(view.shape[0] for row in views for view in row)
     rows = [[fit_original(example["image"], side), *row] for example, row in zip(examples, views)]
     import matplotlib.image

@@ -297,6 +297,31 @@ def test_eval_view_at_32_pixels_or_less_is_a_plain_resize():
     )
 
 
+def test_a_uint8_image_at_the_eval_size_is_sent_unchanged():
+    # The lossless case of `host_view`: every evaluation image of a 32 px dataset.
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    view = augment.eval_view(image, size=32).numpy()
+    assert view.dtype == np.uint8
+    np.testing.assert_array_equal(view, image)
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_a_view_of_a_uint8_image_is_uint8_unless_a_colour_op_made_it(color):
+    image = np.random.default_rng(3).integers(0, 256, (40, 36, 3)).astype(np.uint8)
+    kwargs = dict(size=24, color_strength=1.0, color=color)
+    view = augment.simclr_view(image, seed(5), **kwargs).numpy()
+    # The same crop, flip and colours from the float image: the view as float32.
+    exact = augment.simclr_view(augment.to_float(image), seed(5), **kwargs).numpy()
+    assert exact.dtype == np.float32
+    if color:
+        np.testing.assert_array_equal(view, exact)
+    else:
+        assert view.dtype == np.uint8
+        np.testing.assert_array_equal(view, np.round(exact * 255).astype(np.uint8))
+        assert np.abs(augment.to_float(view).numpy() - exact).max() <= 0.5 / 255 + 1e-7
+        assert not np.array_equal(exact * 255, np.round(exact * 255))  # A resize rounded.
+
+
 def test_view_without_augmentations_is_a_resize():
     # simclr's non-crop path only reshapes: at the view size the image comes back unchanged.
     image = random_image(24)
@@ -337,7 +362,10 @@ def test_eager_and_tf_data_agree_exactly(name):
         .as_numpy_iterator()
     )
     np.testing.assert_array_equal(eager, mapped)
-    assert eager.dtype == np.float32 and eager.min() >= 0.0 and eager.max() <= 1.0
+    if name == "eval_view":  # Geometric ops alone on a uint8 image: uint8 (`host_view`).
+        assert eager.dtype == np.uint8
+    else:
+        assert eager.dtype == np.float32 and eager.min() >= 0.0 and eager.max() <= 1.0
 
 
 def test_views_are_deterministic_per_seed_and_differ_across_seeds():

@@ -31,6 +31,22 @@ def jax_over_keys(op, n: int) -> np.ndarray:
     return np.asarray(jax.jit(jax.vmap(op))(keys))
 
 
+def test_to_float_is_tf_convert_image_dtype_bit_for_bit():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=-1)
+    expected = tf.image.convert_image_dtype(levels, tf.float32).numpy()
+    np.testing.assert_array_equal(jax.jit(aj.to_float)(levels), expected)
+    floats = random_image(8)
+    np.testing.assert_array_equal(aj.to_float(floats), floats)
+
+
+def test_colour_ops_take_uint8_views_as_their_float_values():
+    views = np.random.default_rng(1).integers(0, 256, (3, 2, 16, 16, 3)).astype(np.uint8)
+    kwargs = dict(strength=1.0, blur=True, solarize_p=0.3)
+    augment_views = jax.jit(lambda v: aj.color_augment_views(v, jax.random.key(2), **kwargs))
+    as_float = tf.image.convert_image_dtype(views, tf.float32).numpy()
+    np.testing.assert_array_equal(augment_views(views), augment_views(as_float))
+
+
 def edge_case_image(size: int) -> np.ndarray:
     """Random pixels plus the HSV conversion's edge cases: greys, black, white, pure
     primaries, and pixels with two equal channels."""

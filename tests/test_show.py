@@ -22,6 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
     [
         ("simclr_cifar10.py", 16, 2),  # Two 16 px views.
         ("relpatch_cifar10.py", 52, 1),  # One 3x3 grid of 16 px patches, 2 px apart.
+        ("rotation_cifar10.py", 16, 4),  # Four uint8 turns (no colour op on the host).
     ],
 )
 def test_grid_draws_every_original_and_what_the_network_sees(tmp_path, name, side, num_views):
@@ -57,8 +58,12 @@ def test_grid_draws_every_original_and_what_the_network_sees(tmp_path, name, sid
             for j in range(1 + num_views)
         ]
         np.testing.assert_array_equal(cells[0], original)
-        for cell, view in zip(cells[1:], task.display_views(example)):
-            np.testing.assert_array_equal(cell, np.round(view * 255).astype(np.uint8))
+        views = task.display_views(example)
+        assert all(v.dtype == (np.uint8 if "rotation" in name else np.float32) for v in views)
+        for cell, view in zip(cells[1:], views):
+            if view.dtype != np.uint8:
+                view = np.round(view * 255).astype(np.uint8)
+            np.testing.assert_array_equal(cell, view)
     assert (grid[:gap] == 255).all() and (grid[:, :gap] == 255).all()  # White margins.
 
 

@@ -4,7 +4,9 @@ throughput on the JAX device, and the jitted SimCLR train step's consumption rat
 CIFAR stem, batch 256), all in one run so that a noisy machine loads every number alike. Host
 variants alternate round by round and the table reports their ratios. Besides wall-clock
 images/s it records images per CPU-second of this process, a per-core rate that other jobs on
-the machine do not dilute. Writes the "## Input pipeline" section of RESULTS.md next to this file.
+the machine do not dilute, and the bytes per image each recipe sends to the device (uint8 views
+where the host made them by geometric ops alone). Writes the "## Input pipeline" section of
+RESULTS.md next to this file.
 
   python experiments/bench/input_pipeline.py --cifar_data=folder:../shared/data/cifar10-sample
 """
@@ -52,8 +54,9 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
-def pipeline_rate(config, *, batch: int, seconds: float) -> tuple[float, float]:
-    """(images/s, images per CPU-second of this process) of `config`'s training stream."""
+def pipeline_rate(config, *, batch: int, seconds: float) -> tuple[float, float, float]:
+    """(images/s, images per CPU-second of this process, bytes per image the device receives)
+    of `config`'s training stream."""
     from selfsup.data import pipeline
     from selfsup.data.sources import open_source
     from selfsup.pretext import get_task
@@ -71,7 +74,8 @@ def pipeline_rate(config, *, batch: int, seconds: float) -> tuple[float, float]:
         next(batches)
         count += batch
     wall, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
-    return count / wall, count / cpu
+    views = sum(a.nbytes for k, a in next(batches).items() if k != "label") / batch
+    return count / wall, count / cpu, views
 
 
 def timed_calls(fn, *, seconds: float, min_calls: int) -> float:
@@ -275,13 +279,15 @@ def main() -> None:
         f"tensorflow {tf.__version__}.",
         f"- Data: CIFAR recipes {cifar_label}; ImageNet-style {imagenet_label}.",
         "",
-        "| host recipe | variant | images/s | images per CPU-s | per round (images/s) |",
-        "|---|---|---:|---:|---|",
+        "| host recipe | variant | images/s | images per CPU-s | per round (images/s) "
+        "| bytes/image to the device |",
+        "|---|---|---:|---:|---|---:|",
     ]
     for (name, variant), rates in host.items():
         rounds = ", ".join(f"{r[0]:.0f}" for r in rates)
         lines.append(
-            f"| {name} | {variant} | {mean(rates, 0):.0f} | {mean(rates, 1):.0f} | {rounds} |"
+            f"| {name} | {variant} | {mean(rates, 0):.0f} | {mean(rates, 1):.0f} | {rounds} "
+            f"| {rates[0][2]:,.0f} |"
         )
     lines += ["", "| on the JAX device | images/s | images per CPU-s |", "|---|---:|---:|"]
     for name, (rate, per_cpu) in colour.items():

@@ -9,6 +9,12 @@ a resume. Ops that need several random numbers split their seed with
 `tf.random.experimental.stateless_split`. Every op takes a uint8 or float [H, W, 3] image
 (float meaning [0, 1]), returns float32 in [0, 1], and gives identical results eagerly and
 inside `tf.data.Dataset.map`.
+
+A view leaves the host as uint8 when it was cut from a uint8 image by geometric ops alone
+(crop, resize, flip): a quarter of float32's bytes to the device, which converts it back
+(`augment_jax.to_float`, bit for bit as `to_float` here). The rounding after a resize (at most
+0.5/255) is the one torchvision's PIL pipelines make; an unresized crop is exact. A view that a
+photometric op made on the host stays float32, which 8 bits could not hold.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ Op = Callable[[tf.Tensor], tf.Tensor]
 def to_float(image: tf.Tensor) -> tf.Tensor:
     # simclr converts to float [0, 1] before any op (convert_image_dtype divides uint8 by 255).
     return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """A float image in [0, 1] -> uint8, rounded to the nearest level (`to_float`'s inverse on
+    8-bit images)."""
+    return tf.cast(tf.round(image * 255.0), tf.uint8)
+
+
+def host_view(view: tf.Tensor, image: tf.Tensor, *, photometric: bool) -> tf.Tensor:
+    """`view`, made from `image`, as it leaves the host: uint8 when `image` was uint8 and no
+    `photometric` op made it, else float32 (the module docstring says why)."""
+    return to_uint8(view) if image.dtype == tf.uint8 and not photometric else view
 
 
 def split_seed(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
@@ -277,14 +295,15 @@ def eval_view(
 ) -> tf.Tensor:
     """Evaluation preprocessing, simclr's `preprocess_for_eval`: for `size` > 32 the square
     central crop of `crop_proportion` of the shorter side (`central_crop_box`), bicubic resize to
-    [size, size]; for `size` <= 32 (simclr's test_crop=False) a plain resize. Clipped to [0, 1]."""
-    image = to_float(image)
+    [size, size]; for `size` <= 32 (simclr's test_crop=False) a plain resize. A `host_view`:
+    uint8 from uint8 (exact when the image is `size` already, as CIFAR's are at 32 px)."""
+    view = to_float(image)
     if size > MAX_UNCROPPED_SIZE:
-        shape = tf.shape(image)
-        image = tf.image.crop_to_bounding_box(
-            image, *central_crop_box(shape[0], shape[1], crop_proportion=crop_proportion)
+        shape = tf.shape(view)
+        view = tf.image.crop_to_bounding_box(
+            view, *central_crop_box(shape[0], shape[1], crop_proportion=crop_proportion)
         )
-    return resize(image, size=size)
+    return host_view(resize(view, size=size), image, photometric=False)
 
 
 def simclr_view(
@@ -328,10 +347,11 @@ def augmented_view(
     min_crop_area: float = 0.08,
     flip: bool = True,
 ) -> tf.Tensor:
-    """One augmented view, float32 [size, size, 3] in [0, 1]: random resized crop (else a
-    plain resize), flip, colour distortion (`jitter` with p=0.8, then grayscale with p=0.2;
-    none if `jitter` is None), blur with probability `blur_p`, solarize with probability
-    `solarize_p`, clip. SimCLR's, BYOL's and MoCo v2's views differ only in these arguments."""
+    """One augmented view [size, size, 3], a `host_view`: random resized crop (else a plain
+    resize), flip, colour distortion (`jitter` with p=0.8, then grayscale with p=0.2; none if
+    `jitter` is None), blur with probability `blur_p`, solarize with probability `solarize_p`,
+    clip. SimCLR's, BYOL's and MoCo v2's views differ only in these arguments."""
+    source = image
     # A 5-way split keeps the first four seeds of the earlier 4-way split (stateless_split is
     # prefix-stable), so adding solarize left every existing augmentation stream unchanged.
     crop_seed, flip_seed, color_seed, blur_seed, solarize_seed = split_seed(seed, 5)
@@ -347,11 +367,13 @@ def augmented_view(
         image = gaussian_blur(image, blur_seed, p=blur_p)
     if solarize_p > 0:
         image = random_solarize(image, solarize_seed, p=solarize_p)
-    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
+    view = tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
+    photometric = jitter is not None or blur_p > 0 or solarize_p > 0
+    return host_view(view, source, photometric=photometric)
 
 
 def two_views(image: tf.Tensor, seed: tf.Tensor, **view_kwargs) -> tf.Tensor:
-    """Two independent `simclr_view`s of one image from split seeds: float32 [2, size, size, 3]."""
+    """Two independent `simclr_view`s of one image from split seeds: [2, size, size, 3]."""
     return tf.stack(
         [simclr_view(image, view_seed, **view_kwargs) for view_seed in split_seed(seed, 2)]
     )

@@ -4,8 +4,9 @@ and flips, the part that needs the whole image. Each op is the twin of the TF op
 `selfsup.data.augment` (TF's kernel formulas for contrast, saturation and hue, the luma weights
 of `tf.image.rgb_to_grayscale`, simclr's blur with zero 'SAME' padding, the same random ranges,
 probabilities and clipping) but draws its randomness from a JAX key. Single-image ops take
-float32 [H, W, 3] in [0, 1]; `color_augment_views` vmaps them over [N, 2, H, W, 3] with one key
-per view, so under `jax.jit` with a batch-sharded input every device augments its own rows.
+float32 [H, W, 3] in [0, 1]; `color_augment_views` vmaps them over [N, 2, H, W, 3] (uint8 views
+from the host converted by `to_float`) with one key per view, so under `jax.jit` with a
+batch-sharded input every device augments its own rows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class ColorJitter:
         """simclr `color_jitter`: brightness/contrast/saturation 0.8 * strength, hue 0.2 *
         strength."""
         return cls(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """Host images as float32 in [0, 1]: uint8 scaled as `augment.to_float` (TF's
+    `convert_image_dtype`) scales it, x * float32(1/255), so a view that crossed to the device as
+    uint8 is bit for bit the float32 the host would have made; floats pass unchanged."""
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) * jnp.float32(1 / 255)
+    return images
 
 
 def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
@@ -295,7 +305,7 @@ def color_augment_views(views: jax.Array, key: jax.Array, **color_kwargs) -> jax
     def one_view(image, key):
         return color_augment(image, key, **color_kwargs)
 
-    return jax.vmap(jax.vmap(one_view))(views, keys)
+    return jax.vmap(jax.vmap(one_view))(to_float(views), keys)
 
 
 def augment_colors_per_view(
@@ -304,6 +314,7 @@ def augment_colors_per_view(
     """`augment_colors` of [N, V, H, W, 3] with view v's arguments `per_view[v]` (BYOL's views
     differ), each view with its own key split from `key` as `color_augment_views` splits it."""
     keys = jax.random.split(key, views.shape[:2])
+    views = to_float(views)
     columns = [
         jax.vmap(lambda image, key, kwargs=kwargs: augment_colors(image, key, **kwargs))(
             views[:, v], keys[:, v]

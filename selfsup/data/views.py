@@ -7,8 +7,8 @@ aspect ratio 3/4..4/3, resized to `size` (bicubic, as `augment.random_resized_cr
 mode resizes bilinearly). `crop="padded"` is Gidaris et al.'s CIFAR crop: the image resized to
 `size`, zero-padded by `crop_padding` px on every side, and a random `size` crop of that. `flip`
 mirrors left-right with probability 1/2. `color` is slim's fast-mode `distort_color`: brightness
-+U[-32/255, 32/255], then saturation xU[0.5, 1.5], then a clip to [0, 1]. Views are float32 in
-[0, 1].
++U[-32/255, 32/255], then saturation xU[0.5, 1.5], then a clip to [0, 1]. Views are
+`augment.host_view`s: uint8 from a uint8 image without `color`, else float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -44,20 +44,20 @@ def inception_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def training_view(
     image: tf.Tensor, seed: tf.Tensor, c: ml_collections.ConfigDict, *, size: int
 ) -> tf.Tensor:
-    """One view [size, size, 3] of a uint8 image: `c.crop` (with `c.min_crop_area` or
-    `c.crop_padding`), then `c.flip` and `c.color` if set."""
+    """One view [size, size, 3] of an image (an `augment.host_view`): `c.crop` (with
+    `c.min_crop_area` or `c.crop_padding`), then `c.flip` and `c.color` if set."""
     crop_seed, flip_seed, color_seed = augment.split_seed(seed, 3)
     if c.crop == "inception":
-        image = augment.random_resized_crop(
+        view = augment.random_resized_crop(
             image, crop_seed, size=size, area_range=(c.min_crop_area, 1.0)
         )
     else:
-        image = padded_crop(image, crop_seed, size=size, padding=c.crop_padding)
+        view = padded_crop(image, crop_seed, size=size, padding=c.crop_padding)
     if c.flip:
-        image = augment.random_flip(image, flip_seed)
+        view = augment.random_flip(view, flip_seed)
     if c.color:
-        image = inception_color(image, color_seed)
-    return tf.ensure_shape(image, [size, size, 3])
+        view = inception_color(view, color_seed)
+    return augment.host_view(tf.ensure_shape(view, [size, size, 3]), image, photometric=c.color)
 
 
 def quarter_turns(image: tf.Tensor) -> tf.Tensor:

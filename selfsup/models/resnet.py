@@ -30,6 +30,7 @@ import ml_collections
 from flax import nnx
 
 from selfsup.config import ConfigError
+from selfsup.data.augment_jax import to_float
 from selfsup.models.kernels import KERNEL_NAMES, kernels_for
 
 STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -234,7 +235,8 @@ class ResNet(nnx.Module):
         self, x: jax.Array, *, train: bool, frozen_stages: int = 0
     ) -> dict[str, jax.Array]:
         """Feature maps after the stem and after each stage, and the global-average-pooled
-        features ("pooled").
+        features ("pooled") of images `x`: float in [0, 1], or uint8 as they leave the host
+        (converted here, on the device).
 
         `frozen_stages=n` (0..4) freezes the bottom n stages for fine-tuning: for n >= 1 the stem
         and stage1..stage<n> run in inference mode (running BatchNorm statistics, left
@@ -246,7 +248,7 @@ class ResNet(nnx.Module):
         def output(i: int, y: jax.Array) -> jax.Array:
             return jax.lax.stop_gradient(y) if frozen_stages >= max(i, 1) else y
 
-        x = nnx.relu(self.stem(x, train=train and frozen_stages == 0))
+        x = nnx.relu(self.stem(to_float(x), train=train and frozen_stages == 0))
         if self.pool is not None:
             x = self.pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = output(0, x)

@@ -54,8 +54,8 @@ class PretextTask(Protocol):
         feeds it); `crop_proportion` is the evaluation's central crop."""
 
     def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """What the network sees of one `train_example`, as [h, w, 3] pictures in [0, 1], for
-        `show-augmentations`."""
+        """What the network sees of one `train_example`, as [h, w, 3] pictures (uint8, or float
+        in [0, 1]), for `show-augmentations`."""
 
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
         """The pretext model: an NNX module with an `encoder` (what transfers; a ResNet) and an

@@ -156,6 +156,7 @@ class Exemplar:
 
         def image_view(image: tf.Tensor) -> tf.Tensor:
             view = augment.eval_view(image, size=size, crop_proportion=crop_proportion)
+            view = augment.to_float(view)
             return tf.ensure_shape(tf.image.per_image_standardization(view), [size, size, 3])
 
         return {"image": image_view}

@@ -157,7 +157,7 @@ class MoCo:
         return {"views": views}  # View 1 is the query's, view 2 the key's.
 
     def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """What the network sees of one `train_example`: query and key view, each in [0, 1]."""
+        """What the network sees of one `train_example`: query and key view."""
         return list(example["views"])
 
     def eval_views(self, *, crop_proportion: float) -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:

@@ -135,7 +135,7 @@ class SimCLR:
         return {"views": views}
 
     def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """What the network sees of one `train_example`: its two views, each in [0, 1]."""
+        """What the network sees of one `train_example`: its two views."""
         return list(example["views"])
 
     def eval_views(self, *, crop_proportion: float) -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:
