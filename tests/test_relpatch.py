@@ -243,3 +243,17 @@ def test_learns_a_trivially_solvable_set_to_near_100_percent(tmp_path):
     assert summary["pretrain/heldout/pretext_accuracy"] > 0.95
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert records[-1]["heldout/pretext_accuracy"] == summary["pretrain/heldout/pretext_accuracy"]
+
+
+def test_the_whole_image_input_is_standardised_from_the_unrounded_resize():
+    # It stays on the host (standardised there), so no 8-bit rounding may come between.
+    c = relpatch.default_config()
+    c.crop_size = 40
+    image = np.random.default_rng(0).integers(0, 256, (50, 50, 3)).astype(np.uint8)
+    whole = patch_input.eval_views(c, grid=3, crop_proportion=1.0)["image"](image).numpy()
+    resized = tf.image.resize(image[None] / np.float32(255), [40, 40], method="bicubic")[0]
+    expected = tf.image.per_image_standardization(tf.clip_by_value(resized, 0.0, 1.0)).numpy()
+    assert whole.dtype == np.float32
+    np.testing.assert_allclose(whole, expected, atol=1e-5)
+    rounded = tf.round(tf.clip_by_value(resized, 0.0, 1.0) * 255) / 255
+    assert np.abs(whole - tf.image.per_image_standardization(rounded).numpy()).max() > 1e-3

@@ -135,8 +135,10 @@ def eval_views(c: ml_collections.ConfigDict, *, grid: int, crop_proportion: floa
     `combine_patches=avg_pool`)."""
 
     def image_view(image: tf.Tensor) -> tf.Tensor:
-        view = augment.eval_view(image, size=c.crop_size, crop_proportion=crop_proportion)
-        whole = augment.to_float(view)
+        # From the float image, so the view stays float (unrounded) for the host's standardisation.
+        whole = augment.eval_view(
+            augment.to_float(image), size=c.crop_size, crop_proportion=crop_proportion
+        )
         if c.chromatic == "project":
             whole = project_out_green_magenta(whole)
         size = [c.crop_size, c.crop_size, 3]

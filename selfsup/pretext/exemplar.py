@@ -155,8 +155,10 @@ class Exemplar:
         size = self.config.image_size
 
         def image_view(image: tf.Tensor) -> tf.Tensor:
-            view = augment.eval_view(image, size=size, crop_proportion=crop_proportion)
-            view = augment.to_float(view)
+            # From the float image: the view stays float (unrounded) for the standardisation.
+            view = augment.eval_view(
+                augment.to_float(image), size=size, crop_proportion=crop_proportion
+            )
             return tf.ensure_shape(tf.image.per_image_standardization(view), [size, size, 3])
 
         return {"image": image_view}
