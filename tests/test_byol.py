@@ -13,7 +13,7 @@ from test_teacher import mesh_of, synthetic_batches, tiny_config
 from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.data import augment
-from selfsup.data.augment_jax import ColorJitter
+from selfsup.data.augment_jax import ColorJitter, augment_colors_per_view
 from selfsup.pretext import byol, get_task
 from selfsup.train.optim import make_optimizer, path_mask
 from selfsup.train.pretext_step import pretrain_loss
@@ -84,6 +84,7 @@ def hand_written_loss(graphdef, params, batch_stats, target, views):
 @pytest.mark.slow  # Compiles the task's loss and the reference, each with its gradient.
 def test_online_gradient_equals_that_of_a_hand_written_loss():
     config = tiny_config("byol")
+    assert config.byol.color_on_device  # The recipe's: views coloured in the step.
     task = get_task(config)
     [batch] = synthetic_batches(config, 1)
     tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=1, warmup_steps=0)
@@ -97,7 +98,10 @@ def test_online_gradient_equals_that_of_a_hand_written_loss():
             return loss_fn(params, batch_stats, extra, batch, jax.random.key(0))[0]
 
         def reference(params):
-            return hand_written_loss(graphdef, params, batch_stats, extra["target"], batch["views"])
+            # The step colours the views with its own key (byol.py), so the reference does too.
+            colors = byol.view_colors(config.byol)
+            views = augment_colors_per_view(batch["views"], jax.random.key(0), colors)
+            return hand_written_loss(graphdef, params, batch_stats, extra["target"], views)
 
         return jax.value_and_grad(task_loss)(params), jax.value_and_grad(reference)(params)
 
