@@ -21,6 +21,7 @@ import tensorflow as tf
 from selfsup import report
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
+from selfsup.data.augment import to_float
 from selfsup.data.sources import open_source
 from selfsup.pretext import get_task
 from selfsup.workdir import claim
@@ -36,11 +37,6 @@ def fit_original(image: np.ndarray, side: int) -> np.ndarray:
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
     resized = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), size, antialias=True)
     return np.clip(resized.numpy(), 0.0, 1.0)
-
-
-def as_picture(view: np.ndarray) -> np.ndarray:
-    """A view in [0, 1] (a uint8 view scaled as the device scales it)."""
-    return view * np.float32(1 / 255) if view.dtype == np.uint8 else view
 
 
 def compose_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
@@ -84,7 +80,8 @@ def _show(config: ml_collections.ConfigDict, workdir: Path, num_images: int) -> 
         seed=config.seed,
     )
     examples = list(pipeline.host_batches(ds, what=f"{config.data} split {config.train_split!r}"))
-    views = [[as_picture(v) for v in task.display_views(example)] for example in examples]
+    # In [0, 1]: uint8 views scaled as the device scales them.
+    views = [[to_float(v).numpy() for v in task.display_views(example)] for example in examples]
     side = max(view.shape[0] for row in views for view in row)
     rows = [[fit_original(example["image"], side), *row] for example, row in zip(examples, views)]
     import matplotlib.image

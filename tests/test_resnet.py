@@ -153,17 +153,12 @@ def test_logits_are_the_classifier_on_globally_pooled_features(resnet18):
 def test_uint8_images_are_scaled_on_the_device_as_the_host_scales_them(resnet18):
     # As the host pipeline sends a view made by geometric ops alone.
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
-    as_host = tf_convert_image_dtype(pixels)
+    from selfsup.data.augment import to_float  # TF's uint8 -> [0, 1], as the host converts.
+
+    as_host = to_float(pixels).numpy()
     forward = jax.jit(lambda x: resnet18.features(x, train=False))
     for name, value in forward(pixels).items():
         np.testing.assert_array_equal(value, forward(as_host)[name], err_msg=name)
-
-
-def tf_convert_image_dtype(pixels: np.ndarray) -> np.ndarray:
-    """What the host would have sent as float32: TF's uint8 -> [0, 1] conversion."""
-    import tensorflow as tf
-
-    return tf.image.convert_image_dtype(pixels, tf.float32).numpy()
 
 
 def test_train_mode_normalises_with_batch_statistics_and_updates_running_averages(resnet18):
