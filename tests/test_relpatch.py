@@ -235,10 +235,11 @@ def test_learns_a_trivially_solvable_set_to_near_100_percent(tmp_path):
     # 0.05 at batch 16, constant. At 0.1, 100 steps reached 0.79-1.0 across seeds and sums in
     # another order: too close to the edge of stability for a test of the wiring.
     config.optim.update(learning_rate=0.8, decay_epochs=[])
-    config.total_steps = 100
-    config.eval_every_steps = 100
+    # 100 steps reached 0.9375 with the newest releases (jax 0.12, numpy 2.5), 1.0 with the lowest.
+    config.total_steps = 150
+    config.eval_every_steps = 150
     config.log_every_steps = 50
-    config.checkpoint_every_steps = 100
+    config.checkpoint_every_steps = 150
     summary = loop.pretrain(config, tmp_path / "run")
     assert summary["pretrain/heldout/pretext_accuracy"] > 0.95
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
