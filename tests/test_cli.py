@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import QUICK_COMPILE
 
 from selfsup import parallel
 from selfsup.config import load_config_file, save_config
@@ -30,7 +31,7 @@ def cli_env(devices: int = 2) -> dict[str, str]:
     """The test session's environment with `devices` fake CPU devices and its compile cache."""
     return {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"{QUICK_COMPILE} --xla_force_host_platform_device_count={devices}",
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_cli import cli_env
 
 from selfsup import parallel
 from selfsup.config import ConfigError, load_config_file
@@ -42,12 +43,7 @@ def free_port() -> int:
 
 def start_processes(data: str, workdir: Path, port: int) -> list[subprocess.Popen]:
     """The same pretrain command on two processes of four CPU devices each."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+    env = cli_env(devices=4)
     command = [
         sys.executable, "-m", "selfsup", "pretrain",
         f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal", f"--workdir={workdir}",
