@@ -289,13 +289,12 @@ def init_encoder(spec: str, model: ml_collections.ConfigDict) -> ResNet:
     return build_encoder(init_weights(spec, model))
 
 
-def init_train_state(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
-    """A fresh pretraining state whose encoder starts from `config.init_from` ("" leaves it
-    as initialised). The optimizer state stays: optax's states start from the parameters' shapes,
-    not their values."""
-    if not config.init_from:
+def init_train_state(state: TrainState, weights: EncoderWeights | None) -> TrainState:
+    """A fresh pretraining state whose encoder starts from `weights` (`init_weights`; None
+    leaves it as initialised). The optimizer state stays: optax's states start from the
+    parameters' shapes, not their values."""
+    if weights is None:
         return state
-    weights = init_weights(config.init_from, config.model)
 
     def put(tree, flat: Flat):
         return jax.tree.map(

@@ -46,6 +46,16 @@ def image_folder(tmp_path_factory) -> str:
     return f"folder:{root}"
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first, so that the workers do not end on one long test while the other
+    idles; the tests that read `pretrained_run` share one xdist worker (pyproject's `--dist
+    loadgroup`), so the session trains that run once, not once per worker."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # Stable.
+    for item in items:
+        if "pretrained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("pretrained_run"))
+
+
 @pytest.fixture(scope="session")
 def pretrained_run(tmp_path_factory):
     """A pretraining workdir that export and load_encoder read: SimCLR on 16 random 16 px

@@ -208,7 +208,7 @@ def test_a_killed_run_resumes_bit_for_bit(name, image_folder, tmp_path):
     if "image_size" in config:
         config.image_size = 16
     loop.pretrain(config, tmp_path / "full")
-    loop.pretrain(config, tmp_path / "killed")
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")  # The same run, until its kill.
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "4")  # Killed before step 4's save.
     loop.pretrain(config, tmp_path / "killed")
     step_full, full, log_full = state_and_log(tmp_path / "full")

@@ -213,29 +213,15 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
          "error: get_config in returns_dict.py returned a dict, not an ml_collections.ConfigDict"),
         (["pretrain", "--config=no_get_config.py", "--workdir=W"], 1,
          "error: config file no_get_config.py defines no get_config(arg)"),
-        # Values that cannot work, refused before any work (tests/test_config.py has them all).
+        # Values that cannot work, refused before any work: here those whose command-line
+        # form parses (a huge integer, a regex, a tuple); tests/test_config.py has every rule.
         (["pretrain", SIMCLR, "--workdir=W", "--config.seed=99999999999999999999999"], 1,
          "error: config.seed=99999999999999999999999 is invalid: set --config.seed to an "
          "integer in [0, 2**32)."),
-        (["pretrain", SIMCLR, "--workdir=W", "--config.seed=-1"], 1, "config.seed=-1 is invalid"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.optim.weight_decay_exclude=("], 1,
          "config.optim.weight_decay_exclude='(' is invalid"),
-        (["pretrain", SIMCLR, "--workdir=W", "--config.simclr.min_crop_area=2"], 1,
-         "config.simclr.min_crop_area=2.0 is invalid"),
-        (["pretrain", SIMCLR, "--workdir=W", "--config.image_size=0"], 1,
-         "config.image_size=0 is invalid"),
-        (["pretrain", SIMCLR, "--workdir=W", "--config.image_size=100000"], 1,
-         "config.image_size=100000 is invalid"),
-        (["pretrain", SIMCLR, "--workdir=W", "--config.model.width=0"], 1,
-         "config.model.width=0.0 is invalid"),
-        (["pretrain", SIMCLR, "--workdir=W", "--config.optim.warmup_epochs=-1"], 1,
-         "config.optim.warmup_epochs=-1.0 is invalid"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.optim.decay_epochs=(5,x)"], 1,
          "config.optim.decay_epochs=('(5,x)',) is invalid"),
-        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W",
-          "--config.minival_fraction=0"], 1, "config.minival_fraction=0.0 is invalid"),
-        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W", "--config.knn.ks=(0,)"], 1,
-         "config.knn.ks=(0,) is invalid"),
         (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W", "--config.layers=stage5"], 1,
          "error: config.layers=('stage5',): use depths from ['stage1', 'stage2', 'stage3', "
          "'stage4'] (stage4 is the pre-logits) or 'all_stages', e.g. --config.layers=all_stages."),

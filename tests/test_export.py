@@ -21,7 +21,7 @@ from selfsup.train.checkpoint import load_pretrained_model
 EXPORT = f"--config={ROOT / 'configs' / 'export.py'}"
 
 
-@pytest.mark.slow  # pretrained_run: ~35 s once per worker.
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_export_writes_torchvision_weights_of_the_run(pretrained_run, tmp_path):
     out = tmp_path / "export"
     run = selfsup(

@@ -122,7 +122,7 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_does(image_folder, tmp_pat
         image_folder, total_steps=8, log_every_steps=2, checkpoint_every_steps=3, keep_checkpoints=5
     )
     loop.pretrain(config, tmp_path / "full")
-    loop.pretrain(config, tmp_path / "killed")
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")  # The same run, until its kill.
     for step in ("6", "8"):  # What a kill at step 5 leaves: no saves after step 3's.
         shutil.rmtree(tmp_path / "killed" / "checkpoints" / step)
     loop.pretrain(config, tmp_path / "killed")

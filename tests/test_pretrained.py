@@ -36,7 +36,7 @@ def flax_export(run: Path, workdir: Path, **overrides) -> Path:
     return workdir
 
 
-@pytest.mark.slow  # pretrained_run: ~35 s once per worker.
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_load_encoder_gives_the_features_the_run_evaluates(pretrained_run, tmp_path):
     _, step, model = load_pretrained_model(pretrained_run, parallel.make_mesh())
     evaluated = np.asarray(model.encoder(IMAGES, train=False))
@@ -58,7 +58,7 @@ for path in sys.argv[2:]:
 """
 
 
-@pytest.mark.slow  # pretrained_run: ~35 s once per worker.
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_load_encoder_imports_no_tensorflow(pretrained_run, tmp_path):
     out = flax_export(pretrained_run, tmp_path / "export")
     np.save(tmp_path / "images.npy", IMAGES)
@@ -73,7 +73,7 @@ def test_load_encoder_imports_no_tensorflow(pretrained_run, tmp_path):
         np.testing.assert_array_equal(np.array(json.loads(line), np.float32), expected)
 
 
-@pytest.mark.slow  # pretrained_run: ~35 s once per worker.
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_a_run_is_read_at_the_step_asked_and_never_changed(pretrained_run):
     before = sorted(
         (p.relative_to(pretrained_run), p.stat().st_mtime) for p in pretrained_run.rglob("*")
@@ -90,7 +90,7 @@ def test_a_run_is_read_at_the_step_asked_and_never_changed(pretrained_run):
     assert after == before
 
 
-@pytest.mark.slow  # pretrained_run: ~35 s once per worker.
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_bad_paths_are_named_with_the_fix(pretrained_run, tmp_path):
     def error(path, **kwargs) -> str:
         with pytest.raises(ConfigError) as e:
@@ -160,7 +160,7 @@ def test_init_from_needs_the_configs_architecture(tmp_path):
     )
 
 
-@pytest.mark.slow  # pretrained_run: ~35 s once per worker.
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_init_from_replaces_the_fresh_encoder_and_nothing_else(pretrained_run, tmp_path):
     config = ml_collections.ConfigDict(json.loads((pretrained_run / "config.json").read_text()))
     config.init_from = f"torchvision:{torchvision_file(tmp_path / 'resnet18.safetensors')}"
@@ -170,7 +170,9 @@ def test_init_from_replaces_the_fresh_encoder_and_nothing_else(pretrained_run, t
     )
     mesh = parallel.make_mesh()
     fresh = create_train_state(task, tx, seed=0, mesh=mesh)
-    state = pretrained.init_train_state(fresh, config)
+    state = pretrained.init_train_state(
+        fresh, pretrained.init_weights(config.init_from, config.model)
+    )
     wanted = pretrained.read_weights(tmp_path / "resnet18.safetensors")
     for kind, flat in (("params", wanted.params), ("batch_stats", wanted.batch_stats)):
         got = pretrained.flatten(getattr(state, kind)["encoder"])

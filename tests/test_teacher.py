@@ -170,7 +170,7 @@ def test_a_killed_run_resumes_bit_for_bit_teacher_and_queue_included(name, image
     if name == "moco":
         config.moco.queue_size = 48  # Three batches: a resume mid-queue.
     loop.pretrain(config, tmp_path / "full")
-    loop.pretrain(config, tmp_path / "killed")
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")  # The same run, until its kill.
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "4")  # Killed after step 2's save.
     loop.pretrain(config, tmp_path / "killed")
     full, resumed = full_state(tmp_path / "full"), full_state(tmp_path / "killed")

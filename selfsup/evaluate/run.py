@@ -34,7 +34,7 @@ from selfsup.evaluate.features import resolve_layers
 from selfsup.evaluate.subsets import make_label_splits, split_labels
 from selfsup.evaluate.target import Target
 from selfsup.pretext import get_task
-from selfsup.pretrained import init_encoder
+from selfsup.pretrained import init_encoder, init_weights
 from selfsup.train.checkpoint import load_pretrained_model
 from selfsup.workdir import claim
 
@@ -57,7 +57,8 @@ def summary_key(r: Row, field: str) -> str:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fails before any compute on a config that cannot run: every value (`VALUE_RULES`),
-    the evaluators, and the input (`features`) the pretrained task can give."""
+    the evaluators, the input (`features`) the pretrained task can give, and `init_from`
+    weights that are missing or of another architecture."""
     if not config.checkpoint:
         raise ConfigError(
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
@@ -69,7 +70,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown or no config.evaluators {unknown}: choose from {sorted(EVALUATORS)}."
         )
-    eval_views(get_task(load_saved_config(config.checkpoint)), config)
+    pre_config = load_saved_config(config.checkpoint)
+    eval_views(get_task(pre_config), config)
+    if config.init_from:
+        init_weights(config.init_from, pre_config.model)
 
 
 def eval_views(task, config: ml_collections.ConfigDict) -> dict[str, Callable]:

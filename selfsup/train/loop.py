@@ -33,7 +33,7 @@ from selfsup.config import (
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.pretext import get_task
-from selfsup.pretrained import init_train_state
+from selfsup.pretrained import init_train_state, init_weights
 from selfsup.report import read_metrics
 from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
@@ -310,8 +310,10 @@ def _summarised(workdir, config, summary, total_steps: int, num_examples: int, s
 
 
 def fresh_state(config: ml_collections.ConfigDict, task, tx, mesh) -> TrainState:
-    """Step 0: the model initialised from `config.seed`, its encoder from `config.init_from`."""
-    return init_train_state(create_train_state(task, tx, seed=config.seed, mesh=mesh), config)
+    """Step 0: the model initialised from `config.seed`, its encoder from `config.init_from`
+    (read first, so that a wrong file fails before the model is built)."""
+    weights = init_weights(config.init_from, config.model) if config.init_from else None
+    return init_train_state(create_train_state(task, tx, seed=config.seed, mesh=mesh), weights)
 
 
 def _optimizer(config: ml_collections.ConfigDict, num_examples: int):
