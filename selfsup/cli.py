@@ -24,7 +24,14 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from selfsup.config import ConfigError, check_values, flat_items, load_config_file
+from selfsup.config import (
+    VALUE_RULES,
+    ConfigError,
+    Rule,
+    check_values,
+    flat_items,
+    load_config_file,
+)
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.py"
@@ -253,10 +260,25 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {first_line(e)}")
     try:
         if _CONFIG.value is not None:
-            check_values(_CONFIG.value)
+            check_config_values(_CONFIG.value)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     return argv
+
+
+def value_rules(config: ml_collections.ConfigDict) -> dict[str, Rule]:
+    """The rules of any command's config: the shared ones, the export's, and those of each task
+    and evaluator block it has."""
+    from selfsup import evaluate, export, pretext
+
+    rule_sets = (export.VALUE_RULES, pretext.value_rules(config), evaluate.value_rules(config))
+    return {name: rule for rules in (VALUE_RULES, *rule_sets) for name, rule in rules.items()}
+
+
+def check_config_values(config: ml_collections.ConfigDict) -> None:
+    """Every value of a command's config against its rule, as each command checks its own before
+    any work; here the demo's runs are all checked before its first one starts."""
+    check_values(config, value_rules(config))
 
 
 def unknown_key_message(error: Exception, argv: list[str]) -> str:

@@ -7,6 +7,8 @@ that must fail before any compute, with one line naming the key and the fix.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import importlib.machinery
 import importlib.util
 import json
@@ -15,6 +17,7 @@ import re
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -32,18 +35,6 @@ def parse_runlocal(arg: str | None) -> bool:
     raise ConfigError(f"unknown config argument {arg!r}: use `file.py` or `file.py:runlocal`.")
 
 
-def check_minimums(config: ml_collections.ConfigDict, minimums: dict[str, float]) -> None:
-    """Raises a ConfigError naming the first dotted key whose value is below its minimum."""
-    for key, minimum in minimums.items():
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        if value < minimum:
-            raise ConfigError(
-                f"config.{key}={value!r} is out of range: set --config.{key} to at least {minimum}."
-            )
-
-
 def resolve_model_dtype(config: ml_collections.ConfigDict, platform: str) -> None:
     """Replaces `config.model.dtype="auto"` with the compute dtype for `platform` (as
     `jax.default_backend()` names it): bfloat16 on "gpu" and "tpu", whose matrix units are built
@@ -59,6 +50,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _is_regex(value: object) -> bool:
     try:
         re.compile(value)
@@ -67,53 +62,172 @@ def _is_regex(value: object) -> bool:
     return True
 
 
-# What a key's value must be, wherever a config has the key: a rule's name is the tail of
-# the dotted key (`min_crop_area` covers `simclr.` and `finetune.`). Checked once per command,
-# before any work, so a value that cannot work fails in one line instead of deep in a run.
-VALUE_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "image_size": (lambda v: _is_int(v) and 8 <= v <= 4096, "a size in pixels in [8, 4096]"),
-    # The stem's 64 channels times the width must leave at least one.
-    "model.width": (lambda v: v >= 1 / 64, "a multiplier of at least 1/64 (e.g. 0.125)"),
-    "min_crop_area": (lambda v: 0 < v <= 1, "a fraction of the image in (0, 1]"),
-    "optim.warmup_epochs": (lambda v: v >= 0, "a number of epochs >= 0"),
-    "optim.decay_epochs": (
-        lambda v: all(not isinstance(e, str) and math.isfinite(e) and e >= 0 for e in v),
-        "numbers of epochs >= 0, e.g. '(120, 160)'",
-    ),
-    "weight_decay_exclude": (_is_regex, "a Python regular expression, e.g. '(^|/)bias$'"),
-    "minival_fraction": (lambda v: 0 < v < 1, "a fraction in (0, 1), e.g. 0.1"),
-    "crop_proportion": (lambda v: 0 < v <= 1, "a fraction of the shorter side in (0, 1]"),
-    "knn.ks": (
-        lambda v: len(v) > 0 and all(_is_int(k) and k >= 1 for k in v),
-        "integers >= 1, e.g. '(20, 200)'",
-    ),
-    "label_fractions": (
-        lambda v: len(v) > 0 and all(0 < f <= 1 for f in v),
-        "fractions in (0, 1], e.g. '(0.1, 1.0)'",
-    ),
-    "finetune.freeze_stages": (
-        lambda v: all(n in range(5) for n in v),
-        "stage counts in 0..4, e.g. '(0, 4)'",
-    ),
+# (value, the block holding its key, the config holding the rule's block) -> what the value
+# must be, or None if it fits.
+Relation = Callable[[Any, ml_collections.ConfigDict, ml_collections.ConfigDict], str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one config value must be: `test(value)` says whether it is, `requirement` says so in
+    the refusal (with why a bound is where it is). A value that also depends on other keys has a
+    `relation(value, block, run)`: `block` holds the key, `run` holds the rule's block (the
+    whole config, or one run of the demo's); it returns what the value must be, or None if it
+    fits, and is checked once every key's own `test` passed, so the keys it reads are valid."""
+
+    test: Callable[[Any], bool]
+    requirement: str
+    relation: Relation | None = None
+
+
+def integer(low: int, high: int = 2**31 - 1, why: str = "") -> Rule:
+    """An integer in [low, high]; the default `high` is what an int32 step counter holds."""
+    return Rule(lambda v: _is_int(v) and low <= v <= high, f"an integer in [{low}, {high}]{why}")
+
+
+def number(low: float, high: float, why: str = "", *, open_low=False, open_high=False) -> Rule:
+    """A finite number between `low` and `high`, each bound included unless `open_...`."""
+
+    def test(v) -> bool:
+        return (
+            _is_number(v)
+            and (low < v if open_low else low <= v)
+            and (v < high if open_high else v <= high)
+        )
+
+    span = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    return Rule(test, f"a number in {span}{why}")
+
+
+def probability(why: str = "") -> Rule:
+    return number(0, 1, why)
+
+
+def flag() -> Rule:
+    return Rule(lambda v: isinstance(v, bool), "True or False")
+
+
+def choice(*options, why: str = "") -> Rule:
+    return Rule(lambda v: type(v) is type(options[0]) and v in options, f"one of {options}{why}")
+
+
+def text(what: str = "a string") -> Rule:
+    return Rule(lambda v: isinstance(v, str), what)
+
+
+def sequence(item: Rule, example: str, *, min_len: int = 1, max_len: int = 64) -> Rule:
+    """A tuple of `min_len`..`max_len` values that each pass `item`."""
+    return Rule(
+        lambda v: (
+            isinstance(v, tuple | list)
+            and min_len <= len(v) <= max_len
+            and all(item.test(x) for x in v)
+        ),
+        f"a tuple of {f'{min_len} ' if min_len == max_len else ''}values, each "
+        f"{item.requirement}, e.g. '{example}'",
+    )
+
+
+# Nothing a run holds comes near this many values in one array (a 1 GiB float32 array): a
+# shape beyond it is a typo, refused before allocation rather than found out of memory.
+MAX_ARRAY_VALUES = 2**28
+CORRUPT_IMAGE_MODES = ("error", "skip")
+STEPS = integer(1)
+# Rules that several owners' keys share.
+REGEX = Rule(_is_regex, "a Python regular expression, e.g. '(^|/)bias$'")
+MAX_WIDTH = integer(1, 16384, " (4 times the widest published head's 4096)")
+TEMPERATURE = number(
+    0.01, 10, " (contrastive recipes: 0.07-0.5; below 0.01 the logits, cosines / T, pass 100)"
+)
+
+# The rules of keys every command's config may have, whatever task or evaluator owns it: a
+# rule's name is the tail of the dotted key (`min_crop_area` covers every block's; `optim.`
+# fine-tuning's optimizer too). Tasks and evaluators declare their own block's rules beside
+# their `default_config()`; a command checks all of them (`check_values`) before any work.
+VALUE_RULES: dict[str, Rule] = {
+    "seed": integer(0, 2**32 - 1),
+    "data": text("a data spec, e.g. 'tfds:cifar10', 'folder:/path' or 'builtin:shapes'"),
+    "data_dir": text("a folder, or '' for TFDS's default"),
+    "train_split": text("a split name, e.g. 'train'"),
+    "eval_split": text("a split name, e.g. 'test'"),
+    "init_from": text("'', `torchvision:FILE`, or a pretraining workdir or export"),
+    "checkpoint": text("the --workdir of a pretraining run"),
+    "corrupt_images": choice(*CORRUPT_IMAGE_MODES),
+    "image_size": integer(8, 4096, " (pixels)"),
+    # A batch is sharded over the devices, not streamed: beyond this it is a typo.
+    "batch_size": integer(1, 65536, " (LARS's largest published batch: 32768)"),
+    "total_steps": integer(0, why=" (0: from num_epochs)"),
+    "num_epochs": number(0, 100_000, " (epochs)"),
+    "log_every_steps": STEPS,
+    "eval_every_steps": integer(0, why=" (0: never)"),
+    "checkpoint_every_steps": STEPS,
+    "keep_checkpoints": integer(1, 1000, " (each is a full copy of the training state)"),
+    "online_probe_classes": integer(-1, 1_000_000, " (-1: the data's class count, 0: none)"),
+    "optim.name": choice("lars", "sgd"),
+    "optim.learning_rate": number(0, 100, " (before batch-size scaling)", open_low=True),
+    "optim.lr_scaling": choice("linear", "sqrt"),
+    "optim.momentum": number(0, 1, open_high=True),
+    "optim.weight_decay": number(0, 1, open_high=True),
+    "optim.trust_coefficient": number(0, 1, open_low=True),
+    "optim.warmup_epochs": number(0, 100_000, " (epochs)"),
+    "optim.schedule": choice("cosine", "piecewise"),
+    "optim.decay_epochs": sequence(number(0, 100_000), "(120, 160)", min_len=0),
+    "optim.decay_factor": number(0, 1, open_low=True),
+    "weight_decay_exclude": REGEX,
+    "min_crop_area": number(0, 1, " (a fraction of the image)", open_low=True),
+    "crop_proportion": number(0, 1, " (a fraction of the shorter side)", open_low=True),
+    "minival_fraction": number(0, 1, ", e.g. 0.1", open_low=True, open_high=True),
+    "label_fractions": sequence(number(0, 1, open_low=True), "(0.1, 1.0)"),
 }
 
 
-def check_values(config: ml_collections.ConfigDict) -> None:
-    """Raises a ConfigError naming the first key whose value breaks its `VALUE_RULES` rule."""
-    for key, value in flat_items(config):
-        rule = next((r for name, r in VALUE_RULES.items() if f".{key}".endswith(f".{name}")), None)
-        if rule is None:
-            continue
-        test, requirement = rule
+def rule_for(key: str, rules: dict[str, Rule]) -> tuple[str, Rule] | None:
+    """The most specific of `rules` whose name ends dotted `key`, and that name."""
+    parts = key.split(".")
+    tails = (".".join(parts[i:]) for i in range(len(parts)))  # Longest first.
+    return next(((tail, rules[tail]) for tail in tails if tail in rules), None)
+
+
+def check_values(config: ml_collections.ConfigDict, *rule_sets: dict[str, Rule]) -> None:
+    """Raises a ConfigError naming the first key whose value breaks its rule among `rule_sets`
+    (each key's own test first, then the rules that relate keys)."""
+    rules = {name: r for rule_set in rule_sets for name, r in rule_set.items()}
+    found = [(key, value, rule_for(key, rules)) for key, value in flat_items(config)]
+    found = [(key, value, *match) for key, value, match in found if match]
+    for key, value, _, rule in found:
         try:
-            ok = bool(test(value))
-        except (TypeError, ValueError):  # E.g. a string where a number belongs.
+            ok = bool(rule.test(value))
+        except (TypeError, ValueError, OverflowError):  # E.g. a string where a number belongs.
             ok = False
         if not ok:
-            raise ConfigError(
-                f"config.{key}={value!r} is invalid: set --config.{key} to {requirement}."
-            )
+            raise _invalid(key, value, rule.requirement)
+    for key, value, name, rule in found:
+        if rule.relation is None:
+            continue
+        nodes = [config]
+        for part in key.split(".")[:-1]:
+            nodes.append(nodes[-1][part])
+        block, run = nodes[-1], nodes[len(key.removesuffix(name).split(".")) - 1]
+        if requirement := rule.relation(value, block, run):
+            raise _invalid(key, value, requirement)
+
+
+def _invalid(key: str, value: object, requirement: str) -> ConfigError:
+    return ConfigError(f"config.{key}={value!r} is invalid: set --config.{key} to {requirement}.")
+
+
+def owner_rules(
+    config: ml_collections.ConfigDict, registry: dict[str, str], package: str
+) -> dict[str, Rule]:
+    """The `VALUE_RULES` of each owner in `registry` (a name -> "module:object" map in
+    `package`, as `TASKS`) whose block `<name>` the config has at any depth, as `<name>.<key>`;
+    only the modules of those blocks are imported."""
+    blocks = {part for key, _ in flat_items(config) for part in key.split(".")[:-1]}
+    rules = {}
+    for name in sorted(blocks & set(registry)):
+        module = importlib.import_module(f"{package}.{registry[name].split(':')[0]}")
+        rules |= {f"{name}.{key}": rule for key, rule in module.VALUE_RULES.items()}
+    return rules
 
 
 def flat_items(config: ml_collections.ConfigDict, prefix: str = ""):

@@ -19,25 +19,24 @@ import ml_collections
 from safetensors.numpy import save_file
 
 from selfsup import pretrained
-from selfsup.config import ConfigError, save_config
+from selfsup.config import ConfigError, check_values, choice, flag, integer, save_config
 from selfsup.models import torchvision
 from selfsup.workdir import claim
 
 FORMATS = ("torchvision", "flax")
+# The export config's rules (`selfsup.config.check_values`).
+VALUE_RULES = {
+    "step": integer(0, why=" (a checkpoint's step; 0: the latest)"),
+    "format": choice(*FORMATS),
+    "head": flag(),
+}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fails before any work on a config that cannot export."""
     if not config.checkpoint:
         raise ConfigError("export needs a pretraining run: pass --config.checkpoint=WORKDIR.")
-    if config.format not in FORMATS:
-        raise ConfigError(
-            f"unknown config.format={config.format!r}: use one of {', '.join(FORMATS)}."
-        )
-    if config.step < 0:
-        raise ConfigError(
-            f"config.step={config.step} is invalid: pass a checkpoint's step, or 0 for the latest."
-        )
+    check_values(config, VALUE_RULES)
     if config.head and config.format != "torchvision":
         raise ConfigError(
             "config.head exports the projection head for PyTorch: use it with "

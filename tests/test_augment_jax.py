@@ -18,6 +18,7 @@ from test_augment import binomial_tolerance, over_seeds, random_image, seed
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import augment
 from selfsup.data import augment_jax as aj
+from selfsup.pretext import get_task
 from selfsup.pretext.simclr import SimCLR
 from selfsup.train.state import split_model
 
@@ -320,5 +321,5 @@ def test_with_color_on_device_the_host_only_crops_and_flips():
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_a_solarize_probability_outside_unit_range_is_a_config_error(value):
-    with pytest.raises(ConfigError, match=r"--config\.simclr\.solarize to a value in \[0, 1\]"):
-        SimCLR(_on_device_config(solarize=value))
+    with pytest.raises(ConfigError, match=r"--config\.simclr\.solarize to a number in \[0, 1\]"):
+        get_task(_on_device_config(solarize=value))

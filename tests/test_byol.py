@@ -194,9 +194,12 @@ def test_with_color_on_device_the_host_only_crops_and_flips():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("blur", (1.0,), r"config\.byol\.blur=\(1\.0,\) must be two probabilities"),
-        ("solarize", (0.0, 1.5), r"--config\.byol\.solarize to e\.g\. '\(0\.0, 0\.2\)'"),
-        ("base_momentum", 1.2, r"--config\.byol\.base_momentum to a value in \[0, 1\]"),
+        ("blur", (1.0,), r"config\.byol\.blur=\(1\.0,\) is invalid: .* a tuple of 2 values"),
+        ("blur", (0.5, "x"), r"--config\.byol\.blur to a tuple of 2 values, each a number in"),
+        ("solarize", (0.0, 1.5), r"\[0, 1\], e\.g\. '\(0\.0, 0\.2\)'\.$"),
+        ("base_momentum", 1.2, r"--config\.byol\.base_momentum to a number in \[0, 1\]"),
+        ("proj_out_dim", -5, r"--config\.byol\.proj_out_dim to an integer in \[1, 16384\]"),
+        ("proj_hidden_dim", 0, r"--config\.byol\.proj_hidden_dim to an integer in \[1, 16384\]"),
     ],
 )
 def test_bad_settings_are_config_errors(key, value, message):

@@ -198,10 +198,12 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
         (["evaluate", f"--config={ROOT / 'configs' / 'transfer.py'}", "--workdir=W",
           "--config.checkpoint=W", "--config.finetune.freeze_stages=(0, 5)"], 1,
          "error: config.finetune.freeze_stages=(0, 5) is invalid: set "
-         "--config.finetune.freeze_stages to stage counts in 0..4, e.g. '(0, 4)'."),
+         "--config.finetune.freeze_stages to a tuple of values, each an integer in [0, 4] (0 "
+         "trains all, 4 the head only), e.g. '(0, 4)'."),
         (["pretrain", SIMCLR, "--workdir=W", "--config.batch_size=sixteen"], 1, "batch_size"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.log_every_steps=0"], 1,
-         "config.log_every_steps=0 is out of range: set --config.log_every_steps to at least 1"),
+         "config.log_every_steps=0 is invalid: set --config.log_every_steps to an integer in [1, "
+         "2147483647]."),
         (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"], 1,
          "needs all of --coordinator_address"),
         # A config file is Python: whatever is wrong with it is one line naming it.
@@ -217,7 +219,7 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
         # form parses (a huge integer, a regex, a tuple); tests/test_config.py has every rule.
         (["pretrain", SIMCLR, "--workdir=W", "--config.seed=99999999999999999999999"], 1,
          "error: config.seed=99999999999999999999999 is invalid: set --config.seed to an "
-         "integer in [0, 2**32)."),
+         "integer in [0, 4294967295]."),
         (["pretrain", SIMCLR, "--workdir=W", "--config.optim.weight_decay_exclude=("], 1,
          "config.optim.weight_decay_exclude='(' is invalid"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.optim.decay_epochs=(5,x)"], 1,

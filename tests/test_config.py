@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from selfsup.cli import check_config_values, value_rules
 from selfsup.config import (
     ConfigError,
-    check_minimums,
     check_values,
+    flat_items,
     load_config_file,
     load_saved_config,
     resolve_model_dtype,
+    rule_for,
     save_config,
 )
 
@@ -94,25 +96,14 @@ def test_missing_config_file():
         load_config_file("configs/nope.py")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_pretraining_configs_pass_the_range_checks(path):
-    from selfsup.train.loop import PRETRAIN_MINIMUMS
-
-    for arg in (None, "runlocal"):
-        config = load_config_file(path, arg)
-        runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
-        for run in [r for r in runs if "task" in r]:  # Pretraining configs only.
-            check_minimums(run, PRETRAIN_MINIMUMS)
-
-
 def test_a_value_out_of_range_is_named_with_its_fix():
     config = load_config_file(ROOT / "configs" / "simclr_cifar10.py", "runlocal")
     config.checkpoint_every_steps = 0
     with pytest.raises(ConfigError) as error:
-        check_minimums(config, {"batch_size": 1, "checkpoint_every_steps": 1})
+        check_config_values(config)
     assert str(error.value) == (
-        "config.checkpoint_every_steps=0 is out of range: set --config.checkpoint_every_steps "
-        "to at least 1."
+        "config.checkpoint_every_steps=0 is invalid: set --config.checkpoint_every_steps to an "
+        "integer in [1, 2147483647]."
     )
 
 
@@ -153,24 +144,40 @@ def test_an_explicit_dtype_is_kept_on_every_backend_and_auto_is_float32_off_gpus
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_passes_the_value_rules(path):
     for arg in (None, "runlocal"):
-        check_values(load_config_file(path, arg))
+        check_config_values(load_config_file(path, arg))
 
 
 @pytest.mark.parametrize(
     "config_file, key, value, requirement",
     [
-        ("simclr_cifar10.py", "seed", -1, "an integer in [0, 2**32)"),
-        ("simclr_cifar10.py", "seed", 2**64, "an integer in [0, 2**32)"),
-        ("simclr_cifar10.py", "image_size", 0, "a size in pixels in [8, 4096]"),
-        ("simclr_cifar10.py", "image_size", 100000, "a size in pixels in [8, 4096]"),
-        ("simclr_cifar10.py", "model.width", 0.0, "a multiplier of at least 1/64 (e.g. 0.125)"),
-        ("simclr_cifar10.py", "simclr.min_crop_area", 2.0, "a fraction of the image in (0, 1]"),
-        ("simclr_cifar10.py", "optim.warmup_epochs", -1.0, "a number of epochs >= 0"),
+        ("simclr_cifar10.py", "seed", -1, "an integer in [0, 4294967295]"),
+        ("simclr_cifar10.py", "seed", 2**64, "an integer in [0, 4294967295]"),
+        ("simclr_cifar10.py", "image_size", 0, "an integer in [8, 4096] (pixels)"),
+        ("simclr_cifar10.py", "image_size", 100000, "an integer in [8, 4096] (pixels)"),
+        (
+            "simclr_cifar10.py",
+            "model.width",
+            0.0,
+            "a number in [0.015625, 16] (a multiplier; SimCLR's widest ResNet: 4)",
+        ),
+        (
+            "simclr_cifar10.py",
+            "simclr.min_crop_area",
+            2.0,
+            "a number in (0, 1] (a fraction of the image)",
+        ),
+        ("simclr_cifar10.py", "optim.warmup_epochs", -1.0, "a number in [0, 100000] (epochs)"),
+        (
+            "simclr_cifar10.py",
+            "optim.learning_rate",
+            -1.0,
+            "a number in (0, 100] (before batch-size scaling)",
+        ),
         (
             "relpatch_cifar10.py",
             "optim.decay_epochs",
             ("(5,x)",),
-            "numbers of epochs >= 0, e.g. '(120, 160)'",
+            "a tuple of values, each a number in [0, 100000], e.g. '(120, 160)'",
         ),
         (
             "simclr_cifar10.py",
@@ -178,12 +185,40 @@ def test_every_config_passes_the_value_rules(path):
             "(",
             "a Python regular expression, e.g. '(^|/)bias$'",
         ),
-        ("transfer.py", "minival_fraction", 0.0, "a fraction in (0, 1), e.g. 0.1"),
-        ("transfer.py", "knn.ks", (0,), "integers >= 1, e.g. '(20, 200)'"),
-        ("transfer.py", "label_fractions", (0.0,), "fractions in (0, 1], e.g. '(0.1, 1.0)'"),
-        ("transfer.py", "finetune.freeze_stages", (5,), "stage counts in 0..4, e.g. '(0, 4)'"),
-        ("transfer.py", "finetune.min_crop_area", 0.0, "a fraction of the image in (0, 1]"),
-        ("transfer.py", "crop_proportion", 1.5, "a fraction of the shorter side in (0, 1]"),
+        ("transfer.py", "minival_fraction", 0.0, "a number in (0, 1), e.g. 0.1"),
+        (
+            "transfer.py",
+            "knn.ks",
+            (0,),
+            "a tuple of values, each an integer in [1, 2147483647] (capped at the number of "
+            "labels), e.g. '(20, 200)'",
+        ),
+        (
+            "transfer.py",
+            "label_fractions",
+            (0.0,),
+            "a tuple of values, each a number in (0, 1], e.g. '(0.1, 1.0)'",
+        ),
+        (
+            "transfer.py",
+            "finetune.freeze_stages",
+            (5,),
+            "a tuple of values, each an integer in [0, 4] (0 trains all, 4 the head only), "
+            "e.g. '(0, 4)'",
+        ),
+        (
+            "transfer.py",
+            "finetune.min_crop_area",
+            0.0,
+            "a number in (0, 1] (a fraction of the image)",
+        ),
+        (
+            "transfer.py",
+            "crop_proportion",
+            1.5,
+            "a number in (0, 1] (a fraction of the shorter side)",
+        ),
+        ("transfer.py", "knn.temperature", 1e-30, "a number in [0.02, 10] (DINO: 0.07)"),
         (
             "demo.py",
             "tasks.relpatch.pretrain.optim.weight_decay_exclude",
@@ -203,7 +238,7 @@ def test_a_value_that_cannot_work_is_refused_naming_key_and_fix(
     with node.ignore_type():
         node[leaf] = value
     with pytest.raises(ConfigError) as error:
-        check_values(config)
+        check_config_values(config)
     assert str(error.value) == (
         f"config.{key}={value!r} is invalid: set --config.{key} to {requirement}."
     )
@@ -256,3 +291,74 @@ def test_an_evaluate_workdir_is_no_checkpoint(tmp_path):
     save_config(load_config_file(ROOT / "configs" / "transfer.py"), tmp_path)
     with pytest.raises(ConfigError, match="is not a pretraining workdir"):
         load_saved_config(tmp_path)
+
+
+# What the walk below tries that the checks accept, by rule: each is a documented setting
+# that runs (the off switch, or the start of a range), not a value that fails later.
+ACCEPTED = {
+    "seed": {0},
+    "total_steps": {0},  # Steps from num_epochs.
+    "num_epochs": {0},  # One step (or total_steps' count).
+    "eval_every_steps": {0},  # No held-out metrics.
+    "online_probe_classes": {-1, 0},  # The data's class count; no online probe.
+    "step": {0},  # Export the latest checkpoint.
+    "optim.momentum": {0},
+    "optim.weight_decay": {0},
+    "optim.warmup_epochs": {0},
+    "optim.decay_epochs": {(0,)},  # The piecewise schedule decays at once.
+    "byol.base_momentum": {0},  # The target copies the online network each step.
+    "moco.momentum": {0},  # Likewise the key encoder.
+    **{f"{task}.color_strength": {0} for task in ("simclr", "moco")},  # No colour jitter.
+    "simclr.solarize": {0},
+    **{f"{task}.crop_padding": {0} for task in ("rotation", "exemplar")},
+    **{f"{t}.grayscale_probability": {0} for t in ("relpatch", "jigsaw", "exemplar")},
+    **{f"{task}.{key}": {0} for task in ("relpatch", "jigsaw") for key in ("dropout", "min_gap")},
+    "jigsaw.permutation_seed": {0},
+    "finetune.warmup_steps": {0},
+    "finetune.freeze_stages": {(0,)},  # Fine-tune every stage.
+    "linear.l2_grid": {(0,)},  # No penalty.
+}
+
+
+def tried_values(value) -> list:
+    """In place of `value`: a wrong type (None, and another), zero, negative and huge."""
+    if isinstance(value, tuple):
+        item = value[0] if value else 0.5
+        wrong = (0,) if isinstance(item, str) else (item, "x")
+        return [None, wrong, (0,), (-1,), (10**12,), (1e30,)]
+    if isinstance(value, bool | str):
+        return [None, 1]  # ConfigDict refuses other types for these keys.
+    if isinstance(value, int):
+        return [None, True, "x", 0, -1, 10**12]
+    return [None, "x", 0, -1, 1e30, float("nan")]  # True would be 1.0 here.
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
+def test_every_key_refuses_a_bad_value_in_one_line_or_takes_a_value_that_works(name):
+    """Each key of the file (plain and `runlocal`) with each of `tried_values`: the config's
+    own types refuse it, or the checks every command makes before any work refuse it in one
+    line naming the key, or it is in ACCEPTED; never another exception (or a hang)."""
+    for arg in (None, "runlocal"):
+        config = load_config_file(ROOT / "configs" / name, arg)
+        rules = value_rules(config)
+        for key, value in list(flat_items(config)):
+            *blocks, leaf = key.split(".")
+            node = config
+            for block in blocks:
+                node = node[block]
+            rule_name = rule_for(key, rules)[0]  # Every key has a rule.
+            for bad in tried_values(value):
+                try:
+                    node[leaf] = bad
+                except TypeError:
+                    continue  # As --config.<key>=<bad> is refused by the command line.
+                bad = node[leaf]  # As the config holds it (0 in a float key is 0.0).
+                try:
+                    check_values(config, rules)
+                    assert bad in ACCEPTED.get(rule_name, ()), f"{key}={bad!r} was accepted"
+                except ConfigError as e:
+                    assert str(e).startswith(f"config.{key}={bad!r} is invalid: set --config.")
+                    assert "\n" not in str(e)
+                finally:
+                    with node.ignore_type():
+                        node[leaf] = value

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from selfsup.config import ConfigError, load_config_file
-from selfsup.pretext import exemplar
+from selfsup.pretext import exemplar, get_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -99,7 +99,7 @@ def task(**overrides) -> exemplar.Exemplar:
     config = load_config_file(CONFIGS / "exemplar_cifar10.py", "runlocal")
     config.image_size = 16
     config.exemplar.update(overrides)
-    return exemplar.Exemplar(config)
+    return get_task(config)
 
 
 def test_copies_are_standardised_views_grey_together_with_revisitings_probability():
@@ -123,7 +123,15 @@ def test_copies_are_standardised_views_grey_together_with_revisitings_probabilit
 
 
 def test_bad_settings_are_config_errors_naming_the_exemplar_key():
-    with pytest.raises(ConfigError, match="config.exemplar.copies=1: set it to at least 2"):
+    with pytest.raises(ConfigError, match=r"copies=1 is invalid: .* an integer in \[2, 64\]"):
         task(copies=1)
-    with pytest.raises(ConfigError, match=r"unknown config.exemplar.crop='center'"):
+    with pytest.raises(ConfigError, match=r"copies=100000 is invalid: .* an integer in \[2, 64\]"):
+        task(copies=100000)
+    with pytest.raises(ConfigError, match=r"config.exemplar.crop='center' is invalid: .* one of"):
         task(crop="center")
+    with pytest.raises(ConfigError, match=r"--config.exemplar.margin to a number in \(0, 10\]"):
+        task(margin=-1.0)
+    with pytest.raises(ConfigError, match=r"--config.exemplar.grayscale_probability to a number"):
+        task(grayscale_probability=2.0)
+    with pytest.raises(ConfigError, match=r"--config.exemplar.embed_dim to an integer in \[1,"):
+        task(embed_dim=0)

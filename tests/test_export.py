@@ -88,7 +88,8 @@ SIMCLR = f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal"
         (["export", EXPORT, "--workdir=W"], "error: export needs a pretraining run: pass "
          "--config.checkpoint=WORKDIR."),
         (["export", EXPORT, "--workdir=W", f"--config.checkpoint={RUN}", "--config.format=onnx"],
-         "error: unknown config.format='onnx': use one of torchvision, flax."),
+         "error: config.format='onnx' is invalid: set --config.format to one of ('torchvision', "
+         "'flax')."),
         (["export", EXPORT, "--workdir=W", f"--config.checkpoint={RUN}", "--config.format=flax",
           "--config.head=True"], "error: config.head exports the projection head for PyTorch"),
         (["export", EXPORT, "--workdir=W", "--config.checkpoint=missing"],

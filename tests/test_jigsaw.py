@@ -14,7 +14,7 @@ from test_relpatch import cell_colours, grid_image, standardise
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import augment
 from selfsup.data import patches as patch_input
-from selfsup.pretext import jigsaw
+from selfsup.pretext import get_task, jigsaw
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -60,7 +60,7 @@ def task(**overrides) -> jigsaw.Jigsaw:
     config = load_config_file(CONFIGS / "jigsaw_cifar10.py", "runlocal")
     config.jigsaw.update(resize_size=72, crop_size=72, grayscale_probability=0.0)
     config.jigsaw.update(overrides)
-    return jigsaw.Jigsaw(config)
+    return get_task(config)
 
 
 def test_a_puzzle_reassembles_from_its_label_into_the_image():
@@ -125,11 +125,25 @@ def test_the_loss_classifies_each_puzzle_of_each_image():
 
 
 def test_bad_settings_are_config_errors_naming_the_jigsaw_key():
-    with pytest.raises(ConfigError, match=r"raise resize_size to at least 72"):
+    with pytest.raises(ConfigError, match=r"crop_size=72 is invalid: .* at most resize_size=64"):
         task(resize_size=64)
-    with pytest.raises(ConfigError, match=r"config.jigsaw.crop_size=72 gives 24 px cells"):
+    with pytest.raises(
+        ConfigError, match=r"crop_size=72 is invalid: .* at least 78, .*24 px cells"
+    ):
         task(patch_size=24)
-    with pytest.raises(ConfigError, match=r"config.jigsaw.perms_per_image=9: .*num_permutations=8"):
+    with pytest.raises(ConfigError, match=r"perms_per_image=9 is invalid: .*num_permutations=8"):
         task(num_permutations=8, perms_per_image=9)
-    with pytest.raises(ConfigError, match=r"config.jigsaw.num_permutations=1: set it to a count"):
-        task(num_permutations=1, perms_per_image=1)
+    # A set of all 9! orders would scan them 362880 times: refused at once.
+    for count in (1, 362880):
+        with pytest.raises(
+            ConfigError, match=rf"num_permutations={count} is invalid: .*\[2, 1000\]"
+        ):
+            task(num_permutations=count, perms_per_image=1)
+    with pytest.raises(ConfigError, match=r"--config.jigsaw.patch_size to an integer in \[1,"):
+        task(patch_size=0)
+    with pytest.raises(ConfigError, match=r"--config.jigsaw.permutation_seed to an integer in"):
+        task(permutation_seed=-1)
+    with pytest.raises(ConfigError, match=r"--config.jigsaw.dropout to a number in \[0, 1\)"):
+        task(dropout=1.5)
+    with pytest.raises(ConfigError, match=r"--config.jigsaw.embed_dim to an integer in \[1,"):
+        task(embed_dim=0)

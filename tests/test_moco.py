@@ -147,10 +147,16 @@ def test_loss_gradients_and_key_encoder_outputs_equal_on_1_and_8_devices():
         (
             "queue_size",
             40,
-            r"queue_size=40 must be a multiple of config\.batch_size=16 .* e\.g\. 48",
+            r"queue_size=40 is invalid: .* of config\.batch_size=16 .* e\.g\. 48\.$",
         ),
-        ("queue_size", 8, r"queue_size=8 must be a multiple"),
-        ("temperature", 0.0, r"--config\.moco\.temperature=0\.2"),
+        ("queue_size", 8, r"queue_size=8 is invalid: .* a multiple of .* e\.g\. 16\.$"),
+        ("queue_size", 0, r"queue_size=0 is invalid: .* a multiple of .* e\.g\. 16\.$"),
+        # A float32 queue of 800M x dim keys: refused from its shape, before any allocation.
+        ("queue_size", 800_000_000, r"at most 8388608 keys of dim=32 .* e\.g\. 8388608\.$"),
+        ("temperature", 0.0, r"--config\.moco\.temperature to a number in \[0\.01, 10\]"),
+        ("temperature", 1e-30, r"--config\.moco\.temperature to a number in \[0\.01, 10\]"),
+        ("dim", -1, r"--config\.moco\.dim to an integer in \[1, 16384\]"),
+        ("color_strength", -1.0, r"--config\.moco\.color_strength to a number in \[0, 1\.25\]"),
     ],
 )
 def test_bad_settings_are_config_errors(key, value, message):

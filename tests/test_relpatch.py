@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import patches as patch_input
-from selfsup.pretext import relpatch
+from selfsup.pretext import get_task, relpatch
 from selfsup.train import loop
 from selfsup.train.state import split_model
 
@@ -160,10 +160,13 @@ def test_chromatic_remedies_match_doersch():
 
 
 def test_impossible_grid_is_a_config_error_and_small_images_are_resized():
-    with pytest.raises(ConfigError, match="needs crop_size >= 57"):
-        relpatch.check_geometry(geometry(resize_size=60, crop_size=54, patch_size=17, min_gap=2))
-    with pytest.raises(ConfigError, match="raise resize_size to at least 72"):
-        relpatch.check_geometry(geometry(resize_size=64))
+    config = load_config_file(CONFIGS / "relpatch_cifar10.py")
+    config.relpatch.update(resize_size=60, crop_size=54, patch_size=17, min_gap=2)
+    with pytest.raises(ConfigError, match=r"crop_size=54 is invalid: .* to at least 57, which"):
+        get_task(config)
+    config.relpatch.update(geometry(resize_size=64))
+    with pytest.raises(ConfigError, match=r"at most resize_size=64 \(or raise resize_size to 72\)"):
+        get_task(config)
     tiny = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)  # Smaller than a patch.
     patches = patch_input.patch_example(tiny, tf.constant([0, 0]), geometry(), grid=3).numpy()
     assert patches.shape == (9, 16, 16, 3)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import views
-from selfsup.pretext import rotation
+from selfsup.pretext import get_task, rotation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -21,7 +21,7 @@ def task(**view) -> rotation.Rotation:
     config = load_config_file(CONFIGS / "rotation_cifar10.py", "runlocal")
     config.image_size = 16
     config.rotation.update(view)
-    return rotation.Rotation(config)
+    return get_task(config)
 
 
 def ramp(blue: int = 90, size: int = 16) -> np.ndarray:
@@ -134,7 +134,9 @@ def test_inception_color_shifts_brightness_and_scales_saturation_within_slims_ra
 
 
 def test_an_unknown_crop_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"unknown config.rotation.crop='random': use one of"):
+    with pytest.raises(ConfigError, match=r"config.rotation.crop='random' is invalid: .* one of"):
         task(crop="random")
-    with pytest.raises(ConfigError, match="config.rotation.crop_padding=-1: set it to"):
-        task(crop="padded", crop_padding=-1)
+    # A padding of 100000 px would make a 200032 px image per example.
+    for padding in (-1, 100000):
+        with pytest.raises(ConfigError, match=rf"crop_padding={padding} is invalid: .*\[0, 256\]"):
+            task(crop="padded", crop_padding=padding)

@@ -25,14 +25,13 @@ import numpy as np
 import tensorflow as tf
 
 from selfsup import parallel
-from selfsup.config import ConfigError
+from selfsup.config import CORRUPT_IMAGE_MODES, ConfigError
 from selfsup.data.sources import DataError, Source, select_examples
 
 # TF only feeds the host pipeline; accelerators belong to JAX.
 tf.config.set_visible_devices([], "GPU")
 
 ExampleFn = Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
-CORRUPT_IMAGE_MODES = ("error", "skip")
 # The shard each dataset built here reads, so that `global_batches` can name the file behind a
 # decode failure (TF's error names only the op) without every caller passing its source along.
 _SHARD_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from selfsup.config import ConfigError
+from selfsup.config import choice, flag, integer, number
 
 CROPS = ("inception", "padded")
 
@@ -25,11 +25,15 @@ def view_config(**overrides) -> ml_collections.ConfigDict:
     )
 
 
-def check_view_config(c: ml_collections.ConfigDict, block: str) -> None:
-    """A ConfigError naming `config.<block>.<key>` for a crop that cannot be drawn."""
-    if c.crop not in CROPS:
-        raise ConfigError(f"unknown config.{block}.crop={c.crop!r}: use one of {list(CROPS)}.")
-    if c.crop == "padded" and not (isinstance(c.crop_padding, int) and c.crop_padding >= 0):
-        raise ConfigError(
-            f"config.{block}.crop_padding={c.crop_padding!r}: set it to a number of pixels >= 0."
-        )
+# simclr's colour jitter: contrast and saturation factors 1 +- 0.8 x strength, which TF
+# refuses below 0.
+COLOR_STRENGTH = number(0, 1.25, " (SimCLR: 0.5-1; contrast and saturation 1 +- 0.8 x it)")
+
+# The rules of `view_config`'s keys (`selfsup.config.check_values`; `min_crop_area` is shared).
+VIEW_RULES = {
+    "crop": choice(*CROPS),
+    # The image is padded before the crop, per example: Gidaris pads 4 px at 32.
+    "crop_padding": integer(0, 256, " (pixels; Gidaris' CIFAR crop: 4)"),
+    "flip": flag(),
+    "color": flag(),
+}

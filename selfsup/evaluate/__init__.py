@@ -1,10 +1,11 @@
-"""Transfer evaluators. Each is an `Evaluator` in its module (`linear`, `knn`, `finetune`) and one
-line in `evaluate.run.EVALUATORS`; every one returns rows of one shape (`row`), which the report
-formats without knowing who made them."""
+"""Transfer evaluators. Each is an `Evaluator` in its module (`linear`, `knn`, `finetune`), with
+the rules of its config block (`VALUE_RULES`), and one line in `EVALUATORS`; every one returns
+rows of one shape (`row`), which the report formats without knowing who made them."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -12,8 +13,17 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from selfsup.config import Rule, flag, owner_rules, sequence, text
+
 if TYPE_CHECKING:
     from selfsup.evaluate.target import Target
+
+# config.evaluators' names -> "module:object" in this package; a module is imported when used.
+EVALUATORS = {
+    "linear": "linear:EVALUATOR",
+    "knn": "knn:EVALUATOR",
+    "finetune": "finetune:EVALUATOR",
+}
 
 # One result: `encoder`, `method`, `label_fraction`, `num_labels`, `test_accuracy`,
 # `minival_accuracy` (see `row`), then the settings that produced it, ending with `seconds`.
@@ -81,3 +91,23 @@ class Evaluator:
 
     run: Callable[[Target, ml_collections.ConfigDict, str, nnx.Module], list[Row]]
     settings: Callable[[ml_collections.ConfigDict], str]
+
+
+def get_evaluator(name: str) -> Evaluator:
+    """The evaluator `name` in `EVALUATORS` (`config.evaluators` passed `value_rules`)."""
+    module, obj = EVALUATORS[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), obj)
+
+
+def value_rules(config: ml_collections.ConfigDict) -> dict[str, Rule]:
+    """The rules of the evaluate command's own keys and of every evaluator block the config
+    has (each evaluator's `VALUE_RULES`, in its module)."""
+    names = tuple(EVALUATORS)
+    return {
+        "evaluators": sequence(Rule(lambda v: v in names, f"one of {names}"), "(linear, knn)"),
+        # Which depths and inputs exist is checked against the encoder and the task.
+        "layers": sequence(text("a depth name"), "(stage4,)"),
+        "features": text("an input the pretrained task offers, e.g. 'image'"),
+        "random_init_baseline": flag(),
+        **owner_rules(config, EVALUATORS, __name__),
+    }

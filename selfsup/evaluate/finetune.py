@@ -31,7 +31,7 @@ import tensorflow as tf
 from flax import nnx
 
 from selfsup import parallel, report
-from selfsup.config import ConfigError
+from selfsup.config import REGEX, STEPS, ConfigError, Rule, flag, integer, number, sequence
 from selfsup.data import augment, pipeline
 from selfsup.data.sources import Source
 from selfsup.evaluate import Evaluator, Row, fraction_name, row
@@ -46,6 +46,24 @@ from selfsup.train.optim import (
     with_lr_multipliers,
 )
 from selfsup.train.state import TrainState, split_model
+
+# `config.finetune`'s rules (`selfsup.config.check_values`); `optim.`, `batch_size`,
+# `min_crop_area` and `log_every_steps` are shared ones.
+VALUE_RULES = {
+    "freeze_stages": sequence(integer(0, 4, " (0 trains all, 4 the head only)"), "(0, 4)"),
+    "steps": STEPS,
+    "warmup_steps": integer(0),
+    "stage_lr_decay": number(0, 1, open_low=True),
+    "lr_multipliers": sequence(
+        Rule(
+            lambda r: len(r) == 2 and REGEX.test(r[0]) and number(0, 1e6).test(r[1]),
+            "(regex, learning-rate multiplier >= 0)",
+        ),
+        "(('^head/', 10.0),)",
+        min_len=0,
+    ),
+    "flip": flag(),
+}
 
 
 class Classifier(nnx.Module):

@@ -13,11 +13,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from selfsup.config import integer, number, sequence
 from selfsup.evaluate import Evaluator, Row, at_each_layer, fraction_name, layer_method, row
 from selfsup.report import Progress
 
 if TYPE_CHECKING:
     from selfsup.evaluate.target import Target
+
+# `config.knn`'s rules (`selfsup.config.check_values`).
+VALUE_RULES = {
+    "ks": sequence(integer(1, why=" (capped at the number of labels)"), "(20, 200)"),
+    # A vote weighs exp(similarity / T): at T < 0.0114 that passes float32's largest number.
+    "temperature": number(0.02, 10, " (DINO: 0.07)"),
+}
 
 
 def _normalize(x: jax.Array) -> jax.Array:

@@ -20,11 +20,15 @@ import ml_collections
 import numpy as np
 import optax
 
+from selfsup.config import number, sequence
 from selfsup.evaluate import Evaluator, Row, at_each_layer, fraction_name, layer_method, row
 from selfsup.report import Progress
 
 if TYPE_CHECKING:
     from selfsup.evaluate.target import Target
+
+# `config.linear`'s rules (`selfsup.config.check_values`).
+VALUE_RULES = {"l2_grid": sequence(number(0, 1e4, " (0: no penalty)"), "(1e-4, 1e-2)")}
 
 FULL = jax.lax.Precision.HIGHEST  # True float32 matmuls (module docstring).
 # Feature columns whose training std is below this are constant: they are centred, not scaled.

@@ -26,10 +26,10 @@ import ml_collections
 from flax import nnx
 
 from selfsup import parallel, report
-from selfsup.config import ConfigError, check_values, load_saved_config, save_config
+from selfsup.config import VALUE_RULES, ConfigError, check_values, load_saved_config, save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
-from selfsup.evaluate import Evaluator, Row, finetune, fraction_name, knn, linear
+from selfsup.evaluate import Row, fraction_name, get_evaluator, value_rules
 from selfsup.evaluate.features import resolve_layers
 from selfsup.evaluate.subsets import make_label_splits, split_labels
 from selfsup.evaluate.target import Target
@@ -37,12 +37,6 @@ from selfsup.pretext import get_task
 from selfsup.pretrained import init_encoder, init_weights
 from selfsup.train.checkpoint import load_pretrained_model
 from selfsup.workdir import claim
-
-EVALUATORS: dict[str, Evaluator] = {
-    "linear": linear.EVALUATOR,
-    "knn": knn.EVALUATOR,
-    "finetune": finetune.EVALUATOR,
-}
 
 
 def summary_key(r: Row, field: str) -> str:
@@ -56,20 +50,16 @@ def summary_key(r: Row, field: str) -> str:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fails before any compute on a config that cannot run: every value (`VALUE_RULES`),
-    the evaluators, the input (`features`) the pretrained task can give, and `init_from`
-    weights that are missing or of another architecture."""
+    """Fails before any compute on a config that cannot run: every value (the shared rules,
+    the command's and its evaluators': `selfsup.evaluate.value_rules`), the input (`features`)
+    the pretrained task can give, and `init_from` weights that are missing or of another
+    architecture."""
     if not config.checkpoint:
         raise ConfigError(
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
         )
-    check_values(config)
+    check_values(config, VALUE_RULES, value_rules(config))
     resolve_layers(config.layers)
-    unknown = sorted(set(config.evaluators) - set(EVALUATORS))
-    if unknown or not config.evaluators:
-        raise ConfigError(
-            f"unknown or no config.evaluators {unknown}: choose from {sorted(EVALUATORS)}."
-        )
     pre_config = load_saved_config(config.checkpoint)
     eval_views(get_task(pre_config), config)
     if config.init_from:
@@ -123,7 +113,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         r
         for evaluator in config.evaluators
         for name, encoder in encoders.items()
-        for r in printed(EVALUATORS[evaluator].run(target, config, name, encoder))
+        for r in printed(get_evaluator(evaluator).run(target, config, name, encoder))
     ]
     for r in rows:
         for field, value in r.items():
@@ -134,7 +124,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     (workdir / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
     )
-    settings = [EVALUATORS[e].settings(config) for e in config.evaluators]
+    settings = [get_evaluator(e).settings(config) for e in config.evaluators]
     report.write_transfer_report(
         workdir, config, summary, rows, settings=settings, probe_method="linear"
     )

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import ConfigError, choice, number
 from selfsup.data.augment_jax import to_float
 from selfsup.models.kernels import KERNEL_NAMES, kernels_for
 
@@ -179,6 +179,16 @@ BLOCKS = {
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
 }
+STEMS = ("cifar", "imagenet")
+# `config.model`'s rules (`selfsup.config.check_values`); "auto" dtype is resolved per backend.
+VALUE_RULES = {
+    "depth": choice(*BLOCKS),
+    "stem": choice(*STEMS),
+    # The stem's 64 channels times the width must leave at least one.
+    "width": number(1 / 64, 16, " (a multiplier; SimCLR's widest ResNet: 4)"),
+    "dtype": choice("auto", *COMPUTE_DTYPES),
+    "kernels": choice(*KERNEL_NAMES),
+}
 
 
 class ResNet(nnx.Module):
@@ -203,7 +213,7 @@ class ResNet(nnx.Module):
     ):
         if depth not in BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS)}, got {depth}")
-        if stem not in ("cifar", "imagenet"):
+        if stem not in STEMS:
             raise ValueError(f'stem must be "cifar" or "imagenet", got {stem!r}')
         layers = {
             "conv": conv_def(conv, dtype=dtype, rngs=rngs),

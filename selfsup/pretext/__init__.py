@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import ConfigError, Rule, check_values, owner_rules
+from selfsup.models import resnet
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -35,11 +36,21 @@ TASKS = {
 }
 
 
+def value_rules(config: ml_collections.ConfigDict) -> dict[str, Rule]:
+    """The rules of `config.task`, of the encoder (`config.model`) and of every task block the
+    config has (each task's `VALUE_RULES`, beside its `default_config()`)."""
+    names = tuple(TASKS)
+    return {
+        "task": Rule(lambda v: v in names, f"one of {sorted(names)}"),
+        **{f"model.{key}": rule for key, rule in resnet.VALUE_RULES.items()},
+        **owner_rules(config, TASKS, __name__),
+    }
+
+
 @runtime_checkable
 class PretextTask(Protocol):
     """What a pretext task gives the rest of the codebase. `__init__(config)` takes the whole
-    config (its own block, e.g. `config.simclr`, included) and raises ConfigError on values it
-    cannot use."""
+    config (its own block, e.g. `config.simclr`, included), whose values `get_task` checked."""
 
     config: ml_collections.ConfigDict
 
@@ -126,8 +137,10 @@ def stateful(task: PretextTask) -> StatefulTask:
 
 
 def get_task(config: ml_collections.ConfigDict) -> PretextTask:
-    """The task `config.task` names, built from `config`."""
+    """The task `config.task` names, built from `config` once the task's own rules passed (a
+    ConfigError names the first value that breaks one)."""
     if config.task not in TASKS:
         raise ConfigError(f"unknown config.task={config.task!r}: use one of {sorted(TASKS)}.")
+    check_values(config, value_rules(config))
     module, name = TASKS[config.task].split(":")
     return getattr(importlib.import_module(f"selfsup.pretext.{module}"), name)(config)

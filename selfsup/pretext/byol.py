@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import MAX_WIDTH, flag, probability, sequence
 from selfsup.data import augment_jax
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, encoder_from_config
@@ -56,6 +56,19 @@ def default_config() -> ml_collections.ConfigDict:
             color_on_device=False,
         )
     )
+
+
+# `config.byol`'s rules (`selfsup.config.check_values`); `min_crop_area` is a shared one.
+VALUE_RULES = {
+    "base_momentum": probability(" (the target's starting momentum; BYOL: 0.99)"),
+    "proj_hidden_dim": MAX_WIDTH,
+    "proj_out_dim": MAX_WIDTH,
+    "pred_hidden_dim": MAX_WIDTH,
+    "blur": sequence(probability(), "(1.0, 0.1)", min_len=2, max_len=2),
+    "solarize": sequence(probability(), "(0.0, 0.2)", min_len=2, max_len=2),
+    "additive_brightness": flag(),
+    "color_on_device": flag(),
+}
 
 
 def view_colors(c: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -139,19 +152,6 @@ class BYOL:
     sharded_extra = ()  # The target is replicated like the online weights.
 
     def __init__(self, config: ml_collections.ConfigDict):
-        c = config.byol
-        for key in ("blur", "solarize"):
-            values = tuple(c[key])
-            if len(values) != 2 or not all(0.0 <= p <= 1.0 for p in values):
-                raise ConfigError(
-                    f"config.byol.{key}={values!r} must be two probabilities (view 1, view 2): "
-                    f"set --config.byol.{key} to e.g. '{default_config()[key]}'."
-                )
-        if not 0.0 <= c.base_momentum <= 1.0:
-            raise ConfigError(
-                f"config.byol.base_momentum={c.base_momentum!r} is the target's starting "
-                "momentum: set --config.byol.base_momentum to a value in [0, 1] (BYOL: 0.99)."
-            )
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

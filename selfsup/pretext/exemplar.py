@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from selfsup.config import ConfigError
-from selfsup.data.view_config import check_view_config, view_config
+from selfsup.config import MAX_WIDTH, integer, number, probability
+from selfsup.data.view_config import VIEW_RULES, view_config
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import encoder_from_config
 
@@ -42,6 +42,18 @@ def default_config() -> ml_collections.ConfigDict:
         embed_dim=1000,
         grayscale_probability=0.66,
     )
+
+
+# `config.exemplar`'s rules (`selfsup.config.check_values`).
+VALUE_RULES = VIEW_RULES | {
+    "copies": integer(
+        2, 64, " (a copy needs a positive, and each is one more image per image; Revisiting: 8)"
+    ),
+    # At 0 or below every triplet's hinge is already 0: nothing to learn.
+    "margin": number(0, 10, " (Revisiting: 0.5)", open_low=True),
+    "embed_dim": MAX_WIDTH,
+    "grayscale_probability": probability(),
+}
 
 
 def pairwise_squared_distances(x: jax.Array) -> jax.Array:
@@ -112,13 +124,6 @@ class Exemplar:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        c = config.exemplar
-        check_view_config(c, "exemplar")
-        if c.copies < 2:
-            raise ConfigError(
-                f"config.exemplar.copies={c.copies}: set it to at least 2 (a copy needs a "
-                "positive; Revisiting: 8)."
-            )
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -35,10 +34,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import Rule, integer
 from selfsup.models.heads import PatchPairHead, online_probe_head
 from selfsup.models.resnet import encoder_from_config
-from selfsup.pretext.relpatch import check_geometry
+from selfsup.pretext.relpatch import PATCH_RULES
 
 GRID = 3
 CELLS = GRID * GRID
@@ -68,6 +67,22 @@ def default_config() -> ml_collections.ConfigDict:
             dropout=0.5,
         )
     )
+
+
+def _within_set(perms_per_image: int, c: ml_collections.ConfigDict, run) -> str | None:
+    if perms_per_image <= c.num_permutations:
+        return None
+    return f"at most num_permutations={c.num_permutations} (Revisiting: 8)"
+
+
+# `config.jigsaw`'s rules (`selfsup.config.check_values`).
+VALUE_RULES = PATCH_RULES | {
+    "num_permutations": integer(
+        2, 1000, " (Revisiting: 100, Noroozi's most: 1000; choosing each scans all 9! orders)"
+    ),
+    "permutation_seed": integer(0, 2**32 - 1),
+    "perms_per_image": Rule(integer(1, 1000).test, "an integer in [1, 1000]", _within_set),
+}
 
 
 @functools.cache
@@ -146,25 +161,10 @@ def jigsaw_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[s
     return loss, {"pretext_accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == labels)}
 
 
-def check_permutations(c: ml_collections.ConfigDict) -> None:
-    if not 2 <= c.num_permutations <= math.factorial(CELLS):
-        raise ConfigError(
-            f"config.jigsaw.num_permutations={c.num_permutations}: set it to a count in "
-            f"[2, {math.factorial(CELLS)}] (Revisiting: 100, Noroozi: 1000)."
-        )
-    if not 1 <= c.perms_per_image <= c.num_permutations:
-        raise ConfigError(
-            f"config.jigsaw.perms_per_image={c.perms_per_image}: set it to a count in "
-            f"[1, num_permutations={c.num_permutations}] (Revisiting: 8)."
-        )
-
-
 class Jigsaw:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        check_geometry(config.jigsaw, "jigsaw")
-        check_permutations(config.jigsaw)
         self.config = config
         self.permutations = permutation_set(
             config.jigsaw.num_permutations, config.jigsaw.permutation_seed

@@ -33,7 +33,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import (
+    MAX_ARRAY_VALUES,
+    MAX_WIDTH,
+    TEMPERATURE,
+    Rule,
+    flag,
+    integer,
+    probability,
+)
+from selfsup.data.view_config import COLOR_STRENGTH
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext import teacher
@@ -59,6 +68,32 @@ def default_config() -> ml_collections.ConfigDict:
             blur=True,
         )
     )
+
+
+def _queue_fits(queue_size: int, c: ml_collections.ConfigDict, run) -> str | None:
+    """What `queue_size` must be: whole batches (MoCo enqueues them), as a float32 [K, dim]
+    array that can exist (`MAX_ARRAY_VALUES`); None if it is."""
+    batch = run.batch_size
+    most = MAX_ARRAY_VALUES // c.dim // batch * batch
+    if queue_size % batch == 0 and batch <= queue_size <= most:
+        return None
+    near = min(max(-(-queue_size // batch) * batch, batch), most)
+    return (
+        f"a multiple of config.batch_size={batch} (MoCo enqueues whole batches) of at most "
+        f"{most} keys of dim={c.dim} (a float32 queue of at most 1 GiB), e.g. {near}"
+    )
+
+
+# `config.moco`'s rules (`selfsup.config.check_values`); `min_crop_area` is a shared one.
+VALUE_RULES = {
+    "queue_size": Rule(integer(-(2**63)).test, "an integer", _queue_fits),
+    "momentum": probability(" (MoCo v2: 0.999)"),
+    "temperature": TEMPERATURE,
+    "dim": MAX_WIDTH,
+    "mlp": flag(),
+    "color_strength": COLOR_STRENGTH,
+    "blur": flag(),
+}
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -126,20 +161,6 @@ class MoCo:
     sharded_extra = ("queue",)
 
     def __init__(self, config: ml_collections.ConfigDict):
-        c = config.moco
-        if c.queue_size < config.batch_size or c.queue_size % config.batch_size:
-            raise ConfigError(
-                f"config.moco.queue_size={c.queue_size} must be a multiple of "
-                f"config.batch_size={config.batch_size} (MoCo enqueues whole batches): set "
-                "--config.moco.queue_size to one, e.g. "
-                f"{-(-c.queue_size // config.batch_size) * config.batch_size}."
-            )
-        if not (0.0 <= c.momentum <= 1.0 and c.temperature > 0):
-            raise ConfigError(
-                f"config.moco.momentum={c.momentum!r} must be in [0, 1] and "
-                f"config.moco.temperature={c.temperature!r} above 0: set them as MoCo v2 does "
-                "(--config.moco.momentum=0.999 --config.moco.temperature=0.2)."
-            )
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import MAX_WIDTH, Rule, choice, integer, number, probability
 from selfsup.models.heads import PatchPairHead, online_probe_head
 from selfsup.models.resnet import encoder_from_config
 
@@ -53,27 +53,36 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def check_geometry(c: ml_collections.ConfigDict, block: str = "relpatch") -> None:
-    """A ConfigError naming the key of `config.<block>` to change if the grid does not fit (the
-    patch tasks share this geometry)."""
-    cell = c.crop_size // GRID
-    if c.crop_size > c.resize_size:
-        raise ConfigError(
-            f"config.{block}.crop_size={c.crop_size} is larger than resize_size="
-            f"{c.resize_size}: raise resize_size to at least {c.crop_size}."
-        )
+def _crop_fits(crop_size: int, c: ml_collections.ConfigDict, run) -> str | None:
+    """What `crop_size` must be for the block `c`'s grid, or None if it is."""
+    if crop_size > c.resize_size:
+        return f"at most resize_size={c.resize_size} (or raise resize_size to {crop_size})"
     needed = GRID * (c.patch_size + 2 * math.ceil(c.min_gap / 2))
-    if c.patch_size < 1 or c.min_gap < 0 or needed > GRID * cell:
-        raise ConfigError(
-            f"a {GRID}x{GRID} grid of {c.patch_size} px patches at least {c.min_gap} px apart "
-            f"needs crop_size >= {needed} (and resize_size >= crop_size), but "
-            f"config.{block}.crop_size={c.crop_size} gives {cell} px cells: raise crop_size "
-            "and resize_size, or lower patch_size / min_gap."
-        )
-    if c.chromatic not in CHROMATIC_REMEDIES:
-        raise ConfigError(
-            f"unknown config.{block}.chromatic={c.chromatic!r}: use one of {CHROMATIC_REMEDIES}."
-        )
+    if needed <= GRID * (crop_size // GRID):
+        return None
+    return (
+        f"at least {needed}, which a {GRID}x{GRID} grid of {c.patch_size} px patches at least "
+        f"{c.min_gap} px apart needs ({crop_size} gives {crop_size // GRID} px cells; raise "
+        "resize_size with it, or lower patch_size / min_gap)"
+    )
+
+
+SIZE = integer(1, 4096, " (pixels)")
+# The rules of the patch geometry and head that relative patch position and jigsaw share
+# (`selfsup.config.check_values`).
+PATCH_RULES = {
+    "resize_size": SIZE,
+    "crop_size": Rule(SIZE.test, SIZE.requirement, _crop_fits),
+    "patch_size": SIZE,
+    "min_gap": integer(0, 4096, " (pixels)"),
+    "grayscale_probability": probability(),
+    "chromatic": choice(*CHROMATIC_REMEDIES),
+    "embed_dim": MAX_WIDTH,
+    "fusion_hidden_dim": MAX_WIDTH,
+    # At 1 dropout zeroes every unit.
+    "dropout": number(0, 1, " (Revisiting: 0.5)", open_high=True),
+}
+VALUE_RULES = PATCH_RULES  # `config.relpatch`'s.
 
 
 class RelPatchModel(nnx.Module):
@@ -124,7 +133,6 @@ class RelativePatchPosition:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        check_geometry(config.relpatch)
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfsup.data.view_config import check_view_config, view_config
+from selfsup.data.view_config import VIEW_RULES, view_config
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import encoder_from_config
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 def default_config() -> ml_collections.ConfigDict:
     """`config.rotation`: Revisiting-SSL's view (`inception_preprocess`)."""
     return view_config()
+
+
+VALUE_RULES = VIEW_RULES  # `config.rotation`'s rules (`selfsup.config.check_values`).
 
 
 class RotationModel(nnx.Module):
@@ -56,7 +59,6 @@ class Rotation:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        check_view_config(config.rotation, "rotation")
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

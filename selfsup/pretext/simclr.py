@@ -20,8 +20,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfsup.config import ConfigError
+from selfsup.config import MAX_WIDTH, TEMPERATURE, flag, integer, probability
 from selfsup.data import augment_jax
+from selfsup.data.view_config import COLOR_STRENGTH
 from selfsup.models.heads import ProjectionHead, online_probe_head
 from selfsup.models.resnet import encoder_from_config
 
@@ -50,6 +51,22 @@ def default_config() -> ml_collections.ConfigDict:
             color_on_device=False,
         )
     )
+
+
+# `config.simclr`'s rules (`selfsup.config.check_values`); `min_crop_area` is a shared one.
+VALUE_RULES = {
+    "temperature": TEMPERATURE,
+    "proj_hidden_dim": MAX_WIDTH,
+    "proj_out_dim": MAX_WIDTH,
+    "proj_layers": integer(1, 16, " (SimCLR v1: 2, v2: 3)"),
+    "color_strength": COLOR_STRENGTH,
+    "crop": flag(),
+    "flip": flag(),
+    "color": flag(),
+    "blur": flag(),
+    "solarize": probability(" (0 = SimCLR's recipe, no solarize)"),
+    "color_on_device": flag(),
+}
 
 
 def nt_xent_loss(
@@ -108,11 +125,6 @@ class SimCLR:
     """The pretext task: its training example (TF side), its model, and its loss."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        if not 0.0 <= config.simclr.solarize <= 1.0:
-            raise ConfigError(
-                f"config.simclr.solarize={config.simclr.solarize!r} is a probability: set "
-                "--config.simclr.solarize to a value in [0, 1] (0 = SimCLR's recipe, no solarize)."
-            )
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -24,15 +24,15 @@ import tensorflow as tf
 
 from selfsup import parallel, report
 from selfsup.config import (
+    VALUE_RULES,
     ConfigError,
-    check_minimums,
     check_values,
     resolve_model_dtype,
     save_config,
 )
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
-from selfsup.pretext import get_task
+from selfsup.pretext import get_task, value_rules
 from selfsup.pretrained import init_train_state, init_weights
 from selfsup.report import read_metrics
 from selfsup.train import engine
@@ -47,17 +47,6 @@ from selfsup.train.state import (
     model_graphdef,
 )
 from selfsup.workdir import check_same_config, claim
-
-# Keys the loop divides by, counts with or sizes arrays from; checked before any work.
-PRETRAIN_MINIMUMS = {
-    "batch_size": 1,
-    "total_steps": 0,
-    "num_epochs": 0,
-    "log_every_steps": 1,
-    "eval_every_steps": 0,
-    "checkpoint_every_steps": 1,
-    "keep_checkpoints": 1,
-}
 
 
 class MetricsLog:
@@ -142,8 +131,7 @@ def pretrain(
     Resumes from the latest checkpoint, or from `resume_step` (newer checkpoints are then
     moved aside, never deleted). Refuses a workdir that a live run holds, that another kind of
     command made, or (unless `allow_config_change`) that a run of a different config made."""
-    check_values(config)
-    check_minimums(config, PRETRAIN_MINIMUMS)
+    check_values(config, VALUE_RULES, value_rules(config))
     workdir = Path(workdir)
     # Whatever ends the run, its checkpoint saves finish and its files are closed.
     with claim(workdir, "pretrain"), contextlib.ExitStack() as cleanup:
