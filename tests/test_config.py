@@ -16,8 +16,10 @@ from selfsup.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs/ and the studies' own configs in experiments/ (files with a `get_config`).
-CONFIGS = sorted((ROOT / "configs").glob("*.py")) + sorted(
-    p for p in (ROOT / "experiments").glob("*/*.py") if "def get_config(" in p.read_text()
+CONFIGS = sorted(
+    p
+    for p in [*(ROOT / "configs").glob("*.py"), *(ROOT / "experiments").glob("*/*.py")]
+    if "def get_config(" in p.read_text()  # Not configs/common.py, the pieces they share.
 )
 
 
