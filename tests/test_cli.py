@@ -277,6 +277,24 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_path(error, line):
     assert cli.os_error_line(cli.reported_os_error(error), "/runs/x").startswith(line)
 
 
+@pytest.mark.parametrize(
+    "command, key, value", [("export", "checkpoint", "runs/x"), ("demo", "data_dir", "/data")]
+)
+def test_a_command_with_one_config_file_takes_it_without_config(command, key, value, monkeypatch):
+    from absl import flags
+
+    from selfsup import cli
+
+    argv = ["selfsup", command, "--workdir=W", f"--config.{key}={value}"]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv.
+    try:
+        cli.parse_flags(argv)
+        default = load_config_file(cli.DEFAULT_CONFIGS[command])
+        assert cli._CONFIG.value.to_dict() == {**default.to_dict(), key: value}
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 @pytest.mark.slow
 def test_a_disk_that_refuses_writes_ends_in_one_line(image_root, tmp_path):
     # Writes past 100 KiB fail with EFBIG, as writes to a full disk fail with ENOSPC.
