@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         local=dict(batch_size=64, image_size=64),
     )
     # Colour ops in the jitted step, as DeepMind's BYOL runs them: the host only crops, resizes
-    # and flips, and its views cross to the device as uint8 (README "Feeding the device"). The
+    # and flips, and its views cross to the device as uint8 (docs/scaling.md). The
     # online probe is DeepMind's online classifier on view 1; held-out metrics: the BYOL loss on
     # eval_split views (both networks in inference mode).
     config.byol.color_on_device = True

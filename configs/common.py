@@ -27,7 +27,7 @@ def cifar10() -> dict:
 def resnet(depth: int = 50, *, stem: str = "imagenet", width: float = 1.0):
     """The encoder. dtype: its compute dtype, "float32" or "bfloat16" (float32 parameters,
     optimizer state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32
-    on a CPU, and config.json records which ran (README: `model.dtype`). kernels: "xla" (XLA's
+    on a CPU, and config.json records which ran (docs/usage.md). kernels: "xla" (XLA's
     own conv, BatchNorm and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up
     to rounding) or "auto" (the rewrites on a CPU backend, XLA's ops elsewhere)."""
     return ml_collections.ConfigDict(
