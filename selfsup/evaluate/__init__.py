@@ -5,7 +5,7 @@ formats without knowing who made them."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -13,6 +13,8 @@ import numpy as np
 from flax import nnx
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from selfsup.evaluate.target import Target
 
 # One result: `encoder`, `method`, `label_fraction`, `num_labels`, `test_accuracy`,
@@ -77,7 +79,9 @@ def row(
 class Evaluator:
     """A transfer evaluator: `run(target, config, encoder_name, encoder)` gives its rows (one
     per label fraction and setting, made by `row`); `settings(config)` says in a sentence of
-    report.md how its settings were chosen."""
+    report.md how its settings were chosen; `plot(rows, workdir, title)`, if any, draws its own
+    figure of all the rows into the workdir and gives report.md's lines for it."""
 
     run: Callable[[Target, ml_collections.ConfigDict, str, nnx.Module], list[Row]]
     settings: Callable[[ml_collections.ConfigDict], str]
+    plot: Callable[[Sequence[Row], Path, str], str] | None = None

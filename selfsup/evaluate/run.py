@@ -135,9 +135,8 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
     )
     settings = [EVALUATORS[e].settings(config) for e in config.evaluators]
-    report.write_transfer_report(
-        workdir, config, summary, rows, settings=settings, probe_method="linear"
-    )
+    plots = [EVALUATORS[e].plot for e in config.evaluators if EVALUATORS[e].plot]
+    report.write_transfer_report(workdir, config, summary, rows, settings=settings, plots=plots)
     return summary, rows
 
 
