@@ -17,7 +17,7 @@ from flax import nnx
 
 from selfsup.config import resolve_model_dtype
 from selfsup.evaluate import linear
-from selfsup.models import xla_cpu
+from selfsup.models.kernels import xla_cpu
 from selfsup.models.resnet import ResNet
 from selfsup.train.state import split_model
 

@@ -15,8 +15,7 @@ from flax import nnx
 
 from selfsup.config import load_config_file
 from selfsup.models import kernels as kernel_choices
-from selfsup.models import xla_cpu
-from selfsup.models.kernels import CPU, XLA, kernels_for
+from selfsup.models.kernels import CPU, XLA, kernels_for, xla_cpu
 from selfsup.models.resnet import encoder_from_config
 from selfsup.train.state import split_model
 
