@@ -26,72 +26,37 @@ per example (reproducible, resumable); ImageNet must already be prepared in
 (ResNet-18 at width 1/8, 64 px, 60 steps).
 """
 
+import runpy
+from pathlib import Path
+
 import ml_collections
 
 from selfsup.config import parse_runlocal
 from selfsup.pretext import byol
 
+common = runpy.run_path(str(Path(__file__).with_name("common.py")))
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     runlocal = parse_runlocal(arg)
-    config = ml_collections.ConfigDict()
-    config.task = "byol"
-    config.data = "tfds:imagenet2012"
-    config.data_dir = ""  # Where TFDS/builtin datasets are prepared; "" = TFDS's default.
-    config.train_split = "train"
-    config.eval_split = "validation"
-    config.seed = 0
-    # The encoder's weights at step 0 (a resume restores its checkpoint): "" = random init;
-    # `torchvision:FILE` (a torchvision ResNet state dict, .safetensors or .pth), or a selfsup
-    # pretraining workdir or export, of config.model's architecture.
-    config.init_from = ""
-    # An image that does not decode: "error" stops with its file named; "skip" leaves such
-    # images out (one decoding pass over the splits read, at start) and counts them in
-    # summary.json as data/skipped_images.
-    config.corrupt_images = "error"
-    config.image_size = 224
-    config.batch_size = 4096
-    config.num_epochs = 300.0
-    config.total_steps = 0  # > 0 overrides num_epochs.
-    # dtype and kernels: as in configs/simclr_cifar10.py (README: `model.dtype`).
-    config.model = ml_collections.ConfigDict(
-        dict(depth=50, stem="imagenet", width=1.0, dtype="auto", kernels="auto")
+    config = common["pretraining"](
+        "byol",
+        byol.default_config(),
+        runlocal,
+        data=common["imagenet"](),
+        batch_size=4096,
+        num_epochs=300.0,
+        model=common["resnet"](50),
+        optim=common["optimizer"](
+            "lars", 0.3, weight_decay=1e-6, schedule="cosine", warmup_epochs=10.0
+        ),
+        local=dict(batch_size=64, image_size=64),
     )
-    config.byol = byol.default_config()
     # Colour ops in the jitted step, as DeepMind's BYOL runs them: the host only crops, resizes
-    # and flips, and its views cross to the device as uint8 (README "Feeding the device").
+    # and flips, and its views cross to the device as uint8 (docs/scaling.md). The
+    # online probe is DeepMind's online classifier on view 1; held-out metrics: the BYOL loss on
+    # eval_split views (both networks in inference mode).
     config.byol.color_on_device = True
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            name="lars",
-            learning_rate=0.3,
-            lr_scaling="linear",
-            momentum=0.9,
-            weight_decay=1e-6,
-            weight_decay_exclude=r"(^|/)(bias|scale)$",
-            trust_coefficient=1e-3,
-            warmup_epochs=10.0,
-            schedule="cosine",
-            decay_epochs=(),  # Piecewise schedule only.
-            decay_factor=0.1,
-        )
-    )
-    # DeepMind's online classifier on stop-gradient features of view 1, logged as
-    # online_probe/*: -1 = the data's class count, 0 = off.
-    config.online_probe_classes = -1
-    config.log_every_steps = 100
-    # Held-out BYOL loss on eval_split views (both networks in inference mode); 0 = never.
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 2000
-    config.keep_checkpoints = 3
     if runlocal:
-        config.image_size = 64
-        config.model.update(depth=18, width=0.125)
         config.byol.update(proj_hidden_dim=64, proj_out_dim=32, pred_hidden_dim=64)
-        config.batch_size = 64
-        config.total_steps = 60
-        config.optim.warmup_epochs = 0.0
-        config.log_every_steps = 10
-        config.checkpoint_every_steps = 30
-        config.eval_every_steps = 30
     return config

@@ -1,5 +1,5 @@
 """Export a pretraining run's encoder for PyTorch (`format="torchvision"`) or for JAX code
-outside selfsup (`format="flax"`); README: "Using a pretrained encoder elsewhere".
+outside selfsup (`format="flax"`); docs/pretrained.md.
 
   python -m selfsup export --config=configs/export.py --workdir=runs/export \
       --config.checkpoint=runs/simclr_cifar10 [--config.format=flax] [--config.head=True]

@@ -19,68 +19,39 @@ seeds are per example (reproducible, resumable); ImageNet must already be prepar
 (ResNet-18 at width 1/8, 64 px, 60 steps, a queue of 256 keys).
 """
 
+import runpy
+from pathlib import Path
+
 import ml_collections
 
 from selfsup.config import parse_runlocal
 from selfsup.pretext import moco
 
+common = runpy.run_path(str(Path(__file__).with_name("common.py")))
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     runlocal = parse_runlocal(arg)
-    config = ml_collections.ConfigDict()
-    config.task = "moco"
-    config.data = "tfds:imagenet2012"
-    config.data_dir = ""  # Where TFDS/builtin datasets are prepared; "" = TFDS's default.
-    config.train_split = "train"
-    config.eval_split = "validation"
-    config.seed = 0
-    # The encoder's weights at step 0 (a resume restores its checkpoint): "" = random init;
-    # `torchvision:FILE` (a torchvision ResNet state dict, .safetensors or .pth), or a selfsup
-    # pretraining workdir or export, of config.model's architecture.
-    config.init_from = ""
-    # An image that does not decode: "error" stops with its file named; "skip" leaves such
-    # images out (one decoding pass over the splits read, at start) and counts them in
-    # summary.json as data/skipped_images.
-    config.corrupt_images = "error"
-    config.image_size = 224
-    config.batch_size = 256
-    config.num_epochs = 200.0
-    config.total_steps = 0  # > 0 overrides num_epochs.
-    # dtype and kernels: as in configs/simclr_cifar10.py (README: `model.dtype`).
-    config.model = ml_collections.ConfigDict(
-        dict(depth=50, stem="imagenet", width=1.0, dtype="auto", kernels="auto")
-    )
-    config.moco = moco.default_config()
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            name="sgd",
-            learning_rate=0.03,
-            lr_scaling="linear",
-            momentum=0.9,
-            weight_decay=1e-4,
-            weight_decay_exclude="^$",  # Matches no parameter: torch's SGD decays them all.
-            trust_coefficient=0.001,  # LARS only.
-            warmup_epochs=0.0,
+    config = common["pretraining"](
+        "moco",
+        moco.default_config(),
+        runlocal,
+        data=common["imagenet"](),
+        batch_size=256,
+        num_epochs=200.0,
+        model=common["resnet"](50),
+        optim=common["optimizer"](
+            "sgd",
+            0.03,
+            # Matches no parameter: torch's SGD decays them all.
+            weight_decay_exclude="^$",
             schedule="cosine",
-            decay_epochs=(),  # Piecewise schedule only.
-            decay_factor=0.1,
-        )
+            warmup_epochs=0.0,
+        ),
+        local=dict(batch_size=64, image_size=64),
     )
-    # A linear classifier on stop-gradient query features trained alongside, logged as
-    # online_probe/*: -1 = the data's class count, 0 = off. Not part of MoCo.
-    config.online_probe_classes = -1
-    config.log_every_steps = 100
-    # Held-out InfoNCE and contrastive accuracy on eval_split views; 0 = never.
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 2000
-    config.keep_checkpoints = 3
+    # The online probe (not part of MoCo) reads query features; held-out metrics: InfoNCE and
+    # contrastive accuracy on eval_split views.
     if runlocal:
-        config.image_size = 64
-        config.model.update(depth=18, width=0.125)
         config.moco.update(queue_size=256, dim=32)
-        config.batch_size = 64
-        config.total_steps = 60
-        config.log_every_steps = 10
-        config.checkpoint_every_steps = 30
-        config.eval_every_steps = 30
     return config

@@ -23,73 +23,33 @@ Transfer as Revisiting evaluates patch models (mean of the 9 patches' features):
       --config.checkpoint=runs/relpatch_in1k --config.features=patches
 """
 
+import runpy
+from pathlib import Path
+
 import ml_collections
 
 from selfsup.config import parse_runlocal
 from selfsup.pretext import relpatch
 
+common = runpy.run_path(str(Path(__file__).with_name("common.py")))
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     runlocal = parse_runlocal(arg)
-    config = ml_collections.ConfigDict()
-    config.task = "relpatch"
-    config.data = "tfds:imagenet2012"
-    config.data_dir = ""  # Where TFDS/builtin datasets are prepared; "" = TFDS's default.
-    config.train_split = "train"
-    config.eval_split = "validation"
-    config.seed = 0
-    # The encoder's weights at step 0 (a resume restores its checkpoint): "" = random init;
-    # `torchvision:FILE` (a torchvision ResNet state dict, .safetensors or .pth), or a selfsup
-    # pretraining workdir or export, of config.model's architecture.
-    config.init_from = ""
-    # An image that does not decode: "error" stops with its file named; "skip" leaves such
-    # images out (one decoding pass over the splits read, at start) and counts them in
-    # summary.json as data/skipped_images.
-    config.corrupt_images = "error"
-    config.batch_size = 128  # Images; each gives 9 patches and all 8 (neighbour, centre) pairs.
-    config.num_epochs = 35.0
-    config.total_steps = 0  # > 0 overrides num_epochs.
-    # dtype: the encoder's compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer
-    # state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU,
-    # and config.json records which ran (README: `model.dtype`). kernels: "xla" (XLA's own conv,
-    # BatchNorm and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up to
-    # rounding) or "auto" (the rewrites on a CPU backend, XLA's ops elsewhere).
-    config.model = ml_collections.ConfigDict(
-        dict(depth=50, stem="imagenet", width=2.0, dtype="auto", kernels="auto")
+    config = common["pretraining"](
+        "relpatch",
+        relpatch.default_config(),
+        runlocal,
+        data=common["imagenet"](image_size=None),  # relpatch's block sets the sizes.
+        batch_size=128,  # Each image gives 9 patches and all 8 (neighbour, centre) pairs.
+        model=common["resnet"](50, width=2.0),
+        local=dict(batch_size=32),
+        **common["revisiting_schedule"](),
     )
-    config.relpatch = relpatch.default_config()
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            name="sgd",
-            learning_rate=0.1,
-            lr_scaling="linear",
-            momentum=0.9,
-            weight_decay=1e-4,
-            weight_decay_exclude=r"(^|/)(bias|scale)$",
-            trust_coefficient=0.001,  # LARS only.
-            warmup_epochs=5.0,
-            schedule="piecewise",
-            decay_epochs=(15, 25),
-            decay_factor=0.1,
-        )
-    )
-    # A linear classifier on stop-gradient features (mean over the 9 patches) trained alongside,
-    # logged as online_probe/*: -1 = the data's class count, 0 = off. Not part of Revisiting.
-    config.online_probe_classes = -1
-    config.log_every_steps = 100
-    # Held-out pretext metrics (loss, 8-way accuracy on eval_split patches); 0 = never.
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 5000
-    config.keep_checkpoints = 3
+    # The online probe (not part of Revisiting) reads the mean over the 9 patches; held-out
+    # metrics: loss and 8-way accuracy on eval_split patches.
     if runlocal:
-        config.model.update(depth=18, width=0.125)
         config.relpatch.update(
             resize_size=80, crop_size=72, patch_size=16, embed_dim=64, fusion_hidden_dim=128
         )
-        config.batch_size = 32
-        config.total_steps = 60
-        config.optim.warmup_epochs = 0.0
-        config.log_every_steps = 10
-        config.checkpoint_every_steps = 30
-        config.eval_every_steps = 30
     return config

@@ -1,5 +1,6 @@
 """Command line: `python -m selfsup {demo,pretrain,evaluate,show-augmentations,export}
---config=FILE[:arg] --workdir=DIR`.
+--config=FILE[:arg] --workdir=DIR`; demo and export, which have one config file each, take it
+when `--config` is left out (their `--config.KEY=VALUE` overrides then apply to it).
 
 Errors a user can fix (bad config, missing data, NaN loss, a full or read-only disk) end the
 command with one line that names the problem and the fix, instead of a stack trace, and exit
@@ -35,6 +36,8 @@ from selfsup.config import (
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.py"
+# The config file of a command that has only one, used when --config is not given.
+DEFAULT_CONFIGS = {"demo": DEMO_CONFIG, "export": CONFIGS_DIR / "export.py"}
 COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations", "export")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a job stopped by Ctrl-C.
 # What to do about an OS error in reading or writing a file, by errno.
@@ -67,7 +70,7 @@ class _ConfigFileParser(flags.ArgumentParser):
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Config file, `configs/X.py` or `configs/X.py:runlocal` (demo: configs/demo.py).",
+    "Config file, `configs/X.py` or `configs/X.py:runlocal` (demo and export: their own).",
     lock_config=True,
 )
 flags.FLAGS["config"].parser = _ConfigFileParser()
@@ -148,13 +151,13 @@ def dispatch(command: str) -> None:
         from selfsup.demo import demo
         from selfsup.workdir import claim
 
-        config = load_config_file(DEMO_CONFIG) if config is None else config
         workdir = checked_workdir(_WORKDIR.value or "runs/demo")
         with claim(workdir, "demo"):
             demo(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
         return
     if config is None or _WORKDIR.value is None:
-        raise ConfigError(f"{command} needs --config=configs/X.py and --workdir=DIR.")
+        needs = "" if command in DEFAULT_CONFIGS else "--config=configs/X.py and "
+        raise ConfigError(f"{command} needs {needs}--workdir=DIR.")
     workdir = checked_workdir(_WORKDIR.value)
     if command == "pretrain":
         from selfsup.train.loop import pretrain
@@ -247,9 +250,20 @@ def _unraisablehook(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def with_default_config(argv: list[str]) -> list[str]:
+    """`argv` with `--config=` the command's own config file (`DEFAULT_CONFIGS`) where it has
+    one and `--config` is not given: absl knows `--config.KEY` flags only once `--config` is."""
+    command = next((a for a in argv[1:] if a in COMMANDS), None)
+    given = any(a == "--config" or a.startswith("--config=") for a in argv)
+    if command not in DEFAULT_CONFIGS or given:
+        return argv
+    return [argv[0], f"--config={DEFAULT_CONFIGS[command]}", *argv[1:]]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing and the config's value checks, with a bad flag, config file, config key
     or value reported in one line."""
+    argv = with_default_config(argv)
     try:
         argv = flags.FLAGS(argv)
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:

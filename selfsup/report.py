@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -49,7 +48,7 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str])
 
 
 @contextlib.contextmanager
-def _figure(path: Path, *, figsize: tuple[float, float]) -> Iterator:
+def figure(path: Path, *, figsize: tuple[float, float]) -> Iterator:
     """Axes to draw on; saved as a PNG at `path` on exit."""
     import matplotlib
 
@@ -64,7 +63,7 @@ def _figure(path: Path, *, figsize: tuple[float, float]) -> Iterator:
 
 
 def plot_loss_curve(metrics: Sequence[Mapping[str, float]], path: Path, *, title: str) -> None:
-    with _figure(path, figsize=(6, 4)) as ax:
+    with figure(path, figsize=(6, 4)) as ax:
         ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics])
         ax.set(xlabel="step", ylabel="training loss (mean since previous point)", title=title)
         ax.grid(alpha=0.3)
@@ -87,7 +86,7 @@ def write_pretrain_report(
 def plot_accuracy_bars(rows: Sequence[Mapping[str, object]], path: Path, *, title: str) -> None:
     """Test accuracy per method (groups) and encoder (bars, in order of appearance; random-init
     encoders grey): for a single label fraction."""
-    with _figure(path, figsize=(6, 3.8)) as ax:
+    with figure(path, figsize=(6, 3.8)) as ax:
         methods = list(dict.fromkeys(r["method"] for r in rows))
         encoders = list(dict.fromkeys(r["encoder"] for r in rows))
         width = 0.8 / len(encoders)
@@ -132,7 +131,7 @@ def accuracy_table(rows: Sequence[Mapping[str, object]]) -> str:
 
 def plot_accuracy_vs_labels(rows: Sequence[Mapping[str, object]], path: Path, *, title: str):
     """Test accuracy against label fraction, one line per method; random-init dashed."""
-    with _figure(path, figsize=(7, 4.5)) as ax:
+    with figure(path, figsize=(7, 4.5)) as ax:
         methods = list(dict.fromkeys(r["method"] for r in rows))
         colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
         for encoder, style in (("pretrained", "-"), ("random_init", "--")):
@@ -158,38 +157,6 @@ def plot_accuracy_vs_labels(rows: Sequence[Mapping[str, object]], path: Path, *,
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
-def plot_frozen_vs_finetuned(
-    rows: Sequence[Mapping[str, object]], path: Path, *, title: str, probe_method: str
-):
-    """Test accuracy against `freeze_stages` (rows that have it), per label fraction, with the
-    rows of `probe_method` (a probe of frozen features) as the point at "probe"; random-init
-    dashed."""
-    with _figure(path, figsize=(7, 4.5)) as ax:
-        fractions = sorted({r["label_fraction"] for r in rows})
-        for encoder, style in (("pretrained", "-"), ("random_init", "--")):
-            for i, fraction in enumerate(fractions):
-                mine = [
-                    r for r in rows if (r["encoder"], r["label_fraction"]) == (encoder, fraction)
-                ]
-                points = sorted(
-                    (r["freeze_stages"], 100 * r["test_accuracy"])
-                    for r in mine
-                    if "freeze_stages" in r
-                )
-                probe = [100 * r["test_accuracy"] for r in mine if r["method"] == probe_method]
-                label = f"{_fraction_label(fraction)} labels ({encoder})"
-                if points:
-                    ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label)
-                if probe:
-                    ax.plot([5], probe, marker="s", color=f"C{i}", linestyle="none")
-        ax.set_xticks(
-            range(6), ["0\n(all tuned)", "1", "2", "3", "4\n(head only)", "linear\nprobe"]
-        )
-        ax.set(xlabel="frozen bottom stages", ylabel="test accuracy (%)", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-
-
 def accuracy_by_depth(rows: Sequence[Mapping[str, object]]) -> dict[tuple[str, str], dict]:
     """{(encoder, method without its layer): {layer: test accuracy}} of the frozen evaluators'
     rows at the largest label fraction, layers in order of appearance (shallow to deep)."""
@@ -207,7 +174,7 @@ def plot_accuracy_by_depth(cells: Mapping[tuple[str, str], Mapping], path: Path,
     """Test accuracy against the encoder depth probed (`accuracy_by_depth`'s cells), one line
     per encoder and method; random-init encoders dashed."""
     layers = list(dict.fromkeys(layer for accuracy in cells.values() for layer in accuracy))
-    with _figure(path, figsize=(7, 4.5)) as ax:
+    with figure(path, figsize=(7, 4.5)) as ax:
         for i, ((encoder, method), accuracy) in enumerate(cells.items()):
             style = "--" if encoder.startswith("random") else "-"
             points = [(layers.index(k), 100 * v) for k, v in accuracy.items()]
@@ -246,22 +213,20 @@ def write_transfer_report(
     rows: Sequence[Mapping[str, object]],
     *,
     settings: Sequence[str],
-    probe_method: str,
+    plots: Sequence[Callable[[Sequence[Mapping[str, object]], Path, str], str]] = (),
 ) -> None:
     """`report.md`: the accuracy table, how settings were chosen (a sentence per evaluator,
-    `settings`), every row with its settings, and the plots (`probe_method`'s rows are the
-    frozen-features point next to fine-tuning's)."""
+    `settings`), every row with its settings, and the plots: accuracy against label fraction,
+    then each of `plots` (an evaluator's own: `plot(rows, workdir, title)` draws into the
+    workdir and gives report.md's lines, "" for none), then accuracy by depth."""
     title = f"{summary['data']} ({summary['eval_split']})"
     if len({r["label_fraction"] for r in rows}) == 1:
         plot_accuracy_bars(rows, workdir / "accuracy.png", title=title)
-        plots = "![test accuracy](accuracy.png)\n"
+        images = "![test accuracy](accuracy.png)\n"
     else:
         plot_accuracy_vs_labels(rows, workdir / "accuracy_vs_labels.png", title=title)
-        plots = "![accuracy vs label fraction](accuracy_vs_labels.png)\n"
-    if any("freeze_stages" in r for r in rows):
-        path = workdir / "frozen_vs_finetuned.png"
-        plot_frozen_vs_finetuned(rows, path, title=title, probe_method=probe_method)
-        plots += "![frozen vs fine-tuned](frozen_vs_finetuned.png)\n"
+        images = "![accuracy vs label fraction](accuracy_vs_labels.png)\n"
+    images += "".join(plot(rows, workdir, title) for plot in plots)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     Path(workdir, "report.md").write_text(
         f"# Transfer: {summary['data']}, trained on {summary['train_split']!r}, "
@@ -277,62 +242,8 @@ def write_transfer_report(
         "method and encoder.\n\n"
         f"Settings: {'; '.join(settings)}. "
         f"Total time: {summary['evaluate/wall_seconds']:.0f} s.\n\n"
-        + plots
+        + images
         + accuracy_by_depth_section(workdir, rows, title)
         + "\n## Every result with its settings\n\n"
         + markdown_table(rows, columns)
     )
-
-
-class Throughput:
-    """Images/s and ETA since the first report (which compilation would skew), minus time
-    excluded for non-training work (held-out evaluation)."""
-
-    def __init__(self, *, start_step: int, total_steps: int, batch_size: int):
-        self.total_steps, self.batch_size = total_steps, batch_size
-        self.since, self.first = (time.perf_counter(), start_step), True
-
-    def exclude(self, seconds: float) -> None:
-        self.since = (self.since[0] + seconds, self.since[1])
-
-    def report(self, step: int) -> tuple[float, str]:
-        """(images/s, '  N images/s  ETA 1m02s') at `step`."""
-        start_time, start_step = self.since
-        rate = (step - start_step) * self.batch_size / max(time.perf_counter() - start_time, 1e-9)
-        if self.first:
-            self.since, self.first = (time.perf_counter(), step), False
-        eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
-        return rate, f"  {rate:.1f} images/s  ETA {format_duration(eta)}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Progress:
-    """A progress line for long work other than training steps (feature extraction, a probe's
-    sweep): `what: done/total unit  rate unit/s  ETA`, printed when `every_s` seconds have passed
-    since the last one, and once more at the end if any was printed; silent for short work."""
-
-    def __init__(self, what: str, total: int, *, unit: str = "images", every_s: float = 10.0):
-        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
-        self.done, self.start = 0, time.perf_counter()
-        self.last = self.start
-
-    def advance(self, count: int) -> None:
-        """`count` more done (at most `total` in all: a padded last batch counts its real part)."""
-        self.done = min(self.done + count, self.total)
-        now = time.perf_counter()
-        finished = self.done >= self.total
-        if now - self.last >= self.every_s or (finished and self.last > self.start):
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = format_duration((self.total - self.done) / max(rate, 1e-9))
-            print(
-                f"  {self.what}: {self.done}/{self.total} {self.unit}  {rate:.1f} {self.unit}/s"
-                f"  ETA {eta}",
-                flush=True,
-            )
-            self.last = now

@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 
 import selfsup  # noqa: E402, F401  Sets XLA:CPU flags; JAX starts its backend below.
 
-assert jax.device_count() == 8, "tests expect 8 fake CPU devices; import jax after conftest"
+assert len(jax.devices("cpu")) == 8, "tests expect 8 fake CPU devices; import jax after conftest"
 
 # Tests build the same tiny models many times; compile each program once per session.
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["TMPDIR"], "jax-cache"))

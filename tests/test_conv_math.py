@@ -8,9 +8,7 @@ import itertools
 import jax
 import numpy as np
 import pytest
-from jax import lax
-
-from selfsup.models.conv_math import (
+from conv_math import (
     ConvLayer,
     conv2d_transpose_via_matmul,
     conv2d_via_matmul,
@@ -19,6 +17,7 @@ from selfsup.models.conv_math import (
     padding_pair,
     receptive_field,
 )
+from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 

@@ -24,8 +24,8 @@ EXPORT = f"--config={ROOT / 'configs' / 'export.py'}"
 @pytest.mark.slow  # pretrained_run: ~35 s once per session.
 def test_export_writes_torchvision_weights_of_the_run(pretrained_run, tmp_path):
     out = tmp_path / "export"
-    run = selfsup(
-        "export", EXPORT, f"--workdir={out}", f"--config.checkpoint={pretrained_run}",
+    run = selfsup(  # Without --config: export has one config file, configs/export.py.
+        "export", f"--workdir={out}", f"--config.checkpoint={pretrained_run}",
         "--config.head=True", cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]

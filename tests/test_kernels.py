@@ -15,8 +15,7 @@ from flax import nnx
 
 from selfsup.config import load_config_file
 from selfsup.models import kernels as kernel_choices
-from selfsup.models import xla_cpu
-from selfsup.models.kernels import CPU, XLA, kernels_for
+from selfsup.models.kernels import CPU, XLA, kernels_for, xla_cpu
 from selfsup.models.resnet import encoder_from_config
 from selfsup.train.state import split_model
 
@@ -44,6 +43,8 @@ def encoders() -> list[tuple[int, str, int]]:
     each once: input sizes above MAX_SIZE are tested at MAX_SIZE, widths at 1/8."""
     found = set()
     for path in sorted((ROOT / "configs").glob("*.py")):
+        if "def get_config(" not in path.read_text():
+            continue  # configs/common.py: pieces, no config.
         for arg in (None, "runlocal"):
             config = load_config_file(path, arg)
             runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]

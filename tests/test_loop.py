@@ -140,7 +140,10 @@ def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder
     summary = loop.pretrain(with_probe, tmp_path / "probe")
     saved = json.loads((tmp_path / "probe" / "config.json").read_text())
     assert saved["online_probe_classes"] == 4  # Resolved from the data (classes c0..c3).
-    assert 0.0 <= summary["pretrain/online_probe/accuracy"] <= 1.0
+    # Each logged step's accuracy is a count of its 16 labelled images; the summary is the last.
+    logged_accuracy = [r["online_probe/accuracy"] for r in logged(tmp_path / "probe")]
+    assert len(logged_accuracy) == 4 and all(a * 16 == round(a * 16) for a in logged_accuracy)
+    assert summary["pretrain/online_probe/accuracy"] == logged_accuracy[-1]
     assert "linear/test_accuracy" not in summary  # The offline probe is evaluate's, never this.
     loop.pretrain(tiny_config(image_folder), tmp_path / "plain")
     _, probed = final_params(tmp_path / "probe")

@@ -7,6 +7,7 @@ import pytest
 
 from selfsup import report
 from selfsup.config import load_config_file
+from selfsup.evaluate import finetune
 from selfsup.evaluate.run import summary_key
 
 
@@ -49,18 +50,23 @@ def test_report_writes_the_table_and_plots(tmp_path: Path):
         data="builtin:shapes", train_split="train", eval_split="test", checkpoint="runs/x",
         checkpoint_step=10, minival_examples=1000, **{"evaluate/wall_seconds": 12.0},
     )  # fmt: skip
-    settings = dict(settings=["probe A", "tuning B"], probe_method="linear")
+    settings = dict(settings=["probe A", "tuning B"], plots=[finetune.plot])
     report.write_transfer_report(tmp_path, config, summary, rows(), **settings)
     text = (tmp_path / "report.md").read_text()
     assert "| random_init | linear |" in text and "Total time: 12 s" in text
     assert "Settings: probe A; tuning B. " in text
+    # The evaluator's own plot follows the accuracy plot.
+    assert "(accuracy_vs_labels.png)\n![frozen vs fine-tuned](frozen_vs_finetuned.png)\n" in text
     for png in ("accuracy_vs_labels.png", "frozen_vs_finetuned.png"):
         assert (tmp_path / png).stat().st_size > 10_000
-    # One label fraction: a bar chart instead of lines.
+    # One label fraction: a bar chart instead of lines; no evaluator's plot, none of its own.
     (tmp_path / "one").mkdir()
     single = [r for r in rows() if r["label_fraction"] == 1.0]
-    report.write_transfer_report(tmp_path / "one", config, summary, single, **settings)
+    report.write_transfer_report(tmp_path / "one", config, summary, single, settings=["A"])
     assert (tmp_path / "one" / "accuracy.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["accuracy.png", "report.md"]
+    # Fine-tuning's plot draws nothing for rows without fine-tuning.
+    assert finetune.plot([r for r in single if "freeze_stages" not in r], tmp_path, "t") == ""
 
 
 def test_read_metrics_leaves_out_a_last_line_cut_short(tmp_path):
@@ -76,23 +82,6 @@ def test_read_metrics_names_a_damaged_line_before_the_last(tmp_path):
         report.read_metrics(path)
     assert str(error.value).startswith(f"{path} line 2 is damaged (")
     assert str(error.value).endswith("): delete that line, or restore the file from a copy.")
-
-
-def test_progress_lines_count_what_is_done_and_stay_silent_for_short_work(capsys, monkeypatch):
-    clock = iter([0.0, 4.0, 12.0, 16.0])  # Start, then the time at each advance.
-    monkeypatch.setattr(report.time, "perf_counter", lambda: next(clock))
-    progress = report.Progress("features of x", 300, every_s=10)
-    for _ in range(3):
-        progress.advance(100)
-    # 4 s: not yet due; 12 s: due (200 done at 16.7/s, 100 left: 6 s); 16 s: the end.
-    assert capsys.readouterr().out.splitlines() == [
-        "  features of x: 200/300 images  16.7 images/s  ETA 0m06s",
-        "  features of x: 300/300 images  18.8 images/s  ETA 0m00s",
-    ]
-    monkeypatch.setattr(report.time, "perf_counter", lambda: 1.0)
-    quick = report.Progress("quick", 2, every_s=10)
-    quick.advance(2)
-    assert capsys.readouterr().out == ""
 
 
 def depth_rows():

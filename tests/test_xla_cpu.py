@@ -8,6 +8,7 @@ implement."""
 import functools
 import re
 
+import conv_math
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from selfsup.models import conv_math
-from selfsup.models.xla_cpu import (
+from selfsup.models.kernels.xla_cpu import (
     BatchNorm,
     batch_norm_train,
     channel_sum,

@@ -473,7 +473,7 @@ def start_workers(
     if len({on_gpu for on_gpu, _ in devices.values()}) > 1:
         raise SystemExit(f"the modes ran on different devices ({devices}): on a GPU host, "
                          "install PyPI's CUDA torch (pip uninstall torch; pip install -e "
-                         "'.[bench]'), as gpu.sh does")  # fmt: skip
+                         "'.[bench]'), as gpu_check/check.sh does")  # fmt: skip
     on_gpu, device = next(iter(devices.values()))
     return workers, on_gpu, device
 

@@ -2,7 +2,7 @@
 # Revisiting-SSL's relative patch position recipe on ImageNet (configs/relpatch_imagenet.py:
 # ResNet-50 at 2x width, 35 epochs of batch 128), then the linear probe on frozen
 # patch-average features, as Revisiting evaluates it. For an accelerator host (or pod: run
-# the same command on every host, see the README) with ImageNet prepared for TFDS in DATA_DIR.
+# the same command on every host, see docs/scaling.md) with ImageNet prepared for TFDS in DATA_DIR.
 set -euo pipefail
 data_dir="${DATA_DIR:?set DATA_DIR to the folder holding the prepared imagenet2012 TFDS dataset}"
 python -m selfsup pretrain --config=configs/relpatch_imagenet.py --workdir=runs/relpatch_imagenet \

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -16,6 +16,8 @@ from flax import nnx
 from selfsup.config import Rule, flag, owner_rules, sequence, text
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from selfsup.evaluate.target import Target
 
 # config.evaluators' names -> "module:object" in this package; a module is imported when used.
@@ -87,10 +89,12 @@ def row(
 class Evaluator:
     """A transfer evaluator: `run(target, config, encoder_name, encoder)` gives its rows (one
     per label fraction and setting, made by `row`); `settings(config)` says in a sentence of
-    report.md how its settings were chosen."""
+    report.md how its settings were chosen; `plot(rows, workdir, title)`, if any, draws its own
+    figure of all the rows into the workdir and gives report.md's lines for it."""
 
     run: Callable[[Target, ml_collections.ConfigDict, str, nnx.Module], list[Row]]
     settings: Callable[[ml_collections.ConfigDict], str]
+    plot: Callable[[Sequence[Row], Path, str], str] | None = None
 
 
 def get_evaluator(name: str) -> Evaluator:

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.evaluate import PRE_LOGITS
-from selfsup.report import Progress
+from selfsup.progress import Progress
 
 LAYERS = ("stage1", "stage2", "stage3", "stage4")
 ALL_STAGES = "all_stages"

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ import optax
 import tensorflow as tf
 from flax import nnx
 
-from selfsup import parallel, report
+from selfsup import parallel, progress, report
 from selfsup.config import REGEX, STEPS, ConfigError, Rule, flag, integer, number, sequence
 from selfsup.data import augment, pipeline
 from selfsup.data.sources import Source
@@ -168,7 +169,7 @@ class FinetuneHooks(engine.Hooks):
     """The engine's hooks for fine-tuning: a progress line per log, no checkpoints."""
 
     what: str
-    throughput: report.Throughput
+    throughput: progress.Throughput
 
     def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         _, rate = self.throughput.report(step)
@@ -290,7 +291,7 @@ def finetune(
         batches,
         start_step=0,
         cadence=engine.Cadence(total_steps=config.steps, log_every=config.log_every_steps),
-        hooks=FinetuneHooks(what, report.Throughput(**throughput)),
+        hooks=FinetuneHooks(what, progress.Throughput(**throughput)),
     )
     classifier = graphdef, state.params, state.batch_stats
     result = FinetuneResult(
@@ -378,4 +379,37 @@ def settings(config: ml_collections.ConfigDict) -> str:
     )
 
 
-EVALUATOR = Evaluator(run=run, settings=settings)
+def plot(rows: Sequence[Row], workdir: Path, title: str) -> str:
+    """report.md's `frozen_vs_finetuned.png`: test accuracy against `freeze_stages`, per label
+    fraction, with the linear probe of the frozen features as the last point; random-init
+    dashed. "" (no plot) without fine-tuning rows."""
+    if not any("freeze_stages" in r for r in rows):
+        return ""
+    with report.figure(workdir / "frozen_vs_finetuned.png", figsize=(7, 4.5)) as ax:
+        fractions = sorted({r["label_fraction"] for r in rows})
+        for encoder, style in (("pretrained", "-"), ("random_init", "--")):
+            for i, fraction in enumerate(fractions):
+                mine = [
+                    r for r in rows if (r["encoder"], r["label_fraction"]) == (encoder, fraction)
+                ]
+                points = sorted(
+                    (r["freeze_stages"], 100 * r["test_accuracy"])
+                    for r in mine
+                    if "freeze_stages" in r
+                )
+                probe = [100 * r["test_accuracy"] for r in mine if r["method"] == "linear"]
+                label = f"{fraction_name(fraction)} labels ({encoder})"
+                if points:
+                    ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label)
+                if probe:
+                    ax.plot([5], probe, marker="s", color=f"C{i}", linestyle="none")
+        ax.set_xticks(
+            range(6), ["0\n(all tuned)", "1", "2", "3", "4\n(head only)", "linear\nprobe"]
+        )
+        ax.set(xlabel="frozen bottom stages", ylabel="test accuracy (%)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return "![frozen vs fine-tuned](frozen_vs_finetuned.png)\n"
+
+
+EVALUATOR = Evaluator(run=run, settings=settings, plot=plot)

@@ -15,7 +15,7 @@ import numpy as np
 
 from selfsup.config import integer, number, sequence
 from selfsup.evaluate import Evaluator, Row, at_each_layer, fraction_name, layer_method, row
-from selfsup.report import Progress
+from selfsup.progress import Progress
 
 if TYPE_CHECKING:
     from selfsup.evaluate.target import Target

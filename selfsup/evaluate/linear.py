@@ -22,7 +22,7 @@ import optax
 
 from selfsup.config import number, sequence
 from selfsup.evaluate import Evaluator, Row, at_each_layer, fraction_name, layer_method, row
-from selfsup.report import Progress
+from selfsup.progress import Progress
 
 if TYPE_CHECKING:
     from selfsup.evaluate.target import Target

@@ -124,10 +124,10 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     (workdir / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
     )
-    settings = [get_evaluator(e).settings(config) for e in config.evaluators]
-    report.write_transfer_report(
-        workdir, config, summary, rows, settings=settings, probe_method="linear"
-    )
+    evaluators = [get_evaluator(e) for e in config.evaluators]
+    settings = [e.settings(config) for e in evaluators]
+    plots = [e.plot for e in evaluators if e.plot]
+    report.write_transfer_report(workdir, config, summary, rows, settings=settings, plots=plots)
     return summary, rows
 
 

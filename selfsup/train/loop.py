@@ -34,6 +34,7 @@ from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
 from selfsup.pretext import get_task, value_rules
 from selfsup.pretrained import init_train_state, init_weights
+from selfsup.progress import Progress, Throughput
 from selfsup.report import read_metrics
 from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer, Restored
@@ -66,7 +67,7 @@ class MetricsLog:
             for record in kept:
                 self._write_events(record["step"], record)
         self.total_steps = total_steps
-        self.throughput = report.Throughput(
+        self.throughput = Throughput(
             start_step=start_step, total_steps=total_steps, batch_size=batch_size
         )
 
@@ -362,7 +363,7 @@ def _heldout(config, source: Source, task, graphdef, tx, mesh, local_batch: int)
     total = source.num_examples(config.eval_split) // config.batch_size * config.batch_size
 
     def batches():
-        progress = report.Progress(f"held-out {what}", total)
+        progress = Progress(f"held-out {what}", total)
         for batch in pipeline.global_batches(ds, mesh, what=what):
             yield batch
             progress.advance(config.batch_size)

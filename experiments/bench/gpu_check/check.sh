@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# selfsup on one NVIDIA GPU in one call: install (CUDA JAX), GPU sanity checks, the CLI smoke on
-# built-in data, the train-step benchmark, and a summary. Run from the project's repository root:
+# selfsup on one NVIDIA GPU in one call: install (CUDA JAX), the GPU tests (tests/test_gpu.py), the
+# CLI smoke on built-in data, the train-step benchmark, and a summary. Run from the repository root:
 #   OUT=/some/dir bash experiments/bench/gpu_check/check.sh      # OUT defaults to ./gpu-check-out
-# BUDGET_S (default 450) bounds the whole run: each stage's timeout is what is left, and a stage
-# that no longer fits is skipped (stages.tsv says so). README.md beside this file has the details.
+# BUDGET_S (default 450) bounds the whole run: each stage's timeout is what is left. Every stage
+# gets one row in stages.tsv: passed, failed, timed out, or skipped with the reason (no GPU, no
+# time left, a dry run, every test skipped): a stage that did not run never reads as passed.
+# README.md beside this file has the details.
 set -uo pipefail
 
 T0=$(date +%s)
@@ -12,12 +14,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT=${OUT:-$PWD/gpu-check-out}
 WORK=${WORK:-/tmp/selfsup-gpu-check}
 R50_BATCH=${R50_BATCH:-256}
-DRY=${CHECK_DRY_RUN:-0}  # 1: print the stages instead of running them (tests this script).
+DRY=${CHECK_DRY_RUN:-0}  # 1: runs nothing; every stage is reported skipped (tests this script).
+rm -rf "$WORK/collect" "$WORK"/*.note  # Nothing of an earlier run reads as this one's.
 mkdir -p "$OUT" "$WORK/collect"
 export OUT WORK HERE
 LOG=$OUT/check.log STAGES=$OUT/stages.tsv ENVF=$OUT/env.txt
 : >"$LOG"
-printf 'stage\trc\tseconds\n' >"$STAGES"
+printf 'stage\tresult\tseconds\tnote\n' >"$STAGES"
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 export TF_CPP_MIN_LOG_LEVEL=1 R50_BATCH
 export JAX_COMPILATION_CACHE_DIR=$WORK/jax-cache  # Later processes reuse earlier compiles.
@@ -27,29 +30,31 @@ left() { echo $((BUDGET - $(elapsed))); }
 say() { echo "[$(elapsed)s] $*" | tee -a "$LOG"; }
 
 # stage NAME MAX_S MIN_S CMD...: CMD under a timeout of min(MAX_S, time left - 15 s), skipped if
-# that is under MIN_S. Output goes to check.log; stages.tsv gets NAME, exit code, seconds.
+# that is under MIN_S or in a dry run. Output goes to check.log; stages.tsv gets NAME, result,
+# seconds and a note. Exit code 0 is "passed", 5 (pytest's "no tests ran") "skipped".
 stage() {
-  local name=$1 max=$2 min=$3 t start rc
+  local name=$1 max=$2 min=$3 t start rc result note=""
   shift 3
   t=$(($(left) - 15))
   ((t > max)) && t=$max
-  if ((t < min)); then
-    say "SKIP $name: ${t}s left for it, it needs ${min}s"
-    printf '%s\tskipped\t0\n' "$name" >>"$STAGES"
-    return 99
-  fi
+  ((DRY)) && { skip "$name" "dry run: $*"; return 99; }
+  ((t < min)) && { skip "$name" "${t}s left for it, it needs ${min}s"; return 99; }
   say "=== $name (timeout ${t}s): $*"
   start=$(date +%s)
-  if ((DRY)); then rc=0; else
-    timeout -k 10 "$t" "$@" >>"$LOG" 2>&1
-    rc=$?
-  fi
-  ((rc == 124 || rc == 137)) && say "$name TIMED OUT after ${t}s"
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - start))" >>"$STAGES"
-  say "--- $name rc=$rc"
+  timeout -k 10 "$t" "$@" >>"$LOG" 2>&1
+  rc=$?
+  case $rc in
+    0) result=passed ;;
+    5) result=skipped note="nothing ran (check.log has the reasons)" ;;
+    124 | 137) result="timed out" note="after ${t}s" ;;
+    *) result=failed note="exit code $rc" ;;
+  esac
+  [ -f "$WORK/$name.note" ] && note="$(cat "$WORK/$name.note")${note:+; $note}"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$result" "$(($(date +%s) - start))" "$note" >>"$STAGES"
+  say "--- $name: $result${note:+ ($note)}"
   return $rc
 }
-skip() { say "SKIP $1: $2"; printf '%s\tskipped\t0\n' "$1" >>"$STAGES"; }
+skip() { say "SKIP $1: $2"; printf '%s\tskipped\t0\t%s\n' "$1" "$2" >>"$STAGES"; }
 
 [ -f pyproject.toml ] && [ -d selfsup ] || { say "run me from the selfsup repository root"; exit 2; }
 
@@ -67,7 +72,7 @@ say "machine: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # supports it (3.11-3.13), the project's dependencies with CUDA JAX in pyproject.toml's range
 # (cuda13 wheels, else cuda12), then the project itself. Without one (an offline GPU image): the
 # image's python3 (its own JAX/flax/optax/orbax/torch) plus wheels carried in .whl/ (without
-# TensorFlow, the benchmark and sanity checks still run; the CLI smoke needs it).
+# TensorFlow, the benchmark and the GPU tests still run; the CLI smoke needs it).
 REGISTRY=0
 if ((!DRY)) && timeout 40 python3 -m pip download --no-deps --no-cache-dir --retries 0 --timeout 8 \
   -q -d "$WORK/probe" ml-collections==1.1.0 >>"$LOG" 2>&1; then REGISTRY=1; fi
@@ -89,7 +94,7 @@ install_registry() {
     >"$WORK/requirements.txt" || return 1
   for extra in ${JAX_EXTRA:-cuda13 cuda12}; do
     # The requirements hold pyproject.toml's jax range; the extra adds the CUDA plugin.
-    if "$py" -m pip install -q -r "$WORK/requirements.txt" "jax[$extra]"; then
+    if "$py" -m pip install -q -r "$WORK/requirements.txt" "jax[$extra]" pytest; then
       echo "installed the dependencies with jax[$extra]"
       "$py" -m pip install -q --no-deps -e . || return 1
       return 0
@@ -140,12 +145,27 @@ GPU_OK=0
 stage gpu_backend 90 20 "$PY" -c \
   'import selfsup, jax; print(jax.__version__, jax.devices()); assert jax.default_backend() == "gpu"' \
   && GPU_OK=1
-((DRY)) && GPU_OK=1
 export JAX_PLATFORMS=cuda,cpu
 if ((!GPU_OK)); then say "JAX does not see the GPU: the remaining stages would measure nothing"; fi
 
-# ---- 4. Sanity: GPU code paths against references, bf16 dtypes, the probe's precision, FLOPs.
-((GPU_OK)) && stage sanity 150 45 "$PY" "$HERE/gpu_sanity.py" "$OUT/sanity.json"
+# ---- 4. The GPU tests: GPU code paths against references, bf16 dtypes, the probe's precision.
+# pytest's summary line is the stage's note; every test skipped makes the stage "skipped".
+gpu_tests() {
+  "$PY" -m pytest tests/test_gpu.py -m gpu -o addopts= -p no:cacheprovider -q -rs \
+    | tee "$WORK/gpu_tests.out"
+  local rc=${PIPESTATUS[0]} summary
+  summary=$(grep -E '^=* ?[0-9]+ (passed|failed|skipped|error)' "$WORK/gpu_tests.out" | tail -1 | tr -d '=')
+  echo "${summary# }" >"$WORK/gpu_tests.note"
+  ((rc == 0)) && ! grep -q passed <<<"$summary" && return 5
+  return "$rc"
+}
+export -f gpu_tests
+export PY
+if ((GPU_OK)); then
+  stage gpu_tests 240 45 bash -c gpu_tests
+else
+  skip gpu_tests "JAX does not see a GPU"
+fi
 
 # ---- 5. CLI smoke: SimCLR pretraining on builtin:shapes (60 steps, checkpoints, held-out eval).
 collect() { [ -f "$WORK/$1/summary.json" ] && cp "$WORK/$1/summary.json" "$WORK/collect/$2.json"; }
@@ -168,16 +188,21 @@ if ((!TORCH_OK)); then
   else
     skip install_torch "torch not downloaded (no registry, or not finished) or too little time: JAX modes only"
   fi
+else
+  skip install_torch "CUDA torch is installed"
 fi
 
-# ---- 7. The train-step benchmark (every mode on the first GPU, as train_step.py pins them): gpu.sh's
-# two runs, minus the modes that are the same on a GPU (jax_no_reuse) or slow to build
-# (torch_compile).
+# ---- 7. The train-step benchmark (every mode on the first GPU, as train_step.py pins them): ResNet-50
+# at 224 px in bf16 and ResNet-18 CIFAR, minus the modes that are the same on a GPU (jax_no_reuse)
+# or slow to build (torch_compile).
 M50=jax_bf16 M18=jax,jax_bf16
 ((TORCH_OK)) && M50=$M50,torch_cl_bf16 M18=$M18,torch_cl,torch_cl_bf16
 BENCH=(XLA_PYTHON_CLIENT_PREALLOCATE=false
   "$PY" experiments/bench/train_step.py --warmup=3 --repeats=5)
-if ((GPU_OK)); then
+if ((!GPU_OK)); then
+  skip bench_resnet50_224 "JAX does not see a GPU"
+  skip bench_resnet18_cifar "JAX does not see a GPU"
+else
   stage bench_resnet50_224 240 90 "${BENCH[@]}" --model=resnet50_224 --batch="$R50_BATCH" --steps=10 \
     --modes="$M50" --json="$OUT/bench_resnet50_224.json"
   stage bench_resnet18_cifar 180 60 "${BENCH[@]}" --model=resnet18_cifar --batch=256 --steps=20 \
@@ -189,17 +214,26 @@ fi
 if ((GPU_OK && TF_OK)); then
   RP=("$PY" -m selfsup pretrain --config=configs/relpatch_builtin.py:runlocal --workdir="$WORK/relpatch"
     "${SMOKE[@]}" --config.model.dtype=bfloat16)
-  stage smoke_relpatch_bf16 120 50 "${RP[@]}" --config.total_steps=30 \
-    && stage smoke_relpatch_resume 90 40 "${RP[@]}" --config.total_steps=40 --allow_config_change
+  if stage smoke_relpatch_bf16 120 50 "${RP[@]}" --config.total_steps=30; then
+    stage smoke_relpatch_resume 90 40 "${RP[@]}" --config.total_steps=40 --allow_config_change
+  else
+    skip smoke_relpatch_resume "smoke_relpatch_bf16 did not pass"
+  fi
   collect relpatch relpatch_bf16_resumed
   if [ -f "$WORK/simclr/summary.json" ]; then
     stage smoke_probe 120 50 "$PY" -m selfsup evaluate --config=configs/linear_probe.py:runlocal \
       --workdir="$WORK/probe" --config.checkpoint="$WORK/simclr"
     collect probe simclr_probe
+  else
+    skip smoke_probe "no SimCLR smoke checkpoint"
   fi
+else
+  for name in smoke_relpatch_bf16 smoke_relpatch_resume smoke_probe; do
+    skip "$name" "needs the GPU and TensorFlow"
+  done
 fi
 
-# ---- 9. Summary (no JAX): stage table, sanity, smoke numbers, the benchmark's MFU.
+# ---- 9. Summary (no JAX): stage table, smoke numbers, the benchmark's MFU.
 grep -q "Resuming from checkpoint at step 30" "$LOG" && echo '{"resumed_at_step_30": true}' >"$WORK/collect/resume_check.json"
 python3 "$HERE/summary.py" "$OUT" "$WORK/collect" >>"$LOG" 2>&1 || say "summary.py failed"
 say "done in $(elapsed)s; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"

@@ -1,10 +1,11 @@
-"""Summary of a check.sh run, without JAX: the stage table, the sanity checks, the CLI smoke's
-numbers, and the train-step benchmark with its MFU (model FLOPs from experiments/bench/flops.py
-over the peak of each row's precision) and XLA's FLOP counts beside the model's.
+"""Summary of a check.sh run, without JAX: the stage table (passed, failed, timed out or skipped,
+with the reason), the CLI smoke's numbers, and the train-step benchmark with its MFU (model FLOPs
+from experiments/bench/flops.py over the peak of each row's precision) and XLA's FLOP count
+beside the model's.
 
   python3 summary.py OUT_DIR COLLECT_DIR
 
-Reads OUT_DIR/{stages.tsv, sanity.json, bench_*.json} and the smoke summaries COLLECT_DIR/*.json;
+Reads OUT_DIR/{stages.tsv, bench_*.json} and the smoke summaries COLLECT_DIR/*.json;
 writes OUT_DIR/smoke.json (the smoke summaries merged) and OUT_DIR/summary.md, and prints it.
 """
 
@@ -34,27 +35,12 @@ def fmt(value, spec: str = ".3g") -> str:
 
 
 def stages_section(out: Path) -> list[str]:
-    lines = ["## Stages", "", "| stage | exit code | seconds |", "|---|---|---|"]
+    lines = ["## Stages", "", "| stage | result | seconds | note |", "|---|---|---|---|"]
     path = out / "stages.tsv"
     if path.exists():
         for row in path.read_text().splitlines()[1:]:
-            parts = row.split("\t")
-            if len(parts) == 3:
-                note = {"124": " (timed out)", "137": " (killed)", "99": " (skipped)"}.get(
-                    parts[1], ""
-                )
-                lines.append(f"| {parts[0]} | {parts[1]}{note} | {parts[2]} |")
-    return lines
-
-
-def sanity_section(sanity: dict | None) -> list[str]:
-    lines = ["", "## Sanity (gpu_sanity.py)", ""]
-    if not sanity:
-        return [*lines, "no sanity.json (stage skipped, failed early or timed out)"]
-    for name, result in sanity.items():
-        status = "ok" if result.get("ok") else "NOT OK"
-        detail = {k: v for k, v in result.items() if k not in ("ok", "cases")}
-        lines.append(f"- **{name}**: {status}; " + json.dumps(detail, default=str)[:700])
+            name, result, seconds, note = (row.split("\t") + [""] * 4)[:4]
+            lines.append(f"| {name} | {result} | {seconds} | {note.replace('|', '/')} |")
     return lines
 
 
@@ -77,7 +63,7 @@ def smoke_section(collect: Path, out: Path) -> list[str]:
     return lines
 
 
-def bench_section(out: Path, sanity: dict | None) -> list[str]:
+def bench_section(out: Path) -> list[str]:
     lines = ["", "## Train-step benchmark (experiments/bench/train_step.py, one GPU)", ""]
     for model in BENCH_MODELS:
         bench = read_json(out / f"bench_{model}.json")
@@ -86,17 +72,13 @@ def bench_section(out: Path, sanity: dict | None) -> list[str]:
             continue
         batch = bench["args"]["batch"]
         model_flops, xla_flops = bench["model_flops_per_step"], bench["xla_flops_per_step"]
-        lowered = ((sanity or {}).get("step_flops") or {}).get(model, {})
-        lowered_flops = lowered.get("lowered_flops") if lowered.get("batch") == batch else None
         lines += [
             f"### {model}, batch {batch} images ({2 * batch} views); device {bench['device']}; "
             f"{bench['peak']}",
             "",
             f"FLOPs/step: model (analytic, the MFU numerator) {fmt(model_flops, '.4g')}; XLA "
             f"compiled (GPU cost analysis) {fmt(xla_flops, '.4g')}"
-            + (f" = {xla_flops / model_flops:.2f}x model" if xla_flops else "")
-            + f"; lowered HLO {fmt(lowered_flops, '.4g')}"
-            + (f" = {lowered_flops / model_flops:.2f}x model" if lowered_flops else ""),
+            + (f" = {xla_flops / model_flops:.2f}x model" if xla_flops else ""),
             "",
             "| mode | precision | images/s | step ms | compile s | memory MB | MFU |",
             "|---|---|---|---|---|---|---|",
@@ -115,12 +97,10 @@ def bench_section(out: Path, sanity: dict | None) -> list[str]:
 def main() -> None:
     out = Path(sys.argv[1])
     collect = Path(sys.argv[2]) if len(sys.argv) > 2 else out
-    sanity = read_json(out / "sanity.json")
     lines = ["# selfsup GPU check", ""]
     lines += stages_section(out)
-    lines += sanity_section(sanity)
     lines += smoke_section(collect, out)
-    lines += bench_section(out, sanity)
+    lines += bench_section(out)
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     print(text)

@@ -1,8 +1,9 @@
 """Which implementations of conv, BatchNorm and max-pool the encoder computes with
-(`config.model.kernels`): XLA's own ops ("xla"), or the rewrites in `xla_cpu` ("cpu"), which
-compute the same sums in forms XLA:CPU runs fast. "auto" takes the rewrites where JAX's default
-backend is a CPU and XLA's ops elsewhere. Both give the same parameters, so a checkpoint moves
-between them, and tests check that they compute the same outputs and gradients.
+(`config.model.kernels`): XLA's own ops ("xla"), or the rewrites in `xla_cpu` ("cpu", this
+package's one module), which compute the same sums in forms XLA:CPU runs fast. "auto" takes the
+rewrites where JAX's default backend is a CPU and XLA's ops elsewhere. Both give the same
+parameters, so a checkpoint moves between them, and tests check that they compute the same
+outputs and gradients.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from selfsup.models import xla_cpu
+from selfsup.models.kernels import xla_cpu
 
 KERNEL_NAMES = ("auto", "xla", "cpu")
 

@@ -6,9 +6,9 @@ independently, with one padding spec, stride and dilation applied to each; array
 channels-last (NHWC activations, HWIO weights), as in `jax.lax.conv_general_dilated` with
 dimension_numbers ("NHWC", "HWIO", "NHWC").
 
-It is the reference the encoder's kernels are checked against: the XLA:CPU convs (`xla_cpu`)
-take their output sizes from `conv_output_size`, and their tests compare every conv path's
-output and gradients with `conv2d_via_matmul` and its transpose, in float64."""
+A test helper: the reference the encoder's XLA:CPU convs (`selfsup.models.kernels.xla_cpu`) are
+checked against, every conv path's output and gradients against `conv2d_via_matmul` and its
+transpose, in float64 (tests/test_xla_cpu.py); tests/test_conv_math.py checks it against XLA."""
 
 import dataclasses
 import math

@@ -22,8 +22,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from selfsup.models import conv_math
-
 NHWC = ("NHWC", "HWIO", "NHWC")
 FIX = "use the XLA kernels (config.model.kernels='xla')"
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -121,8 +119,8 @@ def conv_arithmetic(
     _, h, w, cin = lhs.shape
     (top, bottom), (left, right) = padding
     sh, sw = window_strides
-    oh = conv_math.conv_output_size(h, kh, stride=sh, padding=(top, bottom))
-    ow = conv_math.conv_output_size(w, kw, stride=sw, padding=(left, right))
+    oh = (h + top + bottom - kh) // sh + 1  # floor((W + p_lo + p_hi - k) / s) + 1
+    ow = (w + left + right - kw) // sw + 1
     if kh == kw == 1 and not any((top, bottom, left, right)):
         # The (strided) pixels times the kernel, as a matmul of 2-D arrays.
         x = lhs[:, ::sh, ::sw, :]
