@@ -125,9 +125,9 @@ class Checkpointer:
             write_checksums(folder)
 
     def verified_step(self, step: int | None, *, how: str) -> int:
-        """`step` (default: the newest step whose checksums verify, a damaged newer one
-        reported and left in place) once its checksums verify; else a ConfigError naming the
-        step, the intact ones, and `how` to choose one."""
+        """`step` (one of `steps()`; default: the newest step whose checksums verify, a damaged
+        newer one reported and left in place) once its checksums verify; else a ConfigError
+        naming the step, the intact ones, and `how` to choose one."""
         if step is None:
             for step in reversed(self.steps()):
                 try:
@@ -136,7 +136,6 @@ class Checkpointer:
                 except DamagedCheckpoint as e:
                     print(self._skipped(step, e, "left in place"))
             raise self._none_readable()
-        self._check_exists(step)
         try:
             verify_checksums(self.directory / str(step))
         except DamagedCheckpoint as e:
