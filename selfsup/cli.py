@@ -41,10 +41,13 @@ DEFAULT_CONFIGS = {"demo": DEMO_CONFIG, "export": CONFIGS_DIR / "export.py"}
 COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations", "export")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a job stopped by Ctrl-C.
 # What to do about an OS error in reading or writing a file, by errno.
-_NO_SPACE = (
-    "free space there or pass a --workdir elsewhere, then re-run the same command (pretrain "
-    "resumes from its last checkpoint)"
-)
+_NO_SPACE = "free space there or pass a --workdir elsewhere, then re-run the same command"
+# What that re-run does, by command.
+_RERUN = {
+    "pretrain": "it resumes from its last checkpoint",
+    "demo": "its pretraining resumes from its last checkpoint",
+    "export": "it exports again, from the start",
+}
 OS_ERROR_FIXES = {
     errno.ENOSPC: _NO_SPACE,
     errno.EDQUOT: _NO_SPACE,
@@ -138,7 +141,7 @@ def run_command(command: str) -> None:
         fail(str(e), 128 + e.signum)
     except Exception as e:
         if os_error := reported_os_error(e):
-            fail(f"error: {os_error_line(os_error, _WORKDIR.value)}")
+            fail(f"error: {os_error_line(os_error, _WORKDIR.value, command)}")
         if isinstance(e, (ValueError, NonFiniteLossError)):  # ConfigError, DataError included.
             fail(f"error: {first_line(e)}")
         raise  # A bug: its traceback is what a report needs.
@@ -214,11 +217,13 @@ def reported_os_error(error: BaseException) -> OSError | None:
     return None
 
 
-def os_error_line(error: OSError, workdir: str | None) -> str:
+def os_error_line(error: OSError, workdir: str | None, command: str) -> str:
     """One line naming the file (else the workdir, where the commands write), the OS's reason
-    and the fix."""
+    and the fix (for a full disk, what re-running `command` does)."""
     where = error.filename or (f"a file in {workdir}" if workdir else "a file")
     fix = OS_ERROR_FIXES.get(error.errno, "check that path")
+    if fix == _NO_SPACE and command in _RERUN:
+        fix += f" ({_RERUN[command]})"
     return f"{where}: {error.strerror}: {fix}."
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from selfsup.files import write_atomically
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and the fix."""
@@ -240,7 +242,7 @@ def flat_items(config: ml_collections.ConfigDict, prefix: str = ""):
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
-    Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    write_atomically(Path(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
 
 
 # Keys added after workdirs were written, each with the value that does what runs without the

@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 from safetensors.numpy import save_file
 
-from selfsup import pretrained
+from selfsup import pretrained, report
 from selfsup.config import ConfigError, check_values, choice, flag, integer, save_config
 from selfsup.models import torchvision
 from selfsup.workdir import claim
@@ -53,16 +53,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def export(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, object]:
     """Writes the run's encoder (and head) into `workdir`; returns the summary it also writes."""
     check_config(config)
-    with claim(workdir, "export"):
-        return _export(config, Path(workdir))
-
-
-def _export(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, object]:
     start = time.perf_counter()
     modules = ("encoder", "projection") if config.head else ("encoder",)
+    # Read (checksums verified, shapes checked against config.json) before anything is written.
     run = pretrained.read_run(
         config.checkpoint, step=config.step or None, modules=modules, flag="--config.checkpoint"
     )
+    with claim(workdir, "export"):
+        return _export(config, Path(workdir), run, modules, start)
+
+
+def _export(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    run: pretrained.RunVariables,
+    modules: tuple[str, ...],
+    start: float,
+) -> dict[str, object]:
     files = {}
     for module, name in zip(modules, (pretrained.ENCODER_FILE, pretrained.HEAD_FILE)):
         params, batch_stats = run.params[module], run.batch_stats[module]
@@ -91,7 +98,7 @@ def _export(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, objec
         "model/width": model.width,
         "export/seconds": time.perf_counter() - start,
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report.write_summary(workdir, summary)
     print(
         f"Exported the ResNet-{model.depth} ({model.stem} stem) of {config.checkpoint} at step "
         f"{run.step} as {config.format} weights: {', '.join(str(workdir / f) for f in files)} "

@@ -25,6 +25,8 @@ from safetensors import safe_open
 from selfsup.config import ConfigError, load_saved_config
 from selfsup.models import torchvision
 from selfsup.models.resnet import ResNet, encoder_from_config
+from selfsup.pretext import get_task
+from selfsup.train.checkpoint import Checkpointer, check_fits
 from selfsup.train.state import TrainState, split_model
 from selfsup.workdir import check_made_by, made_by
 
@@ -34,6 +36,7 @@ HEAD_FILE = "projection.safetensors"
 TORCHVISION_PREFIX = "torchvision:"
 ITEM = "default"  # Orbax's folder for a checkpoint step's single item (the TrainState).
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+STEP_FLAGS = "export's --config.step, load_encoder's step="  # How a reader names a step.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,20 +86,19 @@ def read_run(
 ) -> RunVariables:
     """`modules`' variables in the checkpoint of `step` (default: the latest) of a run."""
     config = pretraining_config(workdir, flag)
-    directory = Path(workdir).absolute() / "checkpoints"  # Orbax takes absolute paths only.
-    steps = sorted(ocp.path.step.checkpoint_steps(directory)) if directory.is_dir() else []
-    if not steps:
+    checkpointer = Checkpointer(workdir, read_only=True)
+    if not (steps := checkpointer.steps()):
         raise ConfigError(
             f"{workdir} has no checkpoint yet: wait for the run's first one "
             "(config.checkpoint_every_steps), or pass a run that has saved one."
         )
-    step = steps[-1] if step is None else step
-    if step not in steps:
+    if step is not None and step not in steps:
         raise ConfigError(
             f"{workdir} has no checkpoint at step {step} (steps: {', '.join(map(str, steps))}): "
             "pass one of those."
         )
-    folder = directory / str(step) / ITEM
+    step = checkpointer.verified_step(step, how=f"pass another step ({STEP_FLAGS})")
+    folder = checkpointer.directory / str(step) / ITEM
     try:
         saved = ocp.StandardCheckpointHandler().metadata(folder).tree
     except Exception as e:  # Orbax and tensorstore raise many kinds.
@@ -109,25 +111,36 @@ def read_run(
     wanted = {
         kind: {m: saved[kind].get(m, {}) for m in modules} for kind in ("params", "batch_stats")
     }
+    check_fits(wanted, _abstract_modules(config, modules), f"checkpoint {folder.parent}")
     args = ocp.args.PyTreeRestore(
         item=wanted,
         restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
         partial_restore=True,
     )
     try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            tree = checkpointer.restore(folder, args=args)
+        with ocp.PyTreeCheckpointer() as reader:
+            tree = reader.restore(folder, args=args)
     except Exception as e:
         raise _damaged(workdir, step, e) from None
     variables = {kind: {m: flatten(tree[kind][m]) for m in modules} for kind in tree}
     return RunVariables(config, step, variables["params"], variables["batch_stats"])
 
 
+def _abstract_modules(config: ml_collections.ConfigDict, modules: tuple[str, ...]) -> dict:
+    """The shapes of `modules`' variables in the model `config` builds, as read_run reads them
+    (a config.json edited after training no longer fits its checkpoints)."""
+    _, params, batch_stats = split_model(
+        nnx.eval_shape(lambda: get_task(config).build_model(nnx.Rngs(0)))
+    )
+    trees = {"params": params, "batch_stats": batch_stats}
+    return {kind: {m: tree.get(m, {}) for m in modules} for kind, tree in trees.items()}
+
+
 def _damaged(workdir, step: int, error: Exception) -> ConfigError:
     reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:150]}"
     return ConfigError(
         f"the checkpoint at step {step} of {workdir} does not load ({reason}): pass an older "
-        "step (export's --config.step, load_encoder's step=)."
+        f"step ({STEP_FLAGS})."
     )
 
 

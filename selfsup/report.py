@@ -12,15 +12,17 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from selfsup.files import write_atomically
+
 
 def write_summary(workdir: Path, summary: Mapping[str, object]) -> None:
-    Path(workdir, "summary.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
+    write_atomically(Path(workdir, "summary.json"), json.dumps(dict(summary), indent=2) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict]:
     """The records of a `metrics.jsonl`, oldest first. A last line cut short (a run killed while
-    appending it) is left out: its step is after the last checkpoint, so a resume logs it again.
-    """
+    appending it) is left out, with a note: its step is after the last checkpoint, so a resume
+    logs it again (a finished run keeps the line and its summary)."""
     if not path.exists():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -30,6 +32,10 @@ def read_metrics(path: Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             if number == len(lines):
+                print(
+                    f"{path} line {number}, the last, is cut short (a kill while it was written): "
+                    "left out."
+                )
                 break
             raise ValueError(
                 f"{path} line {number} is damaged ({e.msg}): delete that line, or restore the "

@@ -19,9 +19,11 @@ import jax
 import ml_collections
 
 from selfsup.config import ConfigError, read_saved_config
+from selfsup.files import write_atomically
 
 LOCK_FILE = ".lock"
-COMMAND_FILE = ".command"  # The command that made the workdir: `pretrain`, `evaluate`, ...
+COMMAND_FILE = ".command"  # The command that made the workdir: one of COMMANDS.
+COMMANDS = ("pretrain", "evaluate", "export", "demo", "show-augmentations")
 # Keys that change how a run reports or where it finds its data, not what it computes.
 REPORTING_KEYS = frozenset(
     {
@@ -47,7 +49,13 @@ def made_by(workdir: str | Path) -> str | None:
     Workdirs written before `.command` existed are recognised by their files."""
     workdir = Path(workdir)
     if (workdir / COMMAND_FILE).is_file():
-        return (workdir / COMMAND_FILE).read_text().strip()
+        if command := (workdir / COMMAND_FILE).read_text().strip():
+            return command
+        raise ConfigError(
+            f"{workdir / COMMAND_FILE} is empty (cut short when written), so which command made "
+            f"{workdir} is unknown: write the one that did ({', '.join(COMMANDS)}) into it, or "
+            "pass another --workdir."
+        )
     if (workdir / "checkpoints").is_dir():
         return "pretrain"
     summary = workdir / "summary.json"
@@ -56,8 +64,8 @@ def made_by(workdir: str | Path) -> str | None:
     except json.JSONDecodeError:
         raise ConfigError(
             f"{summary} is not valid JSON, so which command made {workdir} is unknown: "
-            f"write `pretrain`, `evaluate`, `demo` or `show-augmentations` into {workdir}/"
-            f"{COMMAND_FILE}, or pass another --workdir."
+            f"write the command that made it ({', '.join(COMMANDS)}) into "
+            f"{workdir / COMMAND_FILE}, or pass another --workdir."
         ) from None
     return next((c for key, c in LEGACY_SUMMARY_KEYS.items() if key in keys), None)
 
@@ -103,7 +111,7 @@ def claim(workdir: str | Path, command: str) -> Iterator[None]:
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
         check_made_by(workdir, command)  # Again, now that no other run can be writing it.
-        (workdir / COMMAND_FILE).write_text(command + "\n")
+        write_atomically(workdir / COMMAND_FILE, command + "\n")
         try:
             yield
         finally:

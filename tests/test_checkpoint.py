@@ -2,8 +2,11 @@
 model), readers that change nothing, divergence that is never checkpointed, and resuming from
 a chosen step. `run6` is one uninterrupted run (checkpoints 2, 4, 6) that each test copies."""
 
+import contextlib
 import hashlib
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,11 +16,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_loop import final_params, tiny_config
+from test_loop import final_params, logged, tiny_config
 
 from selfsup.config import ConfigError
 from selfsup.train import engine, loop
-from selfsup.train.checkpoint import CHECKSUMS, ITEM, Checkpointer, load_train_state
+from selfsup.train.checkpoint import (
+    CHECKSUMS,
+    COMMIT_RECORD,
+    ITEM,
+    Checkpointer,
+    UnverifiedCheckpoint,
+    load_train_state,
+    verify_checksums,
+)
 
 
 def settings(image_folder, **overrides):
@@ -70,17 +81,21 @@ def test_every_save_records_the_checksum_of_each_of_its_files(run6):
             reversed(line.split("  ", 1)) for line in (folder / CHECKSUMS).read_text().splitlines()
         )
         files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-        assert set(listed) == files - {CHECKSUMS}
+        assert set(listed) == files - {CHECKSUMS} - COMMIT_RECORD
         for name, sha in listed.items():
             assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha
 
 
-@pytest.mark.parametrize("damage", ["empty folder", "no item folder", "one flipped byte"])
+@pytest.mark.parametrize(
+    "damage", ["empty folder", "no item folder", "one flipped byte", "empty checksum list"]
+)
 def test_a_damaged_checkpoint_is_set_aside_alone(run6, image_folder, tmp_path, capsys, damage):
     workdir = copy_run(run6, tmp_path)
     checkpoints = workdir / "checkpoints"
-    if damage == "one flipped byte":
-        flip_a_byte(checkpoints / "6")
+    if damage == "empty checksum list":  # A kill while an older selfsup wrote it.
+        (checkpoints / "6" / CHECKSUMS).write_text("")
+    if damage in ("one flipped byte", "empty checksum list"):
+        flip_a_byte(checkpoints / "6")  # Restored unchecked, it would diverge.
     else:
         shutil.rmtree(checkpoints / "6" / ("default" if damage == "no item folder" else ""))
         (checkpoints / "6").mkdir(exist_ok=True)
@@ -88,9 +103,13 @@ def test_a_damaged_checkpoint_is_set_aside_alone(run6, image_folder, tmp_path, c
     loop.pretrain(settings(image_folder), workdir)
 
     out = capsys.readouterr().out
-    assert "Checkpoint at step 6 is damaged" in out and "step 4 is damaged" not in out
-    if damage == "one flipped byte":
-        assert "changed since it was saved (checksum mismatch)" in out
+    said = {
+        "empty folder": "is not verified (it has no SHA256SUMS)",
+        "no item folder": "is damaged (default/",
+        "one flipped byte": "is damaged (default/ocdbt.process_0/d/",
+        "empty checksum list": "is not verified (its SHA256SUMS is empty)",
+    }[damage]
+    assert f"Checkpoint at step 6 {said}" in out and "step 4 is" not in out
     assert "Resuming from checkpoint at step 4/6" in out
     assert (checkpoints / "6.unreadable").is_dir()  # Kept for inspection, never deleted.
     assert digest(checkpoints / "4") == kept
@@ -189,12 +208,12 @@ def test_a_checkpoint_saved_before_extra_state_existed_resumes_exactly(
     workdir = copy_run(run6, tmp_path)
     mesh = loop.parallel.make_mesh()
     _, _, state = load_train_state(run6, mesh, step=4)
-    window = json.loads((run6 / "checkpoints" / "4" / "_CHECKPOINT_METADATA").read_text())
+    window = json.loads((run6 / "checkpoints" / "4" / "metric_window.json").read_text())
     for step in ("4", "6"):
         shutil.rmtree(workdir / "checkpoints" / step)
     old = TrainStateBeforeExtra(state.step, state.params, state.batch_stats, state.opt_state)
     checkpointer = Checkpointer(workdir, keep=3)
-    checkpointer.save(4, old, metric_window=window["custom_metadata"]["metric_window"])
+    checkpointer.save(4, old, metric_window=window)
     checkpointer.close()
     saved = ocp.StandardCheckpointHandler().metadata(workdir / "checkpoints" / "4" / ITEM).tree
     assert (
@@ -207,3 +226,110 @@ def test_a_checkpoint_saved_before_extra_state_existed_resumes_exactly(
     assert restored.extra == {}
     loop.pretrain(settings(image_folder), workdir)  # Resumes from 4 and trains 5-6.
     assert_same_params(workdir, run6)
+
+
+class Killed(BaseException):
+    """A kill -9 at a chosen write: no handler of the code under test catches it."""
+
+
+@contextlib.contextmanager
+def killed_at_write(name: str):
+    """The first file named `name` (or a temporary file of it) opened for writing gets half of
+    its first write, then the process "dies" (orbax's save thread, if that is where it runs)."""
+    real_open, armed = io.open, [True]
+
+    class HalfWriter:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.close()
+            raise Killed(name)
+
+        def __getattr__(self, attr):
+            return getattr(self.f, attr)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if armed[0] and set(mode) & set("wa") and Path(file).name.startswith(name):
+            armed[0] = False
+            return HalfWriter(f)
+        return f
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(io, "open", open_)
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "metric_window.json", CHECKSUMS])
+def test_a_run_killed_at_any_write_ends_as_an_uninterrupted_one(run6, image_folder, tmp_path, name):
+    # The killed run resumes from step 4 (a kill during steps 5-6 left no step 6): it rewrites
+    # config.json and metrics.jsonl, then saves step 6 (its metric window, then its checksums).
+    workdir = copy_run(run6, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    with contextlib.suppress(Killed), killed_at_write(name):
+        loop.pretrain(settings(image_folder), workdir)
+    assert Checkpointer(workdir, read_only=True).steps() == [2, 4]  # Step 6 never complete.
+    loop.pretrain(settings(image_folder), workdir)  # The same command.
+    assert_same_params(workdir, run6)
+    assert logged(workdir) == logged(run6)  # Line for line: no record lost or doubled.
+
+
+@pytest.mark.parametrize(
+    "listing, said",
+    [
+        (None, "it has no SHA256SUMS"),
+        ("", "its SHA256SUMS is empty"),
+        ("half", "its SHA256SUMS is cut short"),  # A kill mid-line.
+        ("all but the last line", "its SHA256SUMS is cut short (no checksum of "),
+    ],
+)
+def test_a_missing_empty_or_torn_checksum_list_is_not_verified(run6, tmp_path, listing, said):
+    folder = Path(shutil.copytree(run6 / "checkpoints" / "6", tmp_path / "6"))
+    lines = (folder / CHECKSUMS).read_text().splitlines(keepends=True)
+    if listing is None:
+        (folder / CHECKSUMS).unlink()
+    else:
+        text = {"": "", "half": "".join(lines)[: len("".join(lines)) // 2]}.get(listing)
+        (folder / CHECKSUMS).write_text("".join(lines[:-1]) if text is None else text)
+    with pytest.raises(UnverifiedCheckpoint, match=re.escape(said)):
+        verify_checksums(folder)
+
+
+def test_resuming_a_chosen_damaged_step_is_one_line_naming_the_intact_ones(
+    run6, image_folder, tmp_path
+):
+    workdir = copy_run(run6, tmp_path)
+    flip_a_byte(workdir / "checkpoints" / "4")
+    before = digest(workdir / "checkpoints")
+    message = (
+        r"the checkpoint at step 4 in .*checkpoints is damaged \(.* \(checksum mismatch\)\): "
+        r"pass --resume_step with an intact one, .*\(intact steps: 2, 6\)\.$"
+    )
+    with pytest.raises(ConfigError, match=message):
+        loop.pretrain(settings(image_folder), workdir, resume_step=4)
+    assert digest(workdir / "checkpoints") == before  # Nothing moved: the user chose that step.
+
+
+def test_a_finished_runs_torn_last_metrics_line_is_said_and_its_summary_kept(
+    run6, image_folder, tmp_path, capsys
+):
+    workdir = copy_run(run6, tmp_path)
+    metrics = workdir / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # Step 6's line.
+    before = {name: (workdir / name).read_bytes() for name in ("metrics.jsonl", "summary.json")}
+    summary = loop.pretrain(settings(image_folder), workdir)  # Finished: nothing to train.
+    out = capsys.readouterr().out
+    assert f"{metrics} line 6, the last, is cut short (a kill while it was written)" in out
+    assert "no record of the last step, 6 (its line was cut short), and the run is finished" in out
+    assert {name: (workdir / name).read_bytes() for name in before} == before
+    assert summary == json.loads(before["summary.json"])

@@ -255,29 +255,35 @@ def test_bad_input_fails_with_one_line(args, code, message, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "error, line",
+    "error, line, command",
     [
         (OSError(errno.EROFS, "Read-only file system", "/runs/x"),
-         "/runs/x: Read-only file system: pass a --workdir on a writable file system."),
+         "/runs/x: Read-only file system: pass a --workdir on a writable file system.", "pretrain"),
         (PermissionError(errno.EACCES, "Permission denied", "/data/train/a.png"),
          "/data/train/a.png: Permission denied: give this user access to it, or pass another "
-         "path."),
+         "path.", "pretrain"),
         # What orbax's tensorstore raised when the disk filled during a checkpoint save.
         (ValueError('RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local '
                     'file "/runs/x/checkpoints/2.orbax-checkpoint-tmp/default.orbax-checkpoint-'
                     'tmp/ocdbt.process_0/": Failed to write 136664 bytes to file 18: No space '
                     "left on device [os_error_code='28']"),
          "/runs/x/checkpoints: No space left on device: free space there or pass a --workdir "
-         "elsewhere, then re-run the same command (pretrain resumes from its last checkpoint)."),
+         "elsewhere, then re-run the same command (it resumes from its last checkpoint).",
+         "pretrain"),
+        # An export has no checkpoint to resume from: it says what its re-run does.
+        (OSError(errno.ENOSPC, "No space left on device", "/runs/x/encoder.safetensors"),
+         "/runs/x/encoder.safetensors: No space left on device: free space there or pass a "
+         "--workdir elsewhere, then re-run the same command (it exports again, from the start).",
+         "export"),
         # TF's TensorBoard writer names no file.
         (tf.errors.ResourceExhaustedError(None, None, "tensorboard: No space left on device"),
-         "a file in /runs/x: No space left on device: free space there"),
+         "a file in /runs/x: No space left on device: free space there", "pretrain"),
     ],
 )  # fmt: skip
-def test_a_full_or_read_only_disk_is_one_line_naming_the_path(error, line):
+def test_a_full_or_read_only_disk_is_one_line_naming_the_path(error, line, command):
     from selfsup import cli
 
-    assert cli.os_error_line(cli.reported_os_error(error), "/runs/x").startswith(line)
+    assert cli.os_error_line(cli.reported_os_error(error), "/runs/x", command).startswith(line)
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@ state dicts that torch loads with strict=True and that compute the run's feature
 errors of export and of `init_from`."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -16,6 +18,8 @@ from test_torchvision import HAS_TORCHVISION, TOLERANCE, run_torch
 
 import selfsup as selfsup_package
 from selfsup import parallel
+from selfsup.config import ConfigError
+from selfsup.export import export
 from selfsup.train.checkpoint import load_pretrained_model
 
 EXPORT = f"--config={ROOT / 'configs' / 'export.py'}"
@@ -131,3 +135,19 @@ def test_the_cli_lists_export():
         [sys.executable, "-m", "selfsup", "nonsense"], capture_output=True, text=True, timeout=120
     )
     assert "export" in run.stderr and run.returncode != 0
+
+
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
+def test_export_refuses_a_config_json_that_no_longer_fits_the_checkpoint(pretrained_run, tmp_path):
+    # As evaluate refuses it: the shapes config.json builds differ from the checkpoint's.
+    run = Path(shutil.copytree(pretrained_run, tmp_path / "run"))
+    saved = json.loads((run / "config.json").read_text())
+    saved["model"]["width"] = 0.5
+    (run / "config.json").write_text(json.dumps(saved))
+    config = ml_collections.ConfigDict(dict(checkpoint=str(run), step=0, format="flax", head=False))
+    message = r"checkpoint .*/2 does not fit the model of this config .*bn1/mean \(64,\) vs \(32,\)"
+    with pytest.raises(ConfigError, match=message):
+        export(config, tmp_path / "export")
+    assert not (tmp_path / "export").exists()  # Nothing written.
+    with pytest.raises(ConfigError, match=message):
+        selfsup_package.load_encoder(run)

@@ -10,7 +10,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "selfsup"
 # a module per command) sit on top: `train.loop` is `pretrain`, `evaluate.run` is `evaluate`;
 # so does the package itself, whose `selfsup.load_encoder` is the public loading API.
 LAYERS = [
-    {"selfsup.config", "selfsup.workdir", "selfsup.report", "selfsup.progress", "selfsup.parallel"},
+    {
+        "selfsup.config",
+        "selfsup.workdir",
+        "selfsup.report",
+        "selfsup.progress",
+        "selfsup.parallel",
+        "selfsup.files",
+    },
     {"selfsup.data", "selfsup.models"},
     {"selfsup.pretext"},
     {"selfsup.train", "selfsup.pretrained"},

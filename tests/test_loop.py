@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selfsup.config import load_config_file
+from selfsup.config import ConfigError, load_config_file
 from selfsup.pretext import simclr
 from selfsup.train import engine, loop
 from selfsup.train.checkpoint import Checkpointer, load_pretrained_model
@@ -168,10 +168,15 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_too(image_folder, tmp_pat
     with pytest.raises(
         engine.NonFiniteLossError,
         match=r"loss is \d+\.\d+ and gradient norm nan by step 1; no checkpoint was saved yet, "
-        "so a re-run starts from step 0",
+        r"so a re-run starts from step 0. Lower --config.optim.learning_rate \(with "
+        r"--allow_config_change, as this workdir holds the config it ran\)",
     ):
         loop.pretrain(tiny_config(image_folder), tmp_path)
     assert Checkpointer(tmp_path, keep=3).latest_step() is None  # The NaN state is not saved.
+    lower = tiny_config(image_folder)
+    lower.optim.learning_rate /= 10
+    with pytest.raises(ConfigError, match="or --allow_config_change to resume it"):
+        loop.pretrain(lower, tmp_path)  # Why the message names the flag.
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ one ConfigError."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,28 @@ def test_init_from_replaces_the_fresh_encoder_and_nothing_else(pretrained_run, t
         np.testing.assert_array_equal, state.params["projection"], fresh.params["projection"]
     )
     assert state.opt_state is fresh.opt_state
+
+
+@pytest.mark.slow  # pretrained_run: ~35 s once per session.
+def test_every_reader_verifies_the_checksums_with_the_same_error(pretrained_run, tmp_path, capsys):
+    from test_checkpoint import digest, flip_a_byte
+
+    run = Path(shutil.copytree(pretrained_run, tmp_path / "run"))
+    flip_a_byte(run / "checkpoints" / "2")
+    before = digest(run)
+    model = pretrained.pretraining_config(run, "path").model
+    readers = {
+        "load_encoder": lambda: selfsup.load_encoder(run),
+        "export": lambda: flax_export(run, tmp_path / "export"),
+        "init_from": lambda: pretrained.init_weights(str(run), model),
+        "evaluate": lambda: load_pretrained_model(run, parallel.make_mesh()),
+    }
+    for name, read in readers.items():
+        with pytest.raises(ConfigError, match=f"no readable checkpoint in {run}/checkpoints"):
+            read()
+        out = capsys.readouterr().out
+        assert "Checkpoint at step 2 is damaged (default/" in out, name
+        assert "(checksum mismatch)); left in place" in out, name
+    with pytest.raises(ConfigError, match=r"step 2 .* is damaged .*\(intact steps: none\)\.$"):
+        selfsup.load_encoder(run, step=2)
+    assert digest(run) == before and not (tmp_path / "export").exists()

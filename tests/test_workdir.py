@@ -4,6 +4,7 @@ different config unless asked."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,14 @@ from selfsup.config import (
 from selfsup.evaluate.run import evaluate
 from selfsup.train import loop
 from selfsup.train.checkpoint import load_train_state
-from selfsup.workdir import COMMAND_FILE, LOCK_FILE, check_same_config, claim, made_by
+from selfsup.workdir import (
+    COMMAND_FILE,
+    LOCK_FILE,
+    check_made_by,
+    check_same_config,
+    claim,
+    made_by,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 HOLD_LOCK = (
@@ -159,3 +167,15 @@ def test_workdirs_that_predate_the_command_file_are_recognised(files, command, t
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert made_by(tmp_path) == command
+
+
+def test_an_empty_command_file_is_named_with_the_fix(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / COMMAND_FILE).write_text("")  # A kill while an older selfsup wrote it.
+    message = (
+        f"{tmp_path / COMMAND_FILE} is empty (cut short when written), so which command made "
+        f"{tmp_path} is unknown: write the one that did (pretrain, evaluate, export, demo, "
+        "show-augmentations) into it, or pass another --workdir."
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_made_by(tmp_path, "pretrain", flag="--config.checkpoint")

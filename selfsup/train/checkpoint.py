@@ -1,13 +1,18 @@
 """Checkpoints with orbax: save every N steps (keep the newest few), resume, load an encoder.
 
-A workdir's `checkpoints/<step>/` holds the full TrainState plus, in orbax's step metadata, the
-metric sums since the last logged step (so a resumed run logs what an uninterrupted one does);
-`SHA256SUMS` beside it records every file's checksum once the save is complete, so a changed
-byte is caught on restore. `config.json` beside `checkpoints/` says how to rebuild the model.
+A workdir's `checkpoints/<step>/` holds the full TrainState, `metric_window.json` (the metric
+sums since the last logged step, so a resumed run logs what an uninterrupted one does) and
+`SHA256SUMS`, the checksum of every file but orbax's commit record. Both are written as part of
+the save (asynchronous, as orbax's is), atomically, into orbax's temporary folder before orbax
+renames it into place: a step that exists is complete and verifiable, and a kill at any point
+of a save leaves only an unfinished temporary folder, never restored.
+`config.json` beside `checkpoints/` says how to rebuild the model.
 
 Each checkpoint is judged by itself: damaged (a file that fails its checksum, is missing, or
-does not load) or not fitting the model (a config error: never damage). A pretraining run moves
-a damaged one aside and falls back to the next older one; a reader (evaluate) only skips it.
+does not load), not verified (its SHA256SUMS missing, empty or cut short: treated as damaged,
+never restored unchecked), or not fitting the model (a config error: never damage). A
+pretraining run moves a damaged one aside and falls back to the next older one; a reader
+(evaluate, export, load_encoder, init_from) only skips it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +30,34 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from selfsup.config import ConfigError, load_saved_config
+from selfsup.files import write_atomically
 from selfsup.pretext import get_task
 from selfsup.train.optim import make_optimizer
 from selfsup.train.state import TrainState, abstract_train_state, model_graphdef
 from selfsup.workdir import check_made_by
 
 CHECKSUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` in a step directory checks it by hand.
+_DIGEST = re.compile("[0-9a-f]{64}")  # A line of it: digest, two spaces, file name.
 ITEM = "default"  # Orbax's folder for a step's single item.
-STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's file of a step's metadata (custom_metadata).
+WINDOW = "metric_window.json"  # The metric sums since the last logged step.
+STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step metadata (older saves kept the sums there).
+# What orbax writes into a step as it renames it into place (a commit time, a marker): not
+# covered by the checksums, which are written just before, and not read by selfsup.
+COMMIT_RECORD = frozenset({STEP_METADATA, "commit_success.txt"})
 ASIDE = ("unreadable", "abandoned")  # Suffixes of the folders `move_aside` makes.
 
 
 class DamagedCheckpoint(Exception):
     """A checkpoint whose files are missing, changed since saved, or do not load."""
+
+    verdict = "damaged"
+
+
+class UnverifiedCheckpoint(DamagedCheckpoint):
+    """A checkpoint whose SHA256SUMS is missing, empty or cut short: nothing vouches for its
+    files (a changed byte would restore silently and diverge), so it is handled as damaged."""
+
+    verdict = "not verified"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +76,14 @@ class Checkpointer:
         self.read_only = read_only
         self.manager = None
         if not read_only:
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            # Saves stay asynchronous; orbax calls this once a save's files are all written and
+            # before it renames the save's folder into place.
+            done = ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, async_options=done
+            )
             self.manager = ocp.CheckpointManager(self.directory, options=options)
-        self._unsummed: int | None = None  # A step saved but not yet checksummed.
+        self._saving: tuple[int, dict] | None = None  # (step, metric window) being saved.
 
     def steps(self) -> list[int]:
         """The steps of complete saves, oldest first."""
@@ -67,6 +93,10 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return (self.steps() or [None])[-1]
+
+    def intact_steps(self) -> list[int]:
+        """The steps whose files match their checksums, oldest first."""
+        return [s for s in self.steps() if _verifies(self.directory / str(s))]
 
     def set_aside(self) -> list[str]:
         """Folders of checkpoints moved aside (damaged, or newer than a chosen resume step)."""
@@ -79,29 +109,71 @@ class Checkpointer:
         return sorted(p.name for p in self.directory.glob(f"*{ocp.path.step.TMP_DIR_SUFFIX}*"))
 
     def save(self, step: int, state: TrainState, *, metric_window: dict[str, Any]) -> None:
-        self._checksum_finished_save()
-        self.manager.save(
-            step,
-            args=ocp.args.StandardSave(state),
-            custom_metadata={"metric_window": metric_window},
-        )
-        self._unsummed = step
+        self.manager.wait_until_finished()  # The previous save is renamed into place by then.
+        self._saving = step, metric_window
+        self.manager.save(step, args=ocp.args.StandardSave(state))
 
-    def _checksum_finished_save(self) -> None:
-        self.manager.wait_until_finished()
-        step, self._unsummed = self._unsummed, None
-        folder = self.directory / str(step)
-        if step is None or jax.process_index() != 0 or not folder.is_dir():
-            return
-        lines = [f"{_sha256(f)}  {f.relative_to(folder)}\n" for f in _files(folder)]
-        (folder / CHECKSUMS).write_text("".join(lines))
+    def _write_checksums(self) -> None:
+        """The metric window and SHA256SUMS of the save in progress, each written atomically
+        into its temporary folder (the step's own folder where orbax writes in place)."""
+        step, window = self._saving
+        final = self.directory / str(step)
+        folder = final.with_name(final.name + ocp.path.step.TMP_DIR_SUFFIX)
+        if jax.process_index() == 0:
+            folder = folder if folder.is_dir() else final
+            write_atomically(folder / WINDOW, json.dumps(window))
+            write_checksums(folder)
+
+    def verified_step(self, step: int | None, *, how: str) -> int:
+        """`step` (one of `steps()`; default: the newest step whose checksums verify, a damaged
+        newer one reported and left in place) once its checksums verify; else a ConfigError
+        naming the step, the intact ones, and `how` to choose one."""
+        if step is None:
+            for step in reversed(self.steps()):
+                try:
+                    verify_checksums(self.directory / str(step))
+                    return step
+                except DamagedCheckpoint as e:
+                    print(self._skipped(step, e, "left in place"))
+            raise self._none_readable()
+        try:
+            verify_checksums(self.directory / str(step))
+        except DamagedCheckpoint as e:
+            raise self.damaged_error(step, e, how) from None
+        return step
+
+    def damaged_error(self, step: int, error: DamagedCheckpoint, how: str) -> ConfigError:
+        intact = ", ".join(map(str, self.intact_steps())) or "none"
+        return ConfigError(
+            f"the checkpoint at step {step} in {self.directory} is {error.verdict} ({error}): "
+            f"{how} (intact steps: {intact})."
+        )
+
+    def _check_exists(self, step: int) -> None:
+        if step not in self.steps():
+            have = ", ".join(map(str, self.steps())) or "none"
+            raise ConfigError(f"no checkpoint at step {step} in {self.directory} (steps: {have}).")
+
+    def _skipped(self, step: int, error: DamagedCheckpoint, kept: str) -> str:
+        return (
+            f"Checkpoint at step {step} is {error.verdict} ({error}); {kept}; trying an older one."
+        )
+
+    def _none_readable(self) -> ConfigError:
+        if self.read_only:
+            return ConfigError(
+                f"no readable checkpoint in {self.directory} (each is damaged or not verified, "
+                "as said above): pass a run with an intact one."
+            )
+        return ConfigError(
+            f"no readable checkpoint in {self.directory} (damaged ones are kept as "
+            "<step>.unreadable): move that folder away to start over, or pass another --workdir."
+        )
 
     def restore(self, step: int, abstract_state: TrainState) -> Restored:
         """Checkpoint `step`, or DamagedCheckpoint; ConfigError if there is no such step or it
         does not fit the model."""
-        if step not in self.steps():
-            have = ", ".join(map(str, self.steps())) or "none"
-            raise ConfigError(f"no checkpoint at step {step} in {self.directory} (steps: {have}).")
+        self._check_exists(step)
         folder = self.directory / str(step)
         verify_checksums(folder)
         try:
@@ -118,10 +190,9 @@ class Checkpointer:
                     folder / ITEM, {k: v for k, v in fields.items() if k in saved}
                 )
             state = TrainState(**restored)
-            step_metadata = json.loads((folder / STEP_METADATA).read_text())
+            window = _metric_window(folder)
         except Exception as e:
             raise DamagedCheckpoint(f"it does not load ({_reason(e)})") from None
-        window = (step_metadata.get("custom_metadata") or {}).get("metric_window", {})
         return Restored(step, state, window)
 
     def restore_latest(self, abstract_state: TrainState) -> Restored:
@@ -137,11 +208,8 @@ class Checkpointer:
                     if self.read_only
                     else f"kept as {self.move_aside(step, 'unreadable')}"
                 )
-                print(f"Checkpoint at step {step} is damaged ({e}); {kept}; trying an older one.")
-        raise ConfigError(
-            f"no readable checkpoint in {self.directory} (damaged ones are kept as "
-            "<step>.unreadable): move that folder away to start over, or pass another --workdir."
-        )
+                print(self._skipped(step, e, kept))
+        raise self._none_readable()
 
     def move_aside(self, step: int, why: str) -> Path:
         """Renames checkpoint `step` to `<step>.<why>[.n]`, out of orbax's sight."""
@@ -153,28 +221,44 @@ class Checkpointer:
 
     def close(self) -> None:
         if not self.read_only:
-            self._checksum_finished_save()
             self.manager.close()
 
 
+def write_checksums(folder: Path) -> None:
+    """`folder/SHA256SUMS`: every file's checksum, in `sha256sum`'s format, written atomically."""
+    lines = [f"{_sha256(f)}  {f.relative_to(folder)}\n" for f in _files(folder)]
+    write_atomically(folder / CHECKSUMS, "".join(lines))
+
+
 def verify_checksums(folder: Path) -> None:
-    """Raises DamagedCheckpoint unless every file listed in `folder/SHA256SUMS` is unchanged. A
-    folder without the list (saved by an older selfsup, or cut off right after its save) is
-    restored unverified, with a note."""
+    """Raises DamagedCheckpoint unless `folder/SHA256SUMS` lists every file of the folder and
+    each is unchanged; UnverifiedCheckpoint if the list is missing, empty or cut short (a kill
+    while an older selfsup wrote it, or a save from before checksums)."""
     listing = folder / CHECKSUMS
-    if not listing.exists():
-        if folder.is_dir():
-            print(f"Checkpoint {folder} has no {CHECKSUMS}: restoring it unverified.")
-        return
-    for line in listing.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        file = folder / name
-        if not name:
-            raise DamagedCheckpoint(f"{CHECKSUMS} is cut short")
-        if not file.is_file():
+    if not listing.is_file():
+        raise UnverifiedCheckpoint(f"it has no {CHECKSUMS}")
+    text = listing.read_bytes().decode(errors="replace")
+    entries = [line.partition("  ") for line in text.splitlines()]
+    if not text.strip():
+        raise UnverifiedCheckpoint(f"its {CHECKSUMS} is empty")
+    listed = {name: digest for digest, _, name in entries}
+    if not text.endswith("\n") or not all(_DIGEST.fullmatch(d) and n for d, _, n in entries):
+        raise UnverifiedCheckpoint(f"its {CHECKSUMS} is cut short")
+    if unlisted := sorted({str(f.relative_to(folder)) for f in _files(folder)} - listed.keys()):
+        raise UnverifiedCheckpoint(f"its {CHECKSUMS} is cut short (no checksum of {unlisted[0]})")
+    for name, digest in listed.items():
+        if not (folder / name).is_file():
             raise DamagedCheckpoint(f"{name} is missing")
-        if _sha256(file) != digest:
+        if _sha256(folder / name) != digest:
             raise DamagedCheckpoint(f"{name} changed since it was saved (checksum mismatch)")
+
+
+def _verifies(folder: Path) -> bool:
+    try:
+        verify_checksums(folder)
+    except DamagedCheckpoint:
+        return False
+    return True
 
 
 def check_fits(saved: Any, abstract_state: TrainState, what: str) -> None:
@@ -203,8 +287,20 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _metric_window(folder: Path) -> dict[str, Any]:
+    if (folder / WINDOW).is_file():
+        return json.loads((folder / WINDOW).read_text())
+    step_metadata = json.loads((folder / STEP_METADATA).read_text())  # Saved before WINDOW.
+    return (step_metadata.get("custom_metadata") or {}).get("metric_window", {})
+
+
 def _files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.is_file() and f.name != CHECKSUMS)
+    """The files the checksums cover: all but SHA256SUMS and orbax's commit record."""
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file() and f.name != CHECKSUMS and str(f.relative_to(folder)) not in COMMIT_RECORD
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -253,7 +349,7 @@ def load_train_state(
         else:
             restored = checkpointer.restore(step, abstract_state)
     except DamagedCheckpoint as e:
-        raise ConfigError(f"checkpoint at step {step} of {workdir} is damaged ({e}).") from None
+        raise checkpointer.damaged_error(step, e, "pass another step") from None
     finally:
         checkpointer.close()
     return config, restored.step, restored.state

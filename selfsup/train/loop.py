@@ -32,12 +32,13 @@ from selfsup.config import (
 )
 from selfsup.data import pipeline
 from selfsup.data.sources import Source, open_source
+from selfsup.files import write_atomically
 from selfsup.pretext import get_task, value_rules
 from selfsup.pretrained import init_train_state, init_weights
 from selfsup.progress import Progress, Throughput
 from selfsup.report import read_metrics
 from selfsup.train import engine
-from selfsup.train.checkpoint import Checkpointer, Restored
+from selfsup.train.checkpoint import Checkpointer, DamagedCheckpoint, Restored
 from selfsup.train.engine import NonFiniteLossError
 from selfsup.train.optim import make_optimizer
 from selfsup.train.pretext_step import heldout_metrics, jit_heldout_step, jit_train_step
@@ -59,12 +60,16 @@ class MetricsLog:
     def __init__(self, workdir: Path, *, start_step: int, total_steps: int, batch_size: int):
         self.path = workdir / "metrics.jsonl"
         self.writes = jax.process_index() == 0
+        records = read_metrics(self.path)
+        self.kept = [r for r in records if r["step"] <= start_step]
         if self.writes:
-            kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # A finished run's file stays as it is: no step of it is logged again.
+            if start_step < total_steps or len(self.kept) < len(records):
+                text = "".join(json.dumps(r) + "\n" for r in self.kept)
+                write_atomically(self.path, text)  # A kill leaves the old file or the new.
             shutil.rmtree(workdir / "tensorboard", ignore_errors=True)  # Derived from the records.
             self.tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-            for record in kept:
+            for record in self.kept:
                 self._write_events(record["step"], record)
         self.total_steps = total_steps
         self.throughput = Throughput(
@@ -154,7 +159,11 @@ def initial_state(
     if unfinished := checkpointer.unfinished_saves():  # This run holds the workdir: all dead.
         print(f"Ignoring unfinished checkpoint saves (cut short): {', '.join(unfinished)}.")
     if resume_step is not None:
-        restored = checkpointer.restore(resume_step, abstract_state)  # Damage is an error here.
+        try:
+            restored = checkpointer.restore(resume_step, abstract_state)
+        except DamagedCheckpoint as e:  # The step the user chose: refused, left as it is.
+            how = "pass --resume_step with an intact one, or leave it out for the latest intact"
+            raise checkpointer.damaged_error(resume_step, e, how) from None
         for step in checkpointer.steps():
             if step > resume_step:
                 aside = checkpointer.move_aside(step, "abandoned")
@@ -186,7 +195,8 @@ def divergence_error(problem: str, step: int, checkpointer: Checkpointer) -> Non
     if not steps:
         where = (
             "no checkpoint was saved yet, so a re-run starts from step 0. Lower "
-            "--config.optim.learning_rate or check the data first."
+            "--config.optim.learning_rate (with --allow_config_change, as this workdir holds the "
+            "config it ran) or check the data first."
         )
     else:
         where = (
@@ -283,10 +293,25 @@ def _train(
         ),
         window=engine.Window.from_json(restored.metric_window, mesh),
     )
+    if not host_metrics and (kept := _kept_summary(log, workdir, total_steps)):
+        return kept
     # A finished run re-run trains nothing: its last record stands.
-    host_metrics = host_metrics or (read_metrics(log.path) or [{}])[-1]
+    host_metrics = host_metrics or (log.kept or [{}])[-1]
     summary = {f"pretrain/{k}": v for k, v in host_metrics.items() if k != "step"}
     return _summarised(workdir, config, summary, total_steps, num_examples, len(skipped))
+
+
+def _kept_summary(log: MetricsLog, workdir: Path, total_steps: int) -> dict | None:
+    """The summary of a finished run whose metrics.jsonl lost its last record (a line cut short):
+    left as it was, since its last step is not trained again to log it anew; else None."""
+    summary = workdir / "summary.json"
+    if (log.kept and log.kept[-1]["step"] == total_steps) or not summary.is_file():
+        return None
+    print(
+        f"{log.path} has no record of the last step, {total_steps} (its line was cut short), "
+        f"and the run is finished: {summary} is left as it was."
+    )
+    return json.loads(summary.read_text())
 
 
 def _summarised(workdir, config, summary, total_steps: int, num_examples: int, skipped: int):
