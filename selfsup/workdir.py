@@ -22,6 +22,9 @@ from selfsup.config import ConfigError, read_saved_config
 
 LOCK_FILE = ".lock"
 COMMAND_FILE = ".command"  # The command that made the workdir: `pretrain`, `evaluate`, ...
+# Commands that run others in subfolders of their own workdir (demo: pretrain, then evaluate).
+COMPOSING_COMMANDS = frozenset({"demo"})
+_HELD: set[Path] = set()  # Workdirs this process claims now (a composing command's own).
 # Keys that change how a run reports or where it finds its data, not what it computes.
 REPORTING_KEYS = frozenset(
     {
@@ -85,7 +88,18 @@ def claim(workdir: str | Path, command: str) -> Iterator[None]:
     """
     workdir = Path(workdir)
     check_made_by(workdir, command)
+    check_not_nested(workdir, command)
     workdir.mkdir(parents=True, exist_ok=True)
+    _HELD.add(workdir.resolve())
+    try:
+        with _locked(workdir, command):
+            yield
+    finally:
+        _HELD.discard(workdir.resolve())
+
+
+@contextlib.contextmanager
+def _locked(workdir: Path, command: str) -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
@@ -108,6 +122,24 @@ def claim(workdir: str | Path, command: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_not_nested(workdir: str | Path, command: str) -> None:
+    """Refuses a workdir inside another command's workdir (`RUN/checkpoints` would write into
+    RUN) or holding one (its outputs would mix with that run's). A composing command's parts
+    may nest in the workdir it holds, and its own workdir may hold them."""
+    path = Path(workdir).resolve()
+    outer = next((p for p in path.parents if (p / COMMAND_FILE).is_file() and p not in _HELD), None)
+    inner = None
+    if command not in COMPOSING_COMMANDS and path.is_dir():
+        inner = next((p.parent for p in path.glob(f"*/**/{COMMAND_FILE}")), None)
+    if outer or inner:
+        which, where = (outer, "is inside") if outer else (inner, "holds")
+        maker = (which / COMMAND_FILE).read_text().strip() or "another command"
+        raise ConfigError(
+            f"--workdir={workdir} {where} {which}, the workdir of `python -m selfsup "
+            f"{maker}`: pass a folder outside any other command's workdir."
+        )
 
 
 def _changed_keys(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, tuple]:
