@@ -25,7 +25,8 @@ COMMAND_FILE = ".command"  # The command that made the workdir: `pretrain`, `eva
 # Commands that run others in subfolders of their own workdir (demo: pretrain, then evaluate).
 COMPOSING_COMMANDS = frozenset({"demo"})
 _HELD: set[Path] = set()  # Workdirs this process claims now (a composing command's own).
-# Keys that change how a run reports or where it finds its data, not what it computes.
+# Keys that change how a run reports or where it finds its data, not what it computes: a
+# key whose last part is one of these (`finetune.log_every_steps` too).
 REPORTING_KEYS = frozenset(
     {
         "log_every_steps",
@@ -148,14 +149,22 @@ def _changed_keys(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     path = Path(workdir, "config.json")
     if not path.exists():
         return {}
-    saved = _flatten(read_saved_config(path))
-    new = _flatten(json.loads(config.to_json_best_effort()))
+    saved = _computed(read_saved_config(path))
+    new = computation_values(config)
     return {
         key: (saved.get(key, _MISSING), new.get(key, _MISSING))
         for key in sorted(saved.keys() | new.keys())
-        if key.split(".")[0] not in REPORTING_KEYS
-        and saved.get(key, _MISSING) != new.get(key, _MISSING)
+        if saved.get(key, _MISSING) != new.get(key, _MISSING)
     }
+
+
+def computation_values(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """{dotted key: value} of every key of `config` that changes what a run computes."""
+    return _computed(json.loads(config.to_json_best_effort()))
+
+
+def _computed(tree: dict) -> dict[str, object]:
+    return {k: v for k, v in _flatten(tree).items() if k.split(".")[-1] not in REPORTING_KEYS}
 
 
 def check_same_config(
