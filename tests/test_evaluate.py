@@ -3,12 +3,15 @@
 import shutil
 from pathlib import Path
 
+import pytest
+
 from selfsup.config import load_config_file
 from selfsup.evaluate.run import evaluate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+@pytest.mark.slow  # One k-NN evaluation (~20 s on a loaded machine).
 def test_a_one_class_evaluation_warns_that_its_accuracy_means_nothing(
     pretrained_run, tmp_path, capsys
 ):
