@@ -67,6 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             min_crop_area=0.25,
             flip=True,
             log_every_steps=20,
+            # Checkpoints in the evaluation's workdir (and one on SIGTERM), so that a re-run of
+            # the same command resumes a fine-tuning cut short; dropped once the row is saved.
+            checkpoint_every_steps=20,
             optim=dict(
                 name="sgd",
                 learning_rate=0.1,  # Peak lr = 0.1 * batch_size / 256; chosen on minival.
@@ -89,4 +92,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.finetune.batch_size = 32
         config.finetune.warmup_steps = 1
         config.finetune.log_every_steps = 3
+        config.finetune.checkpoint_every_steps = 3
     return config

@@ -4,8 +4,9 @@ when `--config` is left out (their `--config.KEY=VALUE` overrides then apply to 
 
 Errors a user can fix (bad config, missing data, NaN loss, a full or read-only disk) end the
 command with one line that names the problem and the fix, instead of a stack trace, and exit
-status 1; SIGTERM and Ctrl-C stop a pretraining run with a checkpoint (exit status 128 + the
-signal's number, as shells report a job a signal ended).
+status 1; SIGTERM and Ctrl-C stop a training run (pretraining, fine-tuning in evaluate) with a
+checkpoint, and any other work at once, in one line (exit status 128 + the signal's number, as
+shells report a job a signal ended).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ DEMO_CONFIG = CONFIGS_DIR / "demo.py"
 # The config file of a command that has only one, used when --config is not given.
 DEFAULT_CONFIGS = {"demo": DEMO_CONFIG, "export": CONFIGS_DIR / "export.py"}
 COMMANDS = ("demo", "pretrain", "evaluate", "show-augmentations", "export")
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a job stopped by Ctrl-C.
 # What to do about an OS error in reading or writing a file, by errno.
 _NO_SPACE = "free space there or pass a --workdir elsewhere, then re-run the same command"
 # What that re-run does, by command.
@@ -99,7 +99,8 @@ _RESUME_STEP = flags.DEFINE_integer(
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
     False,
-    "Resume a pretraining workdir even though --config differs from the one it was made with.",
+    "Resume a pretraining or evaluation workdir even though --config differs from the one it "
+    "was made with (an evaluation then starts over).",
 )
 
 
@@ -109,23 +110,26 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     logging.get_absl_logger().addFilter(_without_orbax_tracebacks)
     sys.excepthook, sys.unraisablehook = _excepthook, _unraisablehook
+    signal.signal(signal.SIGTERM, _stopped)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ignored in background jobs.
-        signal.signal(signal.SIGINT, _interrupted)
+        signal.signal(signal.SIGINT, _stopped)
     run_command(argv[1])
 
 
-def _interrupted(signum, frame) -> None:
-    """Ctrl-C outside the training loop (whose own handler checkpoints first): stop at once, in
-    one line. A KeyboardInterrupt instead can land in a callback that swallows it (JAX's
-    garbage-collection callback does), and the command would run on."""
+def _stopped(signum, frame) -> None:
+    """SIGTERM or Ctrl-C outside a training loop (whose own handler checkpoints first): stop at
+    once, in one line. A KeyboardInterrupt instead can land in a callback that swallows it
+    (JAX's garbage-collection callback does), and the command would run on. What the commands
+    keep is written atomically, so stopping anywhere loses only the work under way."""
     with contextlib.suppress(RuntimeError):  # Reentrant: the handler interrupted a print.
         sys.stdout.flush()
+    what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped by SIGTERM"
     os.write(
         sys.stderr.fileno(),
-        b"error: interrupted (Ctrl-C): re-run the same command to continue (pretrain resumes "
-        b"from its last checkpoint).\n",
+        f"error: {what}: re-run the same command to continue (pretrain resumes from its last "
+        "checkpoint, evaluate keeps the features and results it finished).\n".encode(),
     )
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(128 + signum)
 
 
 def run_command(command: str) -> None:
@@ -182,7 +186,7 @@ def dispatch(command: str) -> None:
     else:
         from selfsup.evaluate.run import evaluate
 
-        evaluate(config, workdir)
+        evaluate(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 def fail(line: str, status: int = 1) -> NoReturn:

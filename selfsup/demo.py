@@ -32,7 +32,9 @@ def demo(
             task.pretrain.data_dir = config.data_dir
         pretrained = pretrain(task.pretrain, pretrain_dir, allow_config_change=allow_config_change)
         task.probe.checkpoint = str(pretrain_dir)
-        probed, probe_rows = evaluate(task.probe, probe_dir)
+        probed, probe_rows = evaluate(
+            task.probe, probe_dir, allow_config_change=allow_config_change
+        )
         summary.update({f"{name}/{k}": v for k, v in {**pretrained, **probed}.items()})
         rows += table_rows(name, task.probe.features, pretrained, probe_rows)
     summary["demo/wall_seconds"] = time.perf_counter() - start

@@ -220,11 +220,12 @@ def write_transfer_report(
     *,
     settings: Sequence[str],
     plots: Sequence[Callable[[Sequence[Mapping[str, object]], Path, str], str]] = (),
+    warnings: Sequence[str] = (),
 ) -> None:
-    """`report.md`: the accuracy table, how settings were chosen (a sentence per evaluator,
-    `settings`), every row with its settings, and the plots: accuracy against label fraction,
-    then each of `plots` (an evaluator's own: `plot(rows, workdir, title)` draws into the
-    workdir and gives report.md's lines, "" for none), then accuracy by depth."""
+    """`report.md`: `warnings` first, the accuracy table, how settings were chosen (a sentence
+    per evaluator, `settings`), every row with its settings, and the plots: accuracy against
+    label fraction, then each of `plots` (an evaluator's own: `plot(rows, workdir, title)` draws
+    into the workdir and gives report.md's lines, "" for none), then accuracy by depth."""
     title = f"{summary['data']} ({summary['eval_split']})"
     if len({r["label_fraction"] for r in rows}) == 1:
         plot_accuracy_bars(rows, workdir / "accuracy.png", title=title)
@@ -237,7 +238,8 @@ def write_transfer_report(
     Path(workdir, "report.md").write_text(
         f"# Transfer: {summary['data']}, trained on {summary['train_split']!r}, "
         f"tested on {summary['eval_split']!r}\n\n"
-        f"Encoder from `{summary['checkpoint']}` (step {summary['checkpoint_step']}) and a "
+        + "".join(f"**Warning:** {w}\n\n" for w in warnings)
+        + f"Encoder from `{summary['checkpoint']}` (step {summary['checkpoint_step']}) and a "
         f"random-init encoder of the same architecture. Test accuracy (%) on "
         f"`{summary['eval_split']}`:\n\n"
         + accuracy_table(rows)

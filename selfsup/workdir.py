@@ -24,7 +24,11 @@ from selfsup.files import write_atomically
 LOCK_FILE = ".lock"
 COMMAND_FILE = ".command"  # The command that made the workdir: one of COMMANDS.
 COMMANDS = ("pretrain", "evaluate", "export", "demo", "show-augmentations")
-# Keys that change how a run reports or where it finds its data, not what it computes.
+# Commands that run others in subfolders of their own workdir (demo: pretrain, then evaluate).
+COMPOSING_COMMANDS = frozenset({"demo"})
+_HELD: set[Path] = set()  # Workdirs this process claims now (a composing command's own).
+# Keys that change how a run reports or where it finds its data, not what it computes: a
+# key whose last part is one of these (`finetune.log_every_steps` too).
 REPORTING_KEYS = frozenset(
     {
         "log_every_steps",
@@ -93,7 +97,18 @@ def claim(workdir: str | Path, command: str) -> Iterator[None]:
     """
     workdir = Path(workdir)
     check_made_by(workdir, command)
+    check_not_nested(workdir, command)
     workdir.mkdir(parents=True, exist_ok=True)
+    _HELD.add(workdir.resolve())
+    try:
+        with _locked(workdir, command):
+            yield
+    finally:
+        _HELD.discard(workdir.resolve())
+
+
+@contextlib.contextmanager
+def _locked(workdir: Path, command: str) -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
@@ -118,20 +133,46 @@ def claim(workdir: str | Path, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def check_not_nested(workdir: str | Path, command: str) -> None:
+    """Refuses a workdir inside another command's workdir (`RUN/checkpoints` would write into
+    RUN) or holding one (its outputs would mix with that run's). A composing command's parts
+    may nest in the workdir it holds, and its own workdir may hold them."""
+    path = Path(workdir).resolve()
+    outer = next((p for p in path.parents if (p / COMMAND_FILE).is_file() and p not in _HELD), None)
+    inner = None
+    if command not in COMPOSING_COMMANDS and path.is_dir():
+        inner = next((p.parent for p in path.glob(f"*/**/{COMMAND_FILE}")), None)
+    if outer or inner:
+        which, where = (outer, "is inside") if outer else (inner, "holds")
+        maker = (which / COMMAND_FILE).read_text().strip() or "another command"
+        raise ConfigError(
+            f"--workdir={workdir} {where} {which}, the workdir of `python -m selfsup "
+            f"{maker}`: pass a folder outside any other command's workdir."
+        )
+
+
 def _changed_keys(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, tuple]:
     """`{key: (saved value, new value)}` for every computation-relevant key in which `config`
     differs from the `config.json` an earlier run wrote into `workdir` (empty if none)."""
     path = Path(workdir, "config.json")
     if not path.exists():
         return {}
-    saved = _flatten(read_saved_config(path))
-    new = _flatten(json.loads(config.to_json_best_effort()))
+    saved = _computed(read_saved_config(path))
+    new = computation_values(config)
     return {
         key: (saved.get(key, _MISSING), new.get(key, _MISSING))
         for key in sorted(saved.keys() | new.keys())
-        if key.split(".")[0] not in REPORTING_KEYS
-        and saved.get(key, _MISSING) != new.get(key, _MISSING)
+        if saved.get(key, _MISSING) != new.get(key, _MISSING)
     }
+
+
+def computation_values(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """{dotted key: value} of every key of `config` that changes what a run computes."""
+    return _computed(json.loads(config.to_json_best_effort()))
+
+
+def _computed(tree: dict) -> dict[str, object]:
+    return {k: v for k, v in _flatten(tree).items() if k.split(".")[-1] not in REPORTING_KEYS}
 
 
 def check_same_config(

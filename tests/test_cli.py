@@ -361,7 +361,7 @@ def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root,
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == (
         "error: interrupted (Ctrl-C): re-run the same command to continue (pretrain resumes "
-        "from its last checkpoint)."
+        "from its last checkpoint, evaluate keeps the features and results it finished)."
     )
 
 
@@ -496,3 +496,23 @@ def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(im
     )
     assert [r["step"] for r in full_log] == [3, 6, 9, 12, 15, 16]
     assert killed_log == full_log
+
+
+@pytest.mark.slow
+def test_sigterm_stops_evaluate_before_training_in_one_line(pretrained_run, tmp_path):
+    command = [
+        sys.executable, "-m", "selfsup", "evaluate", f"{PROBE}:runlocal",
+        f"--workdir={tmp_path / 'eval'}", f"--config.checkpoint={pretrained_run}",
+        "--config.batch_size=8",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    while not (tmp_path / "eval" / ".lock").exists():  # Started: it holds its workdir.
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "error: stopped by SIGTERM: re-run the same command to continue (pretrain resumes from "
+        "its last checkpoint, evaluate keeps the features and results it finished)."
+    )

@@ -3,6 +3,7 @@ example, equal to running the encoder on all images at once, at every depth from
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,12 @@ from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
-from selfsup.evaluate.features import LAYERS, extract_features, resolve_layers
+from selfsup.evaluate.features import (
+    LAYERS,
+    MAX_IN_FLIGHT,
+    extract_features,
+    resolve_layers,
+)
 from selfsup.models.resnet import ResNet
 
 
@@ -87,6 +93,32 @@ def test_each_stage_equals_a_direct_forward_to_it_all_from_one_pass(tmp_path: Pa
         np.testing.assert_allclose(features[stage], direct, rtol=1e-5, atol=1e-6)
     # The deepest stage, pooled, is the encoder's output: the pre-logits.
     np.testing.assert_allclose(features["stage4"], encoder(x, train=False), rtol=1e-5, atol=1e-6)
+
+
+def test_the_batches_in_flight_are_bounded_whatever_the_data_size(tmp_path: Path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for i in range(96):  # 12 batches of 8.
+        path = tmp_path / "test" / f"c{i % 2}" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (8, 8, 3), np.uint8)).numpy())
+    ds = pipeline.eval_dataset(
+        open_source(f"folder:{tmp_path}"), "test", to_float, local_batch_size=8
+    )
+    live = []  # Arrays alive on the devices as each batch is handed over.
+    global_batches = pipeline.global_batches
+
+    def counted(*args, **kwargs):
+        for batch in global_batches(*args, **kwargs):
+            live.append(len(jax.live_arrays()))
+            yield batch
+
+    monkeypatch.setattr(pipeline, "global_batches", counted)
+    encoder = ResNet(18, stem="cifar", width=0.125, rngs=nnx.Rngs(0))
+    features, labels = extract_features(encoder, ds, parallel.make_mesh(), what="test", total=96)
+    assert len(live) == 12 and features["stage4"].shape == (96, 64) and len(labels) == 96
+    # Once MAX_IN_FLIGHT batches are out, each new one replaces one gathered to the host.
+    steady = live[MAX_IN_FLIGHT + 1 :]
+    assert max(steady) == min(steady), live
 
 
 def test_layers_are_stage_names_or_all_stages():

@@ -179,3 +179,33 @@ def test_an_empty_command_file_is_named_with_the_fix(tmp_path):
     )
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_made_by(tmp_path, "pretrain", flag="--config.checkpoint")
+
+
+def test_a_workdir_inside_or_holding_another_commands_workdir_is_refused(pretrained_run, tmp_path):
+    before = tree(pretrained_run)
+    probe = load_config_file(CONFIGS / "linear_probe.py", "runlocal")
+    probe.checkpoint = str(pretrained_run)
+    with pytest.raises(ConfigError) as error:
+        evaluate(probe, pretrained_run / "checkpoints")
+    assert str(error.value) == (
+        f"--workdir={pretrained_run / 'checkpoints'} is inside {pretrained_run}, the workdir of "
+        "`python -m selfsup pretrain`: pass a folder outside any other command's workdir."
+    )
+    with pytest.raises(ConfigError, match=f"holds {pretrained_run}, the workdir of `python -m "):
+        evaluate(probe, pretrained_run.parent)
+    assert tree(pretrained_run) == before  # Nothing written into the run.
+
+    evaluation = tmp_path / "evaluation"
+    with claim(evaluation, "evaluate"):
+        pass
+    config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
+    with pytest.raises(ConfigError, match="is inside .*evaluation, the workdir of `python -m "):
+        loop.pretrain(config, evaluation / "more")
+    assert not (evaluation / "more").exists()
+    with pytest.raises(ConfigError, match="holds .*evaluation, the workdir of `python -m "):
+        loop.pretrain(config, tmp_path)
+    # A composing command's parts nest in the workdir it holds.
+    with claim(tmp_path / "demo", "demo"), claim(tmp_path / "demo" / "simclr", "pretrain"):
+        pass
+    with claim(tmp_path / "demo", "demo"):  # And its re-run resumes them.
+        pass

@@ -1,5 +1,7 @@
 """Frozen-feature extraction: the encoder in inference mode over sharded, padded, masked eval
-batches, gathered to the host with padding rows removed (no example dropped or doubled).
+batches, gathered to the host with padding rows removed (no example dropped or doubled). At
+most `MAX_IN_FLIGHT` batches are on their way at once: the devices stay busy while the host
+feeds the next, and memory holds the pooled features of the data, not its batches.
 Examples that are several patches ([P, h, w, C] each) get the mean of their patches' features,
 as Revisiting-SSL evaluates patch-based models (`combine_patches=avg_pool`).
 
@@ -10,6 +12,8 @@ depth asked for comes out of one forward pass over the data.
 """
 
 from __future__ import annotations
+
+import collections
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +28,9 @@ from selfsup.evaluate import PRE_LOGITS
 from selfsup.progress import Progress
 
 LAYERS = ("stage1", "stage2", "stage3", "stage4")
+# Batches dispatched but not yet gathered to the host: enough to keep the devices busy; a host
+# running ahead without limit holds every batch's inputs and outputs until the end.
+MAX_IN_FLIGHT = 2
 ALL_STAGES = "all_stages"
 
 
@@ -69,15 +76,48 @@ def extract_features(
         features = pooled_layers(encoder, images.reshape((n * p, *images.shape[2:])), layers)
         return {k: v.reshape((n, p, -1)).mean(axis=1) for k, v in features.items()}
 
-    outputs = []
+    gathered = Gathered(total, layers)
+    in_flight = collections.deque()
     progress = Progress(f"features of {what}", total)
     for batch in pipeline.global_batches(ds, mesh, what=what):
-        outputs.append((forward(state, batch["image"]), batch["label"], batch["mask"]))
+        in_flight.append((forward(state, batch["image"]), batch["label"], batch["mask"]))
+        if len(in_flight) > MAX_IN_FLIGHT:
+            gathered.add(*in_flight.popleft())
         progress.advance(batch["mask"].shape[0])
-    # One gather at the end, so the host never waits on a batch: it keeps feeding the devices.
-    features, labels, masks = zip(*multihost_utils.process_allgather(outputs, tiled=True))
-    masks = np.concatenate(masks)
-    stacked = {
-        k: np.concatenate([f[k] for f in features])[masks].astype(np.float32) for k in layers
-    }
-    return stacked, np.concatenate(labels)[masks]
+    while in_flight:
+        gathered.add(*in_flight.popleft())
+    return gathered.result()
+
+
+class Gathered:
+    """The real rows of every batch's features and labels, on the host, in order, written into
+    arrays of the announced `total` rows: the host holds each feature once, never a list of
+    batches and its concatenation."""
+
+    def __init__(self, total: int, layers: tuple[str, ...]):
+        self.total, self.layers, self.count = total, layers, 0
+        self.features: dict[str, np.ndarray] = {}
+        self.labels = np.zeros(0, np.int32)
+
+    def add(self, features: dict[str, jax.Array], labels: jax.Array, mask: jax.Array) -> None:
+        # A collective in a multi-process run: every process gathers the same batches.
+        features, labels, mask = multihost_utils.process_allgather(
+            (features, labels, mask), tiled=True
+        )
+        mask = np.asarray(mask, bool)
+        end = self.count + int(mask.sum())
+        if end > self.total:
+            raise RuntimeError(f"more than the {self.total} examples announced reached features")
+        if not self.features:
+            self.labels = np.zeros(self.total, np.asarray(labels).dtype)
+            self.features = {
+                k: np.zeros((self.total, features[k].shape[-1]), np.float32) for k in self.layers
+            }
+        for k in self.layers:
+            self.features[k][self.count : end] = np.asarray(features[k])[mask]
+        self.labels[self.count : end] = np.asarray(labels)[mask]
+        self.count = end
+
+    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        n = self.count
+        return {k: v[:n] for k, v in self.features.items()}, self.labels[:n]

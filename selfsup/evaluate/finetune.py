@@ -13,7 +13,8 @@ resized crop (area in [min_crop_area, 1]) + left-right flip, no colour distortio
 momentum, linear warmup then cosine decay, for a fixed number of steps; the head starts at zero.
 It runs on the engine pretraining runs on (`train.engine`): the same jitted, donated step with
 the batch sharded over every device (so BatchNorm statistics are those of the global batch),
-the same NaN stop and progress line; only the loss and the parameter groups are its own.
+the same NaN stop, progress line, checkpoints and SIGTERM stop (given a folder for them, a run
+cut short resumes bit-identical); only the loss and the parameter groups are its own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from selfsup.evaluate.subsets import subset_source
 from selfsup.evaluate.target import Target
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, STAGE_NAMES
 from selfsup.train import engine
+from selfsup.train.checkpoint import Checkpointer
 from selfsup.train.optim import (
     lr_multipliers,
     make_optimizer,
@@ -166,16 +168,23 @@ def finetune_loss(graphdef: nnx.GraphDef, *, frozen_stages: int) -> engine.LossF
 
 @dataclasses.dataclass
 class FinetuneHooks(engine.Hooks):
-    """The engine's hooks for fine-tuning: a progress line per log, no checkpoints."""
+    """The engine's hooks for fine-tuning: a progress line per log; checkpoints that carry the
+    last logged metrics too (a run resumed at its last step reports them)."""
 
     what: str
     throughput: progress.Throughput
+    checkpointer: Checkpointer | None = None
+    logged: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         _, rate = self.throughput.report(step)
         total = self.throughput.total_steps
         print(f"  {self.what}: step {step}/{total}  loss {metrics['loss']:.4f}{rate}", flush=True)
+        self.logged = metrics
         return metrics
+
+    def save(self, step: int, state: TrainState, window: dict) -> None:
+        self.checkpointer.save(step, state, metric_window={**window, "logged": self.logged})
 
     def diverged(self, problem: str, step: int) -> engine.NonFiniteLossError:
         return engine.NonFiniteLossError(
@@ -259,10 +268,13 @@ def finetune(
     mesh: jax.sharding.Mesh,
     seed: int,
     what: str,
+    checkpoints: Path | None = None,
 ) -> tuple[FinetuneResult, Classifier]:
     """Fine-tunes a copy of `encoder` (left untouched) with a new head on `train_split` of
     `source`, fed `preprocess` of random crops; returns its accuracy on each `evaluation`
-    dataset (`eval_dataset`s of `preprocess`ed images) and the fine-tuned classifier."""
+    dataset (`eval_dataset`s of `preprocess`ed images) and the fine-tuned classifier. With
+    `checkpoints` (a folder), it saves there every `checkpoint_every_steps` and on SIGTERM,
+    and resumes from the latest checkpoint found there."""
     start = time.perf_counter()
     num_examples = source.num_examples(train_split)
     batch_size = fitting_batch_size(config.batch_size, num_examples, mesh, what=what)
@@ -283,16 +295,12 @@ def finetune(
         frozen_stages=frozen_stages,
         mesh=mesh,
     )
-    batches = _train_batches(source, train_split, config, preprocess, batch_size, mesh, seed)
-    throughput = dict(start_step=0, total_steps=config.steps, batch_size=batch_size)
-    state, logged = engine.run(
-        init(params, batch_stats),
-        train_step,
-        batches,
-        start_step=0,
-        cadence=engine.Cadence(total_steps=config.steps, log_every=config.log_every_steps),
-        hooks=FinetuneHooks(what, progress.Throughput(**throughput)),
-    )
+    state, logged = _train(
+        init(params, batch_stats), train_step, checkpoints, mesh, config=config, what=what,
+        batch_size=batch_size, batches=lambda start: _train_batches(
+            source, train_split, config, preprocess, batch_size, mesh, seed, start
+        ),
+    )  # fmt: skip
     classifier = graphdef, state.params, state.batch_stats
     result = FinetuneResult(
         accuracy={
@@ -309,13 +317,50 @@ def finetune(
     return result, nnx.merge(*classifier)
 
 
-def _train_batches(source, split, config, preprocess, batch_size: int, mesh, seed: int):
+def _train(state, train_step, checkpoints: Path | None, mesh, *, config, what, batch_size, batches):
+    """(final state, last logged metrics) of the run from `state`, or from the latest checkpoint
+    in `checkpoints`; `batches(start_step)` gives the data from a step on."""
+    checkpointer = Checkpointer(checkpoints, keep=1) if checkpoints else None
+    try:
+        return _run(state, train_step, checkpointer, mesh, config, what, batch_size, batches)
+    finally:
+        if checkpointer:
+            checkpointer.close()
+
+
+def _run(state, train_step, checkpointer, mesh, config, what, batch_size, batches):
+    restored = checkpointer.restore_latest(state) if checkpointer and checkpointer.steps() else None
+    start = restored.step if restored else 0
+    if restored:
+        print(f"  {what}: resuming from its checkpoint at step {start}/{config.steps}.")
+        state = restored.state
+    throughput = dict(start_step=start, total_steps=config.steps, batch_size=batch_size)
+    hooks = FinetuneHooks(what, progress.Throughput(**throughput), checkpointer)
+    state, logged = engine.run(
+        state,
+        train_step,
+        batches(start),
+        start_step=start,
+        cadence=engine.Cadence(
+            total_steps=config.steps,
+            log_every=config.log_every_steps,
+            save_every=config.checkpoint_every_steps if checkpointer else 0,
+        ),
+        hooks=hooks,
+        window=engine.Window.from_json(restored.metric_window, mesh) if restored else None,
+    )
+    # A run resumed at its last step trains nothing: the metrics saved with it stand.
+    return state, logged or (restored.metric_window.get("logged", {}) if restored else {})
+
+
+def _train_batches(source, split, config, preprocess, batch_size: int, mesh, seed: int, start=0):
     ds = pipeline.train_dataset(
         source,
         split,
         _train_example(config, preprocess),
         local_batch_size=parallel.local_batch_size(batch_size, mesh, what="finetune.batch_size"),
         seed=seed,
+        start_step=start,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
@@ -334,39 +379,52 @@ def run(
     for fraction, indices in target.splits.subsets.items():
         train = subset_source(target.source, target.train_split, indices, name="labelled")
         for frozen_stages in ft.freeze_stages:
-            method = f"finetune/freeze{frozen_stages}"
-            result, _ = finetune(
-                encoder,
-                source=train,
-                train_split="labelled",
-                evaluation=evaluation,
-                config=ft,
-                frozen_stages=frozen_stages,
-                preprocess=target.crop_input,
-                mesh=target.mesh,
-                seed=config.seed,
-                what=f"{name} {method} {fraction_name(fraction)} labels",
-            )
-            rows.append(
-                row(
-                    name,
-                    method,
-                    fraction,
-                    indices,
-                    test_accuracy=result.accuracy["test"],
-                    minival_accuracy=result.accuracy["minival"],
-                    train_loss=result.train_loss,
-                    freeze_stages=frozen_stages,
-                    learning_rate=result.learning_rate,
-                    stage_lr_decay=ft.stage_lr_decay,
-                    weight_decay=ft.optim.weight_decay,
-                    steps=result.steps,
-                    batch_size=result.batch_size,
-                    epochs=result.epochs,
-                    seconds=result.seconds,
-                )  # fmt: skip
-            )
+            what = f"{name} finetune/freeze{frozen_stages} {fraction_name(fraction)} labels"
+            rows += target.saved.rows(
+                what,
+                functools.partial(setting_rows, target, config, name, encoder, evaluation, train,
+                                  fraction, indices, frozen_stages, what),
+            )  # fmt: skip
     return rows
+
+
+def setting_rows(
+    target, config, name, encoder, evaluation, train, fraction, indices, frozen_stages, what
+) -> list[Row]:
+    """The row of one fine-tuning setting, checkpointed in the evaluation's saved work."""
+    ft = config.finetune
+    result, _ = finetune(
+        encoder,
+        source=train,
+        train_split="labelled",
+        evaluation=evaluation,
+        config=ft,
+        frozen_stages=frozen_stages,
+        preprocess=target.crop_input,
+        mesh=target.mesh,
+        seed=config.seed,
+        what=what,
+        checkpoints=target.saved.checkpoints(what),
+    )
+    return [
+        row(
+            name,
+            f"finetune/freeze{frozen_stages}",
+            fraction,
+            indices,
+            test_accuracy=result.accuracy["test"],
+            minival_accuracy=result.accuracy["minival"],
+            train_loss=result.train_loss,
+            freeze_stages=frozen_stages,
+            learning_rate=result.learning_rate,
+            stage_lr_decay=ft.stage_lr_decay,
+            weight_decay=ft.optim.weight_decay,
+            steps=result.steps,
+            batch_size=result.batch_size,
+            epochs=result.epochs,
+            seconds=result.seconds,
+        )
+    ]
 
 
 def settings(config: ml_collections.ConfigDict) -> str:

@@ -12,7 +12,10 @@ each evaluator named in `config.evaluators` for every encoder and label fraction
   `config.finetune.freeze_stages` of frozen bottom stages.
 
 Every result is a row that carries its settings; rows become `summary.json` (flat keys),
-`metrics.jsonl`, `report.md` and plots.
+`metrics.jsonl`, `report.md` and plots. Finished rows, extracted features and fine-tuning
+checkpoints are saved as they come (`resume`), so the same command re-run after a kill goes on
+from where it stopped; a re-run under another config is refused unless
+`--allow_config_change`, and then starts over.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate import Row, fraction_name, get_evaluator, value_rules
 from selfsup.evaluate.features import resolve_layers
+from selfsup.evaluate.resume import SavedWork, fingerprint
 from selfsup.evaluate.subsets import make_label_splits, split_labels
 from selfsup.evaluate.target import Target
 from selfsup.pretext import get_task
 from selfsup.pretrained import init_encoder, init_weights
 from selfsup.train.checkpoint import load_pretrained_model
-from selfsup.workdir import claim
+from selfsup.workdir import check_same_config, claim
 
 
 def summary_key(r: Row, field: str) -> str:
@@ -77,11 +81,15 @@ def eval_views(task, config: ml_collections.ConfigDict) -> dict[str, Callable]:
     return views
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Row, list[Row]]:
-    """Runs the suite; writes and returns the flat summary and the result rows. Refuses a
-    workdir that a live run holds."""
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False
+) -> tuple[Row, list[Row]]:
+    """Runs the suite, or resumes the one in `workdir`; writes and returns the flat summary and
+    the result rows. Refuses a workdir that a live run holds, or (unless `allow_config_change`)
+    one that an evaluation of another config made."""
     check_config(config)
     with claim(workdir, "evaluate"):
+        check_same_config(config, workdir, allow_change=allow_config_change)
         return _evaluate(config, Path(workdir))
 
 
@@ -90,7 +98,12 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     mesh = parallel.make_mesh()
     pre_config, step, model = load_pretrained_model(config.checkpoint, mesh)
     task = get_task(pre_config)
-    target, skipped = open_target(config, pre_config, task, mesh)
+    saved = SavedWork(
+        workdir, fingerprint(config, Path(config.checkpoint, "checkpoints", str(step)))
+    )
+    target, skipped = open_target(config, pre_config, task, mesh, saved)
+    for warning in warnings(target):
+        print(f"Warning: {warning}")
     save_config(config, workdir)
     encoders = {"pretrained": model.encoder}
     if config.random_init_baseline:
@@ -113,7 +126,12 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
         r
         for evaluator in config.evaluators
         for name, encoder in encoders.items()
-        for r in printed(get_evaluator(evaluator).run(target, config, name, encoder))
+        for r in printed(
+            saved.rows(
+                f"{evaluator} {name}",
+                lambda: get_evaluator(evaluator).run(target, config, name, encoder),  # noqa: B023
+            )
+        )
     ]
     for r in rows:
         for field, value in r.items():
@@ -127,8 +145,21 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
     evaluators = [get_evaluator(e) for e in config.evaluators]
     settings = [e.settings(config) for e in evaluators]
     plots = [e.plot for e in evaluators if e.plot]
-    report.write_transfer_report(workdir, config, summary, rows, settings=settings, plots=plots)
+    report.write_transfer_report(
+        workdir, config, summary, rows, settings=settings, plots=plots, warnings=warnings(target)
+    )
+    saved.finished()
     return summary, rows
+
+
+def warnings(target: Target) -> list[str]:
+    """What makes the results of this target mean less than they seem."""
+    if target.source.num_classes < 2:
+        return [
+            f"{target.source.spec} has {target.source.num_classes} class, so every accuracy "
+            "is 100% whatever the encoder: evaluate on data of two or more classes."
+        ]
+    return []
 
 
 def printed(rows: list[Row]) -> list[Row]:
@@ -142,9 +173,10 @@ def printed(rows: list[Row]) -> list[Row]:
     return rows
 
 
-def open_target(config, pre_config, task, mesh) -> tuple[Target, list]:
-    """The target task (empty data keys: the pretraining run's) with its label splits and the
-    task's evaluation inputs, and the images left out as undecodable."""
+def open_target(config, pre_config, task, mesh, saved: SavedWork) -> tuple[Target, list]:
+    """The target task (empty data keys: the pretraining run's) with its label splits, the
+    task's evaluation inputs and the evaluation's `saved` work, and the images left out as
+    undecodable."""
     data = config.data or pre_config.data
     source = open_source(data, data_dir=config.data_dir or pre_config.data_dir or None)
     train_split = config.train_split or pre_config.train_split
@@ -177,5 +209,6 @@ def open_target(config, pre_config, task, mesh) -> tuple[Target, list]:
         image_input=views["image"],
         crop_input=task.eval_views(crop_proportion=1.0)["image"],
         layers=resolve_layers(config.layers),
+        saved=saved,
     )
     return target, skipped

@@ -14,6 +14,7 @@ from flax import nnx
 from selfsup.data import pipeline
 from selfsup.data.sources import Source
 from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.resume import SavedWork
 from selfsup.evaluate.subsets import LabelSplits, subset_source
 
 
@@ -33,6 +34,7 @@ class Target:
     # A fine-tuning crop, already a square view: prepared as an evaluation image, not cropped again.
     crop_input: Callable[[tf.Tensor], tf.Tensor]
     layers: tuple[str, ...]  # The depths frozen evaluators probe.
+    saved: SavedWork  # Features, rows and checkpoints kept for a resume.
     _features: dict[str, dict[str, tuple[np.ndarray, ...]]] = dataclasses.field(
         default_factory=dict
     )
@@ -56,18 +58,25 @@ class Target:
         """(train_x, train_y, test_x, test_y) of encoder `name` at depth `layer`; train rows in
         split order. Every layer's features come from one pass over each split."""
         if name not in self._features:
-            (train_x, train_y), (test_x, test_y) = (
-                extract_features(
-                    encoder,
-                    self.eval_dataset(self.source, split, self.feature_input),
-                    self.mesh,
-                    what=f"{self.source.spec} split {split!r}",
-                    total=self.source.num_examples(split),
-                    layers=self.layers,
-                )
-                for split in (self.train_split, self.eval_split)
-            )
+            arrays = self.saved.arrays(f"features {name}", lambda: self._extract(encoder))
             self._features[name] = {
-                layer: (train_x[layer], train_y, test_x[layer], test_y) for layer in self.layers
-            }
+                layer: (arrays[f"train.{layer}"], arrays["train"], arrays[f"test.{layer}"],
+                        arrays["test"])
+                for layer in self.layers
+            }  # fmt: skip
         return self._features[name][layer]
+
+    def _extract(self, encoder: nnx.Module) -> dict[str, np.ndarray]:
+        """{"train.<layer>": features, "train": labels, and the same for "test"}."""
+        arrays = {}
+        for part, split in (("train", self.train_split), ("test", self.eval_split)):
+            features, arrays[part] = extract_features(
+                encoder,
+                self.eval_dataset(self.source, split, self.feature_input),
+                self.mesh,
+                what=f"{self.source.spec} split {split!r}",
+                total=self.source.num_examples(split),
+                layers=self.layers,
+            )
+            arrays |= {f"{part}.{layer}": x for layer, x in features.items()}
+        return arrays
