@@ -31,12 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_env(devices: int = 2) -> dict[str, str]:
-    """The test session's environment with `devices` fake CPU devices and its compile cache."""
+    """The test session's environment (its compile cache included: tests/conftest.py) with
+    `devices` fake CPU devices."""
     return {
         **os.environ,
         "XLA_FLAGS": f"{QUICK_COMPILE} --xla_force_host_platform_device_count={devices}",
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 
