@@ -1,6 +1,6 @@
 """Test session setup: eight fake CPU devices (set before JAX is imported anywhere), quick
-compiles, quiet TF, temp files kept out of the system temp dir, and a tiny image folder for
-trainer tests."""
+compiles, one compile cache for the session, quiet TF, temp files kept out of the system temp
+dir, and a tiny image folder for trainer tests."""
 
 import os
 import tempfile
@@ -8,15 +8,25 @@ import tempfile
 # The tests' programs are small, so compiling them costs more than running them: LLVM without
 # its optimisations halves the CPU time of a compile-bound test (a BYOL 1-vs-8-device test: 146
 # CPU s -> 81) and leaves a step-bound one as it was. Command subprocesses get it too
-# (test_cli.cli_env), so their numbers are those of the session.
+# (test_cli.cli_env), so their numbers are those of the session. The flags are added once: xdist
+# workers inherit the controller's, and JAX's cache key hashes XLA_FLAGS as written.
 QUICK_COMPILE = "--xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = (
-    f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILE} --xla_force_host_platform_device_count=8"
-).strip()
+_flags = os.environ.get("XLA_FLAGS", "").split()
+for _flag in (QUICK_COMPILE, "--xla_force_host_platform_device_count=8"):
+    if _flag not in _flags:
+        _flags.append(_flag)
+os.environ["XLA_FLAGS"] = " ".join(_flags)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TFDS leaves empty tmp*tfds folders behind; keep them in a folder of this session.
 os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="selfsup-tests-")
 tempfile.tempdir = None
+# Tests build the same tiny models many times: compile each program once per session. The first
+# process (pytest, or xdist's controller) names the cache; the workers and every subprocess they
+# start (the commands, `python -c` scripts) inherit it through the environment.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ["TMPDIR"], "jax-cache")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -24,11 +34,7 @@ import pytest  # noqa: E402
 import selfsup  # noqa: E402, F401  Sets XLA:CPU flags; JAX starts its backend below.
 
 assert len(jax.devices("cpu")) == 8, "tests expect 8 fake CPU devices; import jax after conftest"
-
-# Tests build the same tiny models many times; compile each program once per session.
-jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["TMPDIR"], "jax-cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @pytest.fixture(scope="module")

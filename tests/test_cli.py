@@ -1,8 +1,11 @@
 """The command line as a user runs it: pretrain then evaluate on a folder of images, and the
 one-line errors for bad input."""
 
+import contextlib
 import errno
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,12 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_env(devices: int = 2) -> dict[str, str]:
-    """The test session's environment with `devices` fake CPU devices and its compile cache."""
+    """The test session's environment (its compile cache included: tests/conftest.py) with
+    `devices` fake CPU devices."""
     return {
         **os.environ,
         "XLA_FLAGS": f"{QUICK_COMPILE} --xla_force_host_platform_device_count={devices}",
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 
@@ -46,6 +48,50 @@ def selfsup(*args: str, cwd: Path, devices: int = 2) -> subprocess.CompletedProc
         text=True,
         timeout=600,
     )
+
+
+def selfsup_here(*args: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
+    """`selfsup(*args)` in this process: the command's own flag parsing, checks and error
+    lines, without a new interpreter's imports and compiles. Process-wide state the command
+    sets (flags, hooks, the Ctrl-C handler, logging) is put back. This process's backend is up,
+    so JAX's cluster detection answers as on one machine without a cluster, and the commands'
+    allocator setting (`parallel.reuse_step_memory`) is left out."""
+    from absl import flags
+
+    from selfsup import cli
+
+    def no_cluster(*args, **kwargs):
+        raise ValueError(parallel._NO_CLUSTER)
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["selfsup", *args])  # Where config_flags finds overrides.
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    monkeypatch.setattr(parallel, "reuse_step_memory", lambda: None)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    sigint, stdout, stderr, code = signal.getsignal(signal.SIGINT), io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            cli.main(cli.parse_flags(sys.argv))
+    except SystemExit as e:  # The interpreter prints a message it is given, and exits with 1.
+        code = 1 if isinstance(e.code, str) else e.code or 0
+        stderr.write(f"{e.code}\n" if isinstance(e.code, str) else "")
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        flags.FLAGS.unparse_flags()
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+            delattr(flags.FLAGS, name)  # The overrides config_flags defined in parsing.
+        logging.disable(logging.NOTSET)  # `cli.fail` silences logging as the process ends.
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_one_error_line(run: subprocess.CompletedProcess, code: int, message: str) -> None:
+    assert run.returncode == code, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    # One error line, the last thing written (TF's start-up notices may precede it).
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == run.stderr.strip().splitlines()[-1:], run.stderr[-2000:]
+    assert message in errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +232,6 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["pretrain", SIMCLR, "--workdir=W", "--config.batch_sise=8"], 1,
-         "unknown config key 'batch_sise': did you mean batch_size? check the spelling"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.nonexistent_key=1"], 1,
          "unknown config key 'nonexistent_key': check the spelling (the config file declares "
          "every key)."),
@@ -205,8 +249,6 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
         (["pretrain", SIMCLR, "--workdir=W", "--config.log_every_steps=0"], 1,
          "config.log_every_steps=0 is invalid: set --config.log_every_steps to an integer in [1, "
          "2147483647]."),
-        (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"], 1,
-         "needs all of --coordinator_address"),
         # A config file is Python: whatever is wrong with it is one line naming it.
         (["pretrain", "--config=syntax.py", "--workdir=W"], 1,
          "error: config file syntax.py failed: invalid syntax at line 1: fix it."),
@@ -231,8 +273,6 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
         # Paths that are the wrong kind of thing.
         (["pretrain", SIMCLR, "--workdir=file"], 1,
          "error: --workdir=file is a file, not a folder: pass a folder (made if missing)."),
-        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"], 1,
-         "error: evaluated is not a pretraining workdir"),
         (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=pretrained",
           "--config.features=patches"], 1,
          "error: config.features='patches' is not an input that simclr offers: use one of "
@@ -242,16 +282,36 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
          "file): remove or replace it, or set --config.corrupt_images=skip"),
     ],
 )  # fmt: skip
-def test_bad_input_fails_with_one_line(args, code, message, tmp_path):
+def test_bad_input_fails_with_one_line(args, code, message, tmp_path, monkeypatch):
+    """In this process; `test_a_command_process_ends_on_bad_input_in_one_line` runs each way
+    out as a command."""
+    bad_input_setup(tmp_path)
+    config = f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal"
+    args = [config if a == SIMCLR else a for a in args]
+    assert_one_error_line(selfsup_here(*args, cwd=tmp_path, monkeypatch=monkeypatch), code, message)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # Refused in parsing the command line, before the command starts.
+        (["pretrain", SIMCLR, "--workdir=W", "--config.batch_sise=8"],
+         "unknown config key 'batch_sise': did you mean batch_size? check the spelling"),
+        # Refused by the command: multi-process flags (JAX's cluster set-up, which only a fresh
+        # process can run), evaluate's and export's own checks.
+        (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"],
+         "needs all of --coordinator_address"),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"],
+         "error: evaluated is not a pretraining workdir"),
+        (["export", f"--config={ROOT / 'configs' / 'export.py'}", "--workdir=W"],
+         "error: export needs a pretraining run: pass --config.checkpoint=WORKDIR."),
+    ],
+)  # fmt: skip
+def test_a_command_process_ends_on_bad_input_in_one_line(args, message, tmp_path):
     bad_input_setup(tmp_path)
     config = f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal"
     run = selfsup(*[config if a == SIMCLR else a for a in args], cwd=tmp_path)
-    assert run.returncode == code, run.stderr[-2000:]
-    assert "Traceback" not in run.stderr
-    # One error line, the last thing written (TF's start-up notices may precede it).
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert errors == run.stderr.strip().splitlines()[-1:], run.stderr[-2000:]
-    assert message in errors[0]
+    assert_one_error_line(run, 1, message)
 
 
 @pytest.mark.parametrize(

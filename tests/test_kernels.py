@@ -1,7 +1,8 @@
 """Kernel selection (`config.model.kernels`), and the two kernel sets computing the same encoder:
-for the encoder of every config file (CIFAR stem, ImageNet stem, relative-patch patches; fp32
-and bf16), XLA's ops (what accelerators run) and the XLA:CPU rewrites agree on the CPU in every
-feature map, running average and gradient, parameters and input alike."""
+for one encoder per code path of the config files' encoders (each stem, each block type, every
+conv arithmetic of the rewrites; fp32 and bf16), XLA's ops (what accelerators run) and the
+XLA:CPU rewrites agree on the CPU in every feature map, running average and gradient,
+parameters and input alike."""
 
 import functools
 from pathlib import Path
@@ -16,14 +17,16 @@ from flax import nnx
 from selfsup.config import load_config_file
 from selfsup.models import kernels as kernel_choices
 from selfsup.models.kernels import CPU, XLA, kernels_for, xla_cpu
-from selfsup.models.resnet import encoder_from_config
+from selfsup.models.resnet import BLOCKS, encoder_from_config
 from selfsup.train.state import split_model
 
 ROOT = Path(__file__).resolve().parents[1]
-# Inputs above this size take no path of the rewrites that this size does not: at 32 px the
-# ImageNet stem's maps shrink from 16 to 1 through XLA's conv, the strided, im2col and
-# pixel-pair paths; larger inputs only add larger maps on XLA's conv.
-MAX_SIZE = 32
+# One encoder per code path: the CIFAR stem with basic blocks at 16 px, the ImageNet stem (7x7
+# conv, max pool) with bottleneck blocks at 32 px. Between them every conv arithmetic of the
+# rewrites runs, forward and backward: XLA's conv, strided, im2col, pixel-pair and 1x1 matmul
+# (at 32 px the ImageNet stem's maps shrink from 16 to 1; larger inputs only add larger maps on
+# XLA's conv). Other depths and sizes repeat these paths.
+ENCODERS = [(18, "cifar", 16), (50, "imagenet", 32)]
 
 
 def test_auto_takes_the_rewrites_on_a_cpu_and_xla_ops_elsewhere(monkeypatch):
@@ -38,9 +41,9 @@ def test_auto_takes_the_rewrites_on_a_cpu_and_xla_ops_elsewhere(monkeypatch):
     assert kernel_choices.KERNEL_NAMES == ("auto", "xla", "cpu")
 
 
-def encoders() -> list[tuple[int, str, int]]:
-    """(depth, stem, input size) of the encoder of every config file, full size and runlocal,
-    each once: input sizes above MAX_SIZE are tested at MAX_SIZE, widths at 1/8."""
+def test_the_compared_encoders_take_every_stem_and_block_of_the_configs():
+    """Every config file's encoder, full size and runlocal, is made of a stem and a block type
+    that `ENCODERS` compares."""
     found = set()
     for path in sorted((ROOT / "configs").glob("*.py")):
         if "def get_config(" not in path.read_text():
@@ -48,14 +51,11 @@ def encoders() -> list[tuple[int, str, int]]:
         for arg in (None, "runlocal"):
             config = load_config_file(path, arg)
             runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
-            for run in (r for r in runs if "model" in r):
-                block = run[run.task]  # Patch tasks feed patches; the others, whole views.
-                size = block.patch_size if "patch_size" in block else run.image_size
-                found.add((run.model.depth, run.model.stem, min(size, MAX_SIZE)))
-    return sorted(found)
-
-
-ENCODERS = encoders()
+            found |= {(r.model.stem, BLOCKS[r.model.depth][0]) for r in runs if "model" in r}
+    compared = {(stem, BLOCKS[depth][0]) for depth, stem, _ in ENCODERS}
+    assert {stem for stem, _ in found} <= {stem for stem, _ in compared}
+    assert {block for _, block in found} <= {block for _, block in compared}
+    assert len(found) >= 2
 
 
 @functools.cache
