@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import jax
 import ml_collections
 import numpy as np
 
 from selfsup.evaluate import Row
+from selfsup.files import write_atomically
 from selfsup.workdir import computation_values
 
 FOLDER = "resume"
@@ -33,7 +34,7 @@ def fingerprint(config: ml_collections.ConfigDict, checkpoint_folder: Path) -> s
     files = sorted(
         (str(f.relative_to(checkpoint_folder)), f.stat().st_size, f.stat().st_mtime_ns)
         for f in checkpoint_folder.rglob("*")
-        if f.is_file() and f.name != "SHA256SUMS"  # Written after the save it describes.
+        if f.is_file()
     )
     text = json.dumps(
         [computation_values(config), str(checkpoint_folder.resolve()), files], sort_keys=True
@@ -41,17 +42,9 @@ def fingerprint(config: ml_collections.ConfigDict, checkpoint_folder: Path) -> s
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary path)`, then the temporary file renamed to `path` in one step."""
+def _save(path: Path, data: str | Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(f".{path.name}.partial")
-    write(aside)
-    os.replace(aside, path)
-
-
-def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with path.open("wb") as f:
-        np.savez(f, **arrays)
+    write_atomically(path, data)
 
 
 class SavedWork:
@@ -71,7 +64,7 @@ class SavedWork:
             if self.writes:
                 shutil.rmtree(self.directory)
         if self.writes:
-            write_atomically(key_file, lambda p: p.write_text(key + "\n"))
+            _save(key_file, key + "\n")
 
     def _path(self, kind: str, name: str, suffix: str = "") -> Path:
         # Only letters, digits, `.`, `-` and `_`: orbax's storage reads `%` as an escape.
@@ -85,7 +78,7 @@ class SavedWork:
             return json.loads(path.read_text())
         rows = compute()
         if self.writes:
-            write_atomically(path, lambda p: p.write_text(json.dumps(rows)))
+            _save(path, json.dumps(rows))
             shutil.rmtree(self.checkpoints(name), ignore_errors=True)  # Its training is done.
         return rows
 
@@ -103,7 +96,7 @@ class SavedWork:
                 print(f"{name}: the saved copy {path} does not read back ({e}): recomputing.")
         arrays = compute()
         if self.writes:
-            write_atomically(path, lambda p: _savez(p, arrays))
+            _save(path, lambda f: np.savez(f, **arrays))
         return arrays
 
     def checkpoints(self, name: str) -> Path:

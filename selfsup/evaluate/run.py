@@ -37,6 +37,7 @@ from selfsup.evaluate.features import resolve_layers
 from selfsup.evaluate.resume import SavedWork, fingerprint
 from selfsup.evaluate.subsets import make_label_splits, split_labels
 from selfsup.evaluate.target import Target
+from selfsup.files import write_atomically
 from selfsup.pretext import get_task
 from selfsup.pretrained import init_encoder, init_weights
 from selfsup.train.checkpoint import load_pretrained_model
@@ -139,8 +140,8 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Row, li
                 summary[summary_key(r, field)] = value
     summary["evaluate/wall_seconds"] = time.perf_counter() - start
     report.write_summary(workdir, summary)
-    (workdir / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
+    write_atomically(
+        workdir / "metrics.jsonl", "".join(json.dumps({"step": step, **r}) + "\n" for r in rows)
     )
     evaluators = [get_evaluator(e) for e in config.evaluators]
     settings = [e.settings(config) for e in evaluators]
