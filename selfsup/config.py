@@ -166,7 +166,9 @@ VALUE_RULES: dict[str, Rule] = {
     "keep_checkpoints": integer(1, 1000, " (each is a full copy of the training state)"),
     "online_probe_classes": integer(-1, 1_000_000, " (-1: the data's class count, 0: none)"),
     "optim.name": choice("lars", "sgd"),
-    "optim.learning_rate": number(0, 100, " (before batch-size scaling)", open_low=True),
+    # 0 keeps the weights (e.g. to evaluate init_from's weights as a run); a rate too large
+    # diverges, which the NaN check stops in one line.
+    "optim.learning_rate": number(0, math.inf, " (before batch-size scaling)", open_high=True),
     "optim.lr_scaling": choice("linear", "sqrt"),
     "optim.momentum": number(0, 1, open_high=True),
     "optim.weight_decay": number(0, 1, open_high=True),
