@@ -30,6 +30,10 @@ from selfsup.train.checkpoint import load_train_state
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def foreground_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_env(devices: int = 2) -> dict[str, str]:
     """The test session's environment (its compile cache included: tests/conftest.py) with
     `devices` fake CPU devices."""
@@ -396,8 +400,12 @@ def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root,
         "--config.total_steps=400", "--config.log_every_steps=1",
         "--config.checkpoint_every_steps=1000",
     ]  # fmt: skip
+    # A shell without job control starts background jobs with Ctrl-C ignored, and the command
+    # then respects that; a user's Ctrl-C reaches a foreground command, which the test makes this
+    # one, however pytest itself was started.
     process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=foreground_ctrl_c)  # fmt: skip
     for line in process.stdout:  # Training is under way once steps are logged.
         if line.startswith("step 3/"):
             break
@@ -413,7 +421,7 @@ def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root,
     # Before training (here: once the run holds its workdir), Ctrl-C stops at once, in one line.
     process = subprocess.Popen(command[:5] + [f"--workdir={tmp_path / 'early'}"] + command[6:],
                                cwd=tmp_path, env=cli_env(), text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)  # fmt: skip
+                               stderr=subprocess.PIPE, preexec_fn=foreground_ctrl_c)  # fmt: skip
     while not (tmp_path / "early" / ".lock").exists():
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
