@@ -190,6 +190,40 @@ def test_reuse_step_memory_stops_steps_faulting_in_their_temporaries():
     assert faults_per_step("reuse") < default / 10
 
 
+HEAP_HOLE = """
+import ctypes, os
+from selfsup import parallel
+parallel.keep_freed_host_memory()  # As the commands set it: freed memory never trimmed.
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+blocks = [libc.malloc(1 << 20) for _ in range(256)]
+for block in blocks:
+    ctypes.memset(block, 1, 1 << 20)
+for block in blocks[:-1]:  # The last one keeps the heap's top: a hole of 255 MiB below it.
+    libc.free(block)
+held = resident()
+parallel.return_freed_host_memory()
+print(held - resident())
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+    reason="glibc's malloc and Linux resident memory",
+)
+def test_freed_memory_inside_the_heap_goes_back_to_the_kernel():
+    """Feature extraction leaves holes in the heap that stay resident and add up with the data
+    (experiments/bench/RESULTS.md, "Feature-extraction memory"); `return_freed_host_memory`
+    gives them back even with the commands' no-trim setting."""
+    run = subprocess.run(
+        [sys.executable, "-c", HEAP_HOLE], capture_output=True, text=True, cwd=ROOT
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) > 200 * 2**20
+
+
 def test_evaluation_batches_round_up_to_the_device_count_training_batches_must_divide():
     mesh = parallel.make_mesh()  # 8 devices.
     assert [parallel.padded_batch_size(n, mesh) for n in (1, 8, 12, 16, 17)] == [8, 8, 16, 16, 24]

@@ -1,7 +1,8 @@
 """Frozen-feature extraction: the encoder in inference mode over sharded, padded, masked eval
 batches, gathered to the host with padding rows removed (no example dropped or doubled). At
 most `MAX_IN_FLIGHT` batches are on their way at once: the devices stay busy while the host
-feeds the next, and memory holds the pooled features of the data, not its batches.
+feeds the next, and memory holds the pooled features of the data, not its batches (nor the
+heap's holes they leave, given back after each batch).
 Examples that are several patches ([P, h, w, C] each) get the mean of their patches' features,
 as Revisiting-SSL evaluates patch-based models (`combine_patches=avg_pool`).
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.evaluate import PRE_LOGITS
@@ -83,6 +85,7 @@ def extract_features(
         in_flight.append((forward(state, batch["image"]), batch["label"], batch["mask"]))
         if len(in_flight) > MAX_IN_FLIGHT:
             gathered.add(*in_flight.popleft())
+            parallel.return_freed_host_memory()
         progress.advance(batch["mask"].shape[0])
     while in_flight:
         gathered.add(*in_flight.popleft())
