@@ -2,7 +2,6 @@
 gradients on 1 vs 8 devices, and a trivially solvable synthetic set learnt to ~100%."""
 
 import itertools
-import json
 from pathlib import Path
 
 import jax
@@ -17,7 +16,6 @@ from jax.sharding import PartitionSpec as P
 from selfsup.config import ConfigError, load_config_file
 from selfsup.data import patches as patch_input
 from selfsup.pretext import get_task, relpatch
-from selfsup.train import loop
 from selfsup.train.state import split_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -219,34 +217,6 @@ def test_loss_and_gradients_equal_on_1_and_8_devices():
             continue
         # Rounding only (test_simclr.py says why the bound is 1e-3); wrong statistics are O(1).
         np.testing.assert_allclose(g1, flat8[path], rtol=1e-3, atol=1e-4 * np.abs(g1).max())
-
-
-@pytest.mark.slow
-def test_learns_a_trivially_solvable_set_to_near_100_percent(tmp_path):
-    """Every cell has its own colour: the pair's positions are visible in the patches, so a
-    correctly wired head, label order and loss reach ~100% held-out pretext accuracy."""
-    for split, count in (("train", 64), ("test", 32)):
-        (tmp_path / "data" / split).mkdir(parents=True)
-        for i in range(count):
-            image = grid_image(noise=0.05, seed=i + 1000 * (split == "test"))
-            (tmp_path / "data" / split / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-    config = load_config_file(CONFIGS / "relpatch_cifar10.py", "runlocal")
-    config.data = f"folder:{tmp_path / 'data'}"
-    config.relpatch.update(resize_size=72, grayscale_probability=0.0, embed_dim=16)
-    config.relpatch.fusion_hidden_dim = 32
-    config.batch_size = 16
-    # 0.05 at batch 16, constant. At 0.1, 100 steps reached 0.79-1.0 across seeds and sums in
-    # another order: too close to the edge of stability for a test of the wiring.
-    config.optim.update(learning_rate=0.8, decay_epochs=[])
-    # 100 steps reached 0.9375 with the newest releases (jax 0.12, numpy 2.5), 1.0 with the lowest.
-    config.total_steps = 150
-    config.eval_every_steps = 150
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 150
-    summary = loop.pretrain(config, tmp_path / "run")
-    assert summary["pretrain/heldout/pretext_accuracy"] > 0.95
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert records[-1]["heldout/pretext_accuracy"] == summary["pretrain/heldout/pretext_accuracy"]
 
 
 def test_the_whole_image_input_is_standardised_from_the_unrounded_resize():
