@@ -38,11 +38,12 @@ from selfsup.config import (
     MAX_WIDTH,
     TEMPERATURE,
     Rule,
+    choice,
     flag,
     integer,
     probability,
 )
-from selfsup.data.view_config import COLOR_STRENGTH
+from selfsup.data.view_config import COLOR_STRENGTH, CROP_SAMPLERS
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext import teacher
@@ -65,6 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
             # least 20%, Gaussian blur with p=0.5.
             color_strength=0.5,
             min_crop_area=0.2,
+            # `RandomResizedCrop(scale=(0.2, 1))`'s box: 10 tries, then the centre.
+            crop_sampler="torchvision",
             blur=True,
         )
     )
@@ -92,6 +95,7 @@ VALUE_RULES = {
     "dim": MAX_WIDTH,
     "mlp": flag(),
     "color_strength": COLOR_STRENGTH,
+    "crop_sampler": choice(*CROP_SAMPLERS),
     "blur": flag(),
 }
 
@@ -173,6 +177,7 @@ class MoCo:
             size=self.config.image_size,
             color_strength=c.color_strength,
             min_crop_area=c.min_crop_area,
+            crop_sampler=c.crop_sampler,
             blur=c.blur,
         )
         return {"views": views}  # View 1 is the query's, view 2 the key's.
