@@ -20,7 +20,8 @@ encoder's weight decay. `--config.jigsaw.permutations=greedy
   python -m selfsup pretrain --config=configs/jigsaw_imagenet.py --workdir=runs/jigsaw_in1k
 
 ImageNet must already be prepared in `--config.data_dir` (TFDS cannot download it).
-Transfer as Revisiting evaluates patch models (mean of the 9 patches' features), at every depth:
+Transfer as Revisiting evaluates patch models (shorter side 224, central 192 crop, nine
+adjacent 64 px tiles, `jigsaw.eval_smaller_size`; the mean of their features), at every depth:
   python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/jigsaw_probe \
       --config.checkpoint=runs/jigsaw_in1k --config.features=patches --config.layers=all_stages
 """
@@ -52,6 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # metrics: loss and permutation accuracy on eval_split patches.
     if runlocal:
         config.jigsaw.update(
-            resize_size=80, crop_size=72, patch_size=16, embed_dim=64, fusion_hidden_dim=128
+            resize_size=80,
+            crop_size=72,
+            patch_size=16,
+            eval_smaller_size=56,
+            embed_dim=64,
+            fusion_hidden_dim=128,
         )
     return config

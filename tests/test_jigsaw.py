@@ -138,7 +138,7 @@ def test_patches_are_relative_patch_positions_and_labels_uniform():
     views = puzzle.eval_views(crop_proportion=1.0)
     np.testing.assert_array_equal(
         views["patches"](image),
-        patch_input.patch_example(image, None, puzzle.config.jigsaw, grid=3),
+        patch_input.eval_patches(image, puzzle.config.jigsaw, grid=3),
     )
     counts = np.bincount(
         np.concatenate(

@@ -65,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
             crop_size=255,  # 3 x 85 px cells.
             patch_size=64,  # 85 - patch_jitter 21.
             min_gap=0,
+            eval_smaller_size=224,  # Revisiting's evaluation, as relative patch's.
             grayscale_probability=0.66,
             chromatic="none",  # Or Doersch's "color_drop" / "project", as relative patch.
             # Revisiting's `permutations_100_max` (module docstring); any two differ in at
