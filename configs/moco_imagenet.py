@@ -11,9 +11,10 @@ grayscale p=0.2, Gaussian blur with sigma in [0.1, 2] with p=0.5, flip). MoCo v2
 67.5% linear evaluation (ResNet-50, 200 epochs), and 71.1% for 800 epochs
 (`--config.num_epochs=800`).
 
-Remaining differences from the reference: BatchNorm statistics span the global batch instead
-of MoCo's per-GPU BatchNorm with shuffled keys (selfsup/pretext/moco.py explains why no shuffle
-is needed); the cosine decays per step, not per epoch; the colour and blur ops are
+Remaining differences from the reference: BatchNorm statistics span the global batch
+(`moco.bn_groups=1`, this recipe's) instead of MoCo's per-GPU BatchNorm with shuffled keys
+(selfsup/pretext/moco.py explains why no shuffle is needed; `--config.moco.bn_groups=8` is the
+paper's: 8 GPUs of 32); the cosine decays per step, not per epoch; the colour and blur ops are
 TensorFlow's (simclr's), not torchvision's and PIL's, and crops are resized bicubically (PIL:
 bilinear); images are not standardised; augmentation
 seeds are per example (reproducible, resumable); ImageNet must already be prepared in
