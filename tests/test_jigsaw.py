@@ -1,6 +1,6 @@
-"""Jigsaw puzzles: the maximal-Hamming-distance permutation set, the puzzles a one-colour-per-cell
-image makes and their reassembly from the label, and the patch geometry shared with relative
-patch position."""
+"""Jigsaw puzzles: the published permutation set (Noroozi's) and the greedy maximal-Hamming-
+distance one, the puzzles a one-colour-per-cell image makes and their reassembly from the label,
+and the patch geometry shared with relative patch position."""
 
 import itertools
 from pathlib import Path
