@@ -5,7 +5,8 @@ solo-learn (da Costa et al. 2022, JMLR) `scripts/pretrain/cifar/byol.yaml` with 
 epochs, LARS (learning rate 1.0 x batch/256, trust coefficient eta 0.02, weight decay 1e-5,
 biases and BatchNorm parameters excluded), 10 warmup epochs then cosine decay, projector
 4096-256 and predictor 4096, target momentum 0.99 -> 1 on a cosine, global ("sync")
-BatchNorm; views with crops of 8-100% of the image, torchvision's colour jitter (brightness
+BatchNorm; views with crops of 8-100% of the image (torchvision's `RandomResizedCrop`,
+`byol.crop_sampler`), torchvision's colour jitter (brightness
 multiplied by U[0.6, 1.4], contrast 0.4, saturation 0.2, hue 0.1) with p=0.8, grayscale
 p=0.2, no blur (32 px images), solarize 0 / 0.2. solo-learn's README reports 92.58% top-1
 online linear accuracy on CIFAR-10's test split for this recipe. An accelerator run:
@@ -37,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.byol.update(
         dict(base_momentum=0.99, blur=(0.0, 0.0), solarize=(0.0, 0.2), additive_brightness=False)
     )
+    config.byol.crop_sampler = "torchvision"  # solo-learn's RandomResizedCrop.
     config.optim.update(learning_rate=1.0, weight_decay=1e-5, trust_coefficient=0.02)
     if runlocal:  # The ImageNet file already shrank the model and the schedule.
         return config

@@ -8,7 +8,9 @@ biases and BatchNorm parameters excluded from weight decay and adaptation, as it
 decay to 0, weight decay 1e-6, target momentum from 0.99 to 1 on a cosine; projector and
 predictor 4096-256 MLPs; BatchNorm decay 0.9, eps 1e-5, over the global batch; ResNet-50 v1
 (this codebase's is v1.5: stride in the 3x3 convolution); BYOL's asymmetric views (blur 1.0 /
-0.1, solarize 0 / 0.2, brightness 0.4 added, contrast 0.4, saturation 0.2, hue 0.1). The
+0.1, solarize 0 / 0.2, brightness 0.4 added, contrast 0.4, saturation 0.2, hue 0.1) cut by
+DeepMind's `_decode_and_random_crop` (`byol.crop_sampler`: one draw, clamped to the image).
+The
 paper's headline 1000-epoch run (74.3% linear evaluation, ResNet-50) is the same file with
 DeepMind's 1000-epoch presets, which are the paper's stated hyperparameters:
 

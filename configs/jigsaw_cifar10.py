@@ -1,7 +1,8 @@
 """Jigsaw puzzles on 32 px images (CIFAR-10), scaled from configs/jigsaw_imagenet.py as
 configs/relpatch_cifar10.py scales relative patch position, whose geometry and schedule it takes:
 upsample to 80 px, a random 72 px crop, 3 x 24 px cells with a random 16 px patch in each, at
-least 2 px apart; ResNet-18 with the CIFAR stem; 200 epochs with x0.1 steps at 120 and 160.
+least 2 px apart; evaluation tiles as relative patch's (shorter side 56, central 48 crop, 16 px
+tiles); ResNet-18 with the CIFAR stem; 200 epochs with x0.1 steps at 120 and 160.
 Everything else (100 permutations, 8 per image, grey p=0.66, per-patch standardisation,
 embedding 1000, fusion head 4096 with dropout 0.5, momentum SGD lr 0.1 x batch/256, weight
 decay 1e-4, 5 warmup epochs) is Revisiting's. An accelerator run:
@@ -23,7 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = load_config_file(Path(__file__).with_name("jigsaw_imagenet.py"), arg)
     config.data = "tfds:cifar10"
     config.eval_split = "test"
-    config.jigsaw.update(resize_size=80, crop_size=72, patch_size=16, min_gap=2)
+    config.jigsaw.update(
+        resize_size=80, crop_size=72, patch_size=16, min_gap=2, eval_smaller_size=56
+    )
     config.model.update(depth=18, stem="cifar")
     if runlocal:  # The ImageNet file already shrank the width and the schedule.
         return config

@@ -10,17 +10,18 @@ with `permutations_100_max.bin` (100 permutations) and `perm_subset_size` 8: the
 of relative patch position (configs/relpatch_imagenet.py), each image in 8 of the 100
 permutations, the 9 patch embeddings (1000-d) concatenated and classified by a Dense 4096 + BN
 + ReLU + dropout 0.5 + Dense 100 head; momentum SGD 0.9, weight decay 1e-4, lr 0.1 x batch/256
-with 5 warmup epochs and x0.1 at epochs 15 and 25. Differences: the permutation set is our
-greedy maximal-Hamming-distance set (selfsup/pretext/jigsaw.py; Revisiting's file is not
-published), each image draws its own 8 permutations (Revisiting: one draw per batch), and, as
+with 5 warmup epochs and x0.1 at epochs 15 and 25. The permutation set is that file's
+(Noroozi's, shipped with the package and read as Revisiting reads it; selfsup/pretext/jigsaw.py).
+Differences: each image draws its own 8 permutations (Revisiting: one draw per batch), and, as
 for relative patch, the ResNet is v1.5, BatchNorm momentum 0.9 and the head shares the
-encoder's weight decay. `--config.jigsaw.num_permutations=1000` is Noroozi's set size. An
-accelerator run:
+encoder's weight decay. `--config.jigsaw.permutations=greedy
+--config.jigsaw.num_permutations=1000` is a set of Noroozi's largest size. An accelerator run:
 
   python -m selfsup pretrain --config=configs/jigsaw_imagenet.py --workdir=runs/jigsaw_in1k
 
 ImageNet must already be prepared in `--config.data_dir` (TFDS cannot download it).
-Transfer as Revisiting evaluates patch models (mean of the 9 patches' features), at every depth:
+Transfer as Revisiting evaluates patch models (shorter side 224, central 192 crop, nine
+adjacent 64 px tiles, `jigsaw.eval_smaller_size`; the mean of their features), at every depth:
   python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/jigsaw_probe \
       --config.checkpoint=runs/jigsaw_in1k --config.features=patches --config.layers=all_stages
 """
@@ -52,6 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # metrics: loss and permutation accuracy on eval_split patches.
     if runlocal:
         config.jigsaw.update(
-            resize_size=80, crop_size=72, patch_size=16, embed_dim=64, fusion_hidden_dim=128
+            resize_size=80,
+            crop_size=72,
+            patch_size=16,
+            eval_smaller_size=56,
+            embed_dim=64,
+            fusion_hidden_dim=128,
         )
     return config

@@ -4,10 +4,10 @@ The arguments of facebookresearch/moco `colab/moco_cifar10_demo.ipynb`: ResNet-1
 stride-1 stem and no max-pool, batch 512, 200 epochs, SGD (momentum 0.9, weight decay 5e-4)
 with learning rate 0.06 (= 0.03 x 512/256) on a cosine, a queue of K = 4,096 keys, key-encoder
 momentum 0.99, temperature 0.1, a linear 128-d head (its ResNet's `fc`; no MLP), the
-asymmetric loss; views with crops of 8-100%, colour jitter 0.4/0.4/0.4/0.1 with p=0.8,
-grayscale p=0.2, flip, no blur. The notebook reports 82.6% k-NN accuracy (k = 200, T = 0.1)
-on CIFAR-10's test split after 200 epochs (88.7% after 800), and 90.7% linear evaluation for
-its 800-epoch symmetric-loss model. An accelerator run:
+asymmetric loss; views with crops of 8-100% (torchvision's `RandomResizedCrop`), colour
+jitter 0.4/0.4/0.4/0.1 with p=0.8, grayscale p=0.2, flip, no blur. The notebook reports 82.6%
+k-NN accuracy (k = 200, T = 0.1) on CIFAR-10's test split after 200 epochs (88.7% after 800),
+and 90.7% linear evaluation for its 800-epoch symmetric-loss model. An accelerator run:
 
   python -m selfsup pretrain --config=configs/moco_cifar10.py --workdir=runs/moco_cifar10
 

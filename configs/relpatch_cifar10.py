@@ -7,6 +7,8 @@ has no room for that, so it is upsampled first. The numbers here are ours, not t
   between neighbours (`min_gap`): at 16 px, touching patches make edge continuation an easy
   shortcut, which Doersch's gap exists to prevent. The 9 patches hold 2,304 pixels, about what
   SimCLR's two 32 px views hold (2,048), so the two tasks cost about the same per image;
+- evaluation tiles as Revisiting's at 16 px: shorter side 56, central 48 crop, nine adjacent
+  16 px tiles (Revisiting: 224, 192, 64);
 - ResNet-18 with the CIFAR stem (3x3 conv, no max-pool), as for SimCLR on CIFAR-10;
 - 200 epochs with x0.1 steps at 120 and 160 (CIFAR-10 has 1/25 of ImageNet's images; the
   Revisiting schedule's 35 epochs would be ~14k steps at batch 128).
@@ -31,7 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = load_config_file(Path(__file__).with_name("relpatch_imagenet.py"), arg)
     config.data = "tfds:cifar10"
     config.eval_split = "test"
-    config.relpatch.update(resize_size=80, crop_size=72, patch_size=16, min_gap=2)
+    config.relpatch.update(
+        resize_size=80, crop_size=72, patch_size=16, min_gap=2, eval_smaller_size=56
+    )
     config.model.update(depth=18, stem="cifar")
     if runlocal:  # The ImageNet file already shrank the width and the schedule.
         return config

@@ -18,7 +18,9 @@ encoder's weight decay (Revisiting: 5e-4 on the head). An accelerator run:
   python -m selfsup pretrain --config=configs/relpatch_imagenet.py --workdir=runs/relpatch_in1k
 
 ImageNet must already be prepared in `--config.data_dir` (TFDS cannot download it).
-Transfer as Revisiting evaluates patch models (mean of the 9 patches' features):
+Transfer as Revisiting evaluates patch models (`config/evaluation/
+jigsaw_or_relative_patch_location.sh`: shorter side resized to 224, the central 192 crop cut
+into nine adjacent 64 px tiles, `relpatch.eval_smaller_size`; the mean of their features):
   python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/relpatch_probe \
       --config.checkpoint=runs/relpatch_in1k --config.features=patches
 """
@@ -50,6 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # metrics: loss and 8-way accuracy on eval_split patches.
     if runlocal:
         config.relpatch.update(
-            resize_size=80, crop_size=72, patch_size=16, embed_dim=64, fusion_hidden_dim=128
+            resize_size=80,
+            crop_size=72,
+            patch_size=16,
+            eval_smaller_size=56,
+            embed_dim=64,
+            fusion_hidden_dim=128,
         )
     return config

@@ -1,6 +1,6 @@
-"""Jigsaw puzzles: the maximal-Hamming-distance permutation set, the puzzles a one-colour-per-cell
-image makes and their reassembly from the label, and the patch geometry shared with relative
-patch position."""
+"""Jigsaw puzzles: the published permutation set (Noroozi's) and the greedy maximal-Hamming-
+distance one, the puzzles a one-colour-per-cell image makes and their reassembly from the label,
+and the patch geometry shared with relative patch position."""
 
 import itertools
 from pathlib import Path
@@ -17,6 +17,16 @@ from selfsup.data import patches as patch_input
 from selfsup.pretext import get_task, jigsaw
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The published set as text beside the checkout (its README names the source); a clean
+# checkout elsewhere has no such folder, and the package's copy is then checked by its
+# properties alone.
+SHARED_PERMUTATIONS = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "jigsaw-permutations"
+    / "permutations_100_max.txt"
+)
 
 
 def hamming(perms: np.ndarray) -> np.ndarray:
@@ -54,6 +64,32 @@ def test_max_min_beats_noroozis_sum_alone():
     noroozi = hamming(allp[chosen].astype(np.int32))
     assert noroozi.min() == 2 and hamming(ours).min() > noroozi.min()
     assert abs(hamming(ours)[hamming(ours) < 10].mean() - 8.08) < 0.05
+
+
+def test_the_default_set_is_noroozis_published_one():
+    """The package's copy of `permutations_100_max`: 100 distinct permutations, any two at
+    least 2 apart, mean distance 8.08 (what Noroozi reports for it), in the file's order."""
+    perms = jigsaw.published_permutations()
+    assert perms.shape == (100, 9) and perms.dtype == np.int32
+    assert (np.sort(perms, axis=1) == np.arange(9)).all()
+    d = hamming(perms)
+    assert d.min() == 2 and round(d[d < 10].mean(), 2) == 8.08
+    np.testing.assert_array_equal(
+        perms[[0, -1]], [[7, 6, 5, 8, 4, 3, 2, 1, 0], [7, 6, 4, 2, 0, 8, 3, 1, 5]]
+    )
+    np.testing.assert_array_equal(task().permutations, perms)  # The default, in every config.
+    np.testing.assert_array_equal(
+        task(permutations="greedy").permutations, jigsaw.permutation_set(100, 0)
+    )
+
+
+@pytest.mark.skipif(
+    not SHARED_PERMUTATIONS.is_file(),
+    reason="the shared permutation file (../shared/data) is absent",
+)
+def test_the_packaged_set_equals_the_shared_file():
+    shared = np.loadtxt(SHARED_PERMUTATIONS, dtype=np.int32)
+    np.testing.assert_array_equal(jigsaw.published_permutations(), shared)
 
 
 def task(**overrides) -> jigsaw.Jigsaw:
@@ -102,7 +138,7 @@ def test_patches_are_relative_patch_positions_and_labels_uniform():
     views = puzzle.eval_views(crop_proportion=1.0)
     np.testing.assert_array_equal(
         views["patches"](image),
-        patch_input.patch_example(image, None, puzzle.config.jigsaw, grid=3),
+        patch_input.eval_patches(image, puzzle.config.jigsaw, grid=3),
     )
     counts = np.bincount(
         np.concatenate(
@@ -131,14 +167,16 @@ def test_bad_settings_are_config_errors_naming_the_jigsaw_key():
         ConfigError, match=r"crop_size=72 is invalid: .* at least 78, .*24 px cells"
     ):
         task(patch_size=24)
+    with pytest.raises(ConfigError, match=r"num_permutations=10 is invalid: .*100 with perm"):
+        task(num_permutations=10)
     with pytest.raises(ConfigError, match=r"perms_per_image=9 is invalid: .*num_permutations=8"):
-        task(num_permutations=8, perms_per_image=9)
+        task(permutations="greedy", num_permutations=8, perms_per_image=9)
     # A set of all 9! orders would scan them 362880 times: refused at once.
     for count in (1, 362880):
         with pytest.raises(
             ConfigError, match=rf"num_permutations={count} is invalid: .*\[2, 1000\]"
         ):
-            task(num_permutations=count, perms_per_image=1)
+            task(permutations="greedy", num_permutations=count, perms_per_image=1)
     with pytest.raises(ConfigError, match=r"--config.jigsaw.patch_size to an integer in \[1,"):
         task(patch_size=0)
     with pytest.raises(ConfigError, match=r"--config.jigsaw.permutation_seed to an integer in"):

@@ -1,6 +1,7 @@
 """MoCo: InfoNCE against a float64 reference and its hand-derived gradient, the queue against a
 NumPy FIFO of the global batches' keys on 1 and 8 devices, loss, gradients and key-encoder
-outputs equal on 1 and 8 devices (global BatchNorm: nothing for shuffled BN to protect)."""
+outputs equal on 1 and 8 devices (global BatchNorm: nothing for shuffled BN to protect), and the
+paper's shuffled BatchNorm as an option (`bn_groups`)."""
 
 import jax
 import jax.numpy as jnp
@@ -119,11 +120,43 @@ def _step_outputs(config, mesh):
     return queue_sharding, jax.device_get(step(state, parallel.to_global(batch, mesh)))
 
 
-@pytest.mark.slow  # Compiles MoCo's loss and gradients for two meshes.
-def test_loss_gradients_and_key_encoder_outputs_equal_on_1_and_8_devices():
+@pytest.mark.slow  # Eleven eager forward passes of the tiny ResNet: ~13 CPU-s.
+def test_bn_groups_normalise_each_group_alone_and_shuffle_the_keys_across_groups():
+    """`bn_groups=4`: each group of 4 images is embedded as a batch of its own from the same
+    running statistics, which keep the groups' mean; keys go through a random permutation of
+    the batch first and come back in its order, so a key is normalised with other images than
+    its query."""
+    net = get_task(tiny_config("moco")).build_model(nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(16, 16, 16, 3)), jnp.float32)
+    graphdef, stats, rest = nnx.split(net, nnx.BatchStat, ...)
+
+    def alone(batch):  # A fresh copy of the model on `batch` alone.
+        copy = nnx.merge(graphdef, stats, rest)
+        return np.asarray(copy.embed(batch, train=True)[0]), nnx.state(copy, nnx.BatchStat)
+
+    embedded, _ = moco.embed_in_groups(net, images, 4)
+    groups = [alone(images[i : i + 4]) for i in range(0, 16, 4)]
+    np.testing.assert_allclose(embedded, np.concatenate([e for e, _ in groups]), atol=1e-6)
+    mean = jax.tree.map(lambda *s: sum(s) / 4, *[s for _, s in groups])
+    for a, b in zip(jax.tree.leaves(nnx.state(net, nnx.BatchStat)), jax.tree.leaves(mean)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert np.abs(embedded - alone(images)[0]).max() > 0.01  # Not the whole batch's BatchNorm.
+    rng = jax.random.key(5)
+    order = np.asarray(jax.random.permutation(rng, 16))
+    keys = moco.shuffled_keys(nnx.merge(graphdef, stats, rest), images, 4, rng)
+    expected = np.concatenate([alone(images[order[i : i + 4]])[0] for i in range(0, 16, 4)])
+    np.testing.assert_allclose(keys[order], expected, atol=1e-6)
+    assert not (order.reshape(4, 4) // 4 == np.arange(4)[:, None]).all()  # Groups mixed.
+
+
+@pytest.mark.slow  # Compiles MoCo's loss and gradients for two meshes, twice.
+@pytest.mark.parametrize("bn_groups", [1, 4])
+def test_loss_gradients_and_key_encoder_outputs_equal_on_1_and_8_devices(bn_groups):
     """With BatchNorm over the global batch the keys do not depend on the device count: no
-    device holds statistics of its own shard for a query and its key to share."""
+    device holds statistics of its own shard for a query and its key to share. MoCo's shuffled
+    BatchNorm (`bn_groups`) groups examples, not devices: the same on 1 and 8 devices."""
     config = tiny_config("moco")
+    config.moco.bn_groups = bn_groups
     sharding1, (loss1, grads1, extra1) = _step_outputs(config, mesh_of(1))
     sharding8, (loss8, grads8, extra8) = _step_outputs(config, mesh_of(8))
     # The queue is split over the mesh: each of 8 devices holds 32 / 8 rows.
@@ -157,6 +190,8 @@ def test_loss_gradients_and_key_encoder_outputs_equal_on_1_and_8_devices():
         ("temperature", 1e-30, r"--config\.moco\.temperature to a number in \[0\.01, 10\]"),
         ("dim", -1, r"--config\.moco\.dim to an integer in \[1, 16384\]"),
         ("color_strength", -1.0, r"--config\.moco\.color_strength to a number in \[0, 1\.25\]"),
+        ("bn_groups", 3, r"bn_groups=3 is invalid: .* a divisor of config\.batch_size=16 that"),
+        ("bn_groups", 16, r"bn_groups=16 is invalid: .* at least 2 per group"),
     ],
 )
 def test_bad_settings_are_config_errors(key, value, message):

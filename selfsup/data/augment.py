@@ -19,6 +19,7 @@ photometric op made on the host stays float32, which 8 bits could not hold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -61,38 +62,111 @@ def _resize_bicubic(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+
+
+def crop_box(
+    shape: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    sampler: str,
+    area_range: tuple[float, float],
+    aspect_ratio_range: tuple[float, float] = ASPECT_RATIO_RANGE,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(offset_y, offset_x, height, width) of a random crop box of an image of `shape`, drawn
+    as `sampler`'s reference draws it:
+
+    - "simclr": google-research/simclr `distorted_bounding_box_crop`:
+      `tf.image.stateless_sample_distorted_bounding_box` with the whole image as the object and
+      `min_object_covered=0.1` (so boxes cover at least ~10% even where `area_range` starts
+      at 8%), 100 attempts, then the whole image.
+    - "byol": deepmind-research byol `dataset._decode_and_random_crop`: one draw of an area
+      fraction U(area_range) and a log-uniform aspect ratio, sides rounded and clamped to the
+      image (here also to at least 1 px), the box uniform over the positions that fit.
+    - "torchvision": `RandomResizedCrop.get_params`: up to 10 such draws, the first whose box
+      fits the image; if none does, the central crop of the whole image clamped to the aspect
+      ratio range.
+    """
+    if sampler == "simclr":
+        whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=whole_image,
+            seed=seed,
+            min_object_covered=0.1,
+            aspect_ratio_range=aspect_ratio_range,
+            area_range=area_range,
+            max_attempts=100,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return begin[0], begin[1], size[0], size[1]
+    return _drawn_box(
+        shape,
+        seed,
+        tries=1 if sampler == "byol" else 10,
+        area_range=area_range,
+        aspect_ratio_range=aspect_ratio_range,
+    )
+
+
+def _drawn_box(shape, seed, *, tries, area_range, aspect_ratio_range):
+    # `tries` = 1: DeepMind's sampler (clamped); 10: torchvision's (first fit, else the centre).
+    area_seed, ratio_seed, y_seed, x_seed = split_seed(seed, 4)
+    height, width = shape[0], shape[1]
+    area = tf.cast(height * width, tf.float32)
+    target = tf.random.stateless_uniform([tries], area_seed, *area_range) * area
+    log_ratio = [math.log(r) for r in aspect_ratio_range]
+    ratio = tf.exp(tf.random.stateless_uniform([tries], ratio_seed, *log_ratio))
+    # tf.round, like Python's round, rounds half to even.
+    w = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
+    h = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
+    if tries == 1:
+        h, w = tf.clip_by_value(h[0], 1, height), tf.clip_by_value(w[0], 1, width)
+        fits = tf.constant(True)
+    else:
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        fits, first = tf.reduce_any(ok), tf.argmax(tf.cast(ok, tf.int32))
+        fallback_h, fallback_w = _central_fallback(height, width, aspect_ratio_range)
+        h = tf.where(fits, h[first], fallback_h)
+        w = tf.where(fits, w[first], fallback_w)
+    offset_y = tf.random.stateless_uniform([], y_seed, 0, height - h + 1, dtype=tf.int32)
+    offset_x = tf.random.stateless_uniform([], x_seed, 0, width - w + 1, dtype=tf.int32)
+    offset_y = tf.where(fits, offset_y, (height - h) // 2)
+    offset_x = tf.where(fits, offset_x, (width - w) // 2)
+    return offset_y, offset_x, h, w
+
+
+def _central_fallback(height, width, aspect_ratio_range):
+    # torchvision's fallback: the whole image, cut to the nearest aspect ratio in range.
+    low, high = aspect_ratio_range
+    in_ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
+    narrow_h = tf.cast(tf.round(tf.cast(width, tf.float32) / low), tf.int32)
+    wide_w = tf.cast(tf.round(tf.cast(height, tf.float32) * high), tf.int32)
+    h = tf.where(in_ratio < low, narrow_h, height)
+    w = tf.where(in_ratio > high, wide_w, width)
+    return h, w
+
+
 def random_resized_crop(
     image: tf.Tensor,
     seed: tf.Tensor,
     *,
     size: int,
     area_range: tuple[float, float] = (0.08, 1.0),
-    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
-    max_attempts: int = 100,
+    aspect_ratio_range: tuple[float, float] = ASPECT_RATIO_RANGE,
+    sampler: str = "simclr",
 ) -> tf.Tensor:
-    """A random crop resized to [size, size] (simclr `crop_and_resize`).
-
-    The box comes from `tf.image.stateless_sample_distorted_bounding_box` with the whole image as
-    the object and `min_object_covered=0.1`, exactly as simclr's `distorted_bounding_box_crop`
-    asks (so crops cover at least ~10% of the image even though `area_range` starts at 8%);
-    after `max_attempts` failed draws the whole image is used. Resizing is bicubic.
-    """
+    """A random crop (`crop_box` by `sampler`) resized to [size, size] (bicubic, simclr's
+    `crop_and_resize`)."""
     image = to_float(image)
-    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+    box = crop_box(
         tf.shape(image),
-        bounding_boxes=whole_image,
-        seed=seed,
-        min_object_covered=0.1,
-        aspect_ratio_range=aspect_ratio_range,
+        seed,
+        sampler=sampler,
         area_range=area_range,
-        max_attempts=max_attempts,
-        use_image_if_no_bounding_boxes=True,
+        aspect_ratio_range=aspect_ratio_range,
     )
-    offset_y, offset_x, _ = tf.unstack(begin)
-    height, width, _ = tf.unstack(box_size)
-    crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
-    return _resize_bicubic(crop, size)
+    return _resize_bicubic(tf.image.crop_to_bounding_box(image, *box), size)
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -314,6 +388,7 @@ def simclr_view(
     color_strength: float,
     crop: bool = True,
     min_crop_area: float = 0.08,
+    crop_sampler: str = "simclr",
     flip: bool = True,
     color: bool = True,
     blur: bool = False,
@@ -331,6 +406,7 @@ def simclr_view(
         solarize_p=solarize_p,
         crop=crop,
         min_crop_area=min_crop_area,
+        crop_sampler=crop_sampler,
         flip=flip,
     )
 
@@ -345,18 +421,22 @@ def augmented_view(
     solarize_p: float,
     crop: bool = True,
     min_crop_area: float = 0.08,
+    crop_sampler: str = "simclr",
     flip: bool = True,
 ) -> tf.Tensor:
-    """One augmented view [size, size, 3], a `host_view`: random resized crop (else a plain
-    resize), flip, colour distortion (`jitter` with p=0.8, then grayscale with p=0.2; none if
-    `jitter` is None), blur with probability `blur_p`, solarize with probability `solarize_p`,
-    clip. SimCLR's, BYOL's and MoCo v2's views differ only in these arguments."""
+    """One augmented view [size, size, 3], a `host_view`: random resized crop (its box drawn by
+    `crop_box`'s `crop_sampler`; else a plain resize), flip, colour distortion (`jitter` with
+    p=0.8, then grayscale with p=0.2; none if `jitter` is None), blur with probability
+    `blur_p`, solarize with probability `solarize_p`, clip. SimCLR's, BYOL's and MoCo v2's
+    views differ only in these arguments."""
     source = image
     # A 5-way split keeps the first four seeds of the earlier 4-way split (stateless_split is
     # prefix-stable), so adding solarize left every existing augmentation stream unchanged.
     crop_seed, flip_seed, color_seed, blur_seed, solarize_seed = split_seed(seed, 5)
     if crop:
-        image = random_resized_crop(image, crop_seed, size=size, area_range=(min_crop_area, 1.0))
+        image = random_resized_crop(
+            image, crop_seed, size=size, area_range=(min_crop_area, 1.0), sampler=crop_sampler
+        )
     else:
         image = resize(image, size=size)
     if flip:

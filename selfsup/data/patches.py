@@ -27,26 +27,28 @@ GREEN_MAGENTA = np.array([-1.0, 2.0, -1.0], np.float32) / np.sqrt(6.0)
 
 
 def patch_offsets(
-    seed: tf.Tensor | None, *, grid: int, crop_size: int, patch_size: int, min_gap: int
+    seed: tf.Tensor, *, grid: int, crop_size: int, patch_size: int, min_gap: int
 ) -> tf.Tensor:
     """Top-left corners (y, x) of the grid x grid patches in crop coordinates, int32
     [grid * grid, 2], row-major.
 
     Each patch lies in its own `crop_size // grid` cell, at least `ceil(min_gap / 2)` px from the
     cell's edges, so neighbours are at least `min_gap` apart; its position is uniform over what
-    remains (the jitter). `seed=None` centres every patch in its cell (evaluation)."""
+    remains (the jitter)."""
     cell = crop_size // grid
     margin = math.ceil(min_gap / 2)
     jitter = cell - patch_size - 2 * margin  # Positions 0..jitter inside the allowed range.
-    if seed is None:
-        within = tf.fill([grid * grid, 2], (cell - patch_size) // 2)
-    else:
-        within = margin + tf.random.stateless_uniform(
-            [grid * grid, 2], seed, minval=0, maxval=jitter + 1, dtype=tf.int32
-        )
+    within = margin + tf.random.stateless_uniform(
+        [grid * grid, 2], seed, minval=0, maxval=jitter + 1, dtype=tf.int32
+    )
+    return tf.constant(cell_corners(grid, cell)) + within
+
+
+def cell_corners(grid: int, cell: int) -> np.ndarray:
+    """Top-left corners (y, x) of a grid x grid of `cell` px cells, int32 [grid * grid, 2],
+    row-major."""
     rows, cols = np.divmod(np.arange(grid * grid), grid)
-    cell_corners = tf.constant(np.stack([rows, cols], axis=1) * cell, tf.int32)
-    return cell_corners + within
+    return (np.stack([rows, cols], axis=1) * cell).astype(np.int32)
 
 
 def cut_patches(image: tf.Tensor, offsets: tf.Tensor, patch_size: int) -> tf.Tensor:
@@ -87,27 +89,21 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def patch_example(
-    image: tf.Tensor, seed: tf.Tensor | None, c: ml_collections.ConfigDict, *, grid: int
+    image: tf.Tensor, seed: tf.Tensor, c: ml_collections.ConfigDict, *, grid: int
 ) -> tf.Tensor:
-    """The grid x grid standardised patches of one image, float32 [grid * grid, p, p, 3], in
-    row-major order; `seed=None` gives the deterministic evaluation patches (central crop,
-    centred patches, no grey or colour drop). `c` holds the geometry (`resize_size`,
+    """The grid x grid standardised training patches of one image, float32
+    [grid * grid, p, p, 3], in row-major order. `c` holds the geometry (`resize_size`,
     `crop_size`, `patch_size`, `min_gap`), `grayscale_probability` and `chromatic`."""
     image = _resize(image, c.resize_size)
     slack = c.resize_size - c.crop_size
-    if seed is None:
-        corner = tf.fill([2], slack // 2)
-    else:
-        gray_seed, crop_seed, patch_seed, drop_seed = augment.split_seed(seed, 4)
-        image = augment.apply_with_probability(
-            grayscale_mean, c.grayscale_probability, gray_seed, image
-        )
-        corner = tf.random.stateless_uniform(
-            [2], crop_seed, minval=0, maxval=slack + 1, dtype=tf.int32
-        )
+    gray_seed, crop_seed, patch_seed, drop_seed = augment.split_seed(seed, 4)
+    image = augment.apply_with_probability(
+        grayscale_mean, c.grayscale_probability, gray_seed, image
+    )
+    corner = tf.random.stateless_uniform([2], crop_seed, minval=0, maxval=slack + 1, dtype=tf.int32)
     crop = tf.slice(image, [corner[0], corner[1], 0], [c.crop_size, c.crop_size, 3])
     offsets = patch_offsets(
-        None if seed is None else patch_seed,
+        patch_seed,
         grid=grid,
         crop_size=c.crop_size,
         patch_size=c.patch_size,
@@ -116,7 +112,7 @@ def patch_example(
     patches = cut_patches(crop, offsets, c.patch_size)
     if c.chromatic == "project":
         patches = project_out_green_magenta(patches)
-    elif c.chromatic == "color_drop" and seed is not None:
+    elif c.chromatic == "color_drop":
         patches = tf.stack(
             [
                 drop_colors(patches[i], s)
@@ -127,12 +123,35 @@ def patch_example(
     return tf.ensure_shape(patches, [grid * grid, c.patch_size, c.patch_size, 3])
 
 
+def eval_patches(image: tf.Tensor, c: ml_collections.ConfigDict, *, grid: int) -> tf.Tensor:
+    """Revisiting's evaluation patches of a patch model, float32 [grid * grid, p, p, 3]
+    row-major (`config/evaluation/jigsaw_or_relative_patch_location.sh`: `resize_small`, `crop`,
+    `crop_patches` with `patch_jitter` 0, `standardization`): the image area-resized so that its
+    shorter side is `c.eval_smaller_size` (both sides rounded), its central square of
+    grid x `patch_size` px cut into adjacent `patch_size` tiles, each standardised (ImageNet:
+    224, a central 192 crop, nine 64 px tiles)."""
+    image = augment.to_float(image)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    ratio = c.eval_smaller_size / tf.cast(tf.minimum(height, width), tf.float32)
+    height = tf.cast(tf.round(tf.cast(height, tf.float32) * ratio), tf.int32)
+    width = tf.cast(tf.round(tf.cast(width, tf.float32) * ratio), tf.int32)
+    image = tf.image.resize(image[None], [height, width], method="area")[0]
+    side = grid * c.patch_size
+    crop = tf.image.crop_to_bounding_box(
+        image, (height - side) // 2, (width - side) // 2, side, side
+    )
+    patches = cut_patches(crop, tf.constant(cell_corners(grid, c.patch_size)), c.patch_size)
+    if c.chromatic == "project":
+        patches = project_out_green_magenta(patches)
+    patches = tf.map_fn(tf.image.per_image_standardization, patches)
+    return tf.ensure_shape(patches, [grid * grid, c.patch_size, c.patch_size, 3])
+
+
 def eval_views(c: ml_collections.ConfigDict, *, grid: int, crop_proportion: float) -> dict:
     """A patch task's evaluation inputs: `image`, the whole image at the pretext crop's scale
     [crop_size, crop_size, 3] (`eval_view`: the central `crop_proportion`, as SimCLR evaluates),
-    standardised as the patches are; `patches`, the grid x grid evaluation patches
-    [grid * grid, p, p, 3], whose features the evaluators average (Revisiting's
-    `combine_patches=avg_pool`)."""
+    standardised as the patches are; `patches`, `eval_patches`, whose features the evaluators
+    average (Revisiting's `combine_patches=avg_pool`)."""
 
     def image_view(image: tf.Tensor) -> tf.Tensor:
         # From the float image, so the view stays float (unrounded) for the host's standardisation.
@@ -144,7 +163,7 @@ def eval_views(c: ml_collections.ConfigDict, *, grid: int, crop_proportion: floa
         size = [c.crop_size, c.crop_size, 3]
         return tf.ensure_shape(tf.image.per_image_standardization(whole), size)
 
-    return {"image": image_view, "patches": lambda image: patch_example(image, None, c, grid=grid)}
+    return {"image": image_view, "patches": lambda image: eval_patches(image, c, grid=grid)}
 
 
 def rescaled(images: np.ndarray) -> np.ndarray:

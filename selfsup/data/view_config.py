@@ -9,6 +9,8 @@ import ml_collections
 from selfsup.config import choice, flag, integer, number
 
 CROPS = ("inception", "padded")
+# Whose random resized crop draws the box (`augment.crop_box`).
+CROP_SAMPLERS = ("simclr", "byol", "torchvision")
 
 
 def view_config(**overrides) -> ml_collections.ConfigDict:

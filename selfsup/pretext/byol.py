@@ -26,8 +26,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from selfsup.config import MAX_WIDTH, flag, probability, sequence
+from selfsup.config import MAX_WIDTH, choice, flag, probability, sequence
 from selfsup.data import augment_jax
+from selfsup.data.view_config import CROP_SAMPLERS
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, encoder_from_config
 from selfsup.pretext import teacher
@@ -45,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
             proj_out_dim=256,
             pred_hidden_dim=4096,
             min_crop_area=0.08,
+            crop_sampler="byol",  # DeepMind's `_decode_and_random_crop` (`augment.crop_box`).
             # Per view (view 1, view 2): BYOL's asymmetric blur and solarize probabilities.
             blur=(1.0, 0.1),
             solarize=(0.0, 0.2),
@@ -64,6 +66,7 @@ VALUE_RULES = {
     "proj_hidden_dim": MAX_WIDTH,
     "proj_out_dim": MAX_WIDTH,
     "pred_hidden_dim": MAX_WIDTH,
+    "crop_sampler": choice(*CROP_SAMPLERS),
     "blur": sequence(probability(), "(1.0, 0.1)", min_len=2, max_len=2),
     "solarize": sequence(probability(), "(0.0, 0.2)", min_len=2, max_len=2),
     "additive_brightness": flag(),
@@ -167,6 +170,7 @@ class BYOL:
                 view_seed,
                 size=self.config.image_size,
                 min_crop_area=c.min_crop_area,
+                crop_sampler=c.crop_sampler,
                 **(no_color if c.color_on_device else colors),
             )
             for view_seed, colors in zip(augment.split_seed(seed, 2), view_colors(c))

@@ -13,11 +13,18 @@ passes serve every permutation of an image. Revisiting draws one subset of 8 per
 batch for all its images; here each image draws its own 8 (distinct), which keeps examples
 independent in the per-example input pipeline.
 
-The permutation set is Noroozi's greedy maximal-Hamming-distance selection, made deterministic
-from `permutation_seed`: start from a random permutation of the 9! and repeatedly add the one
-whose minimum Hamming distance to the chosen set is largest, ties going to the largest summed
-distance (Noroozi's Algorithm 1 maximises the sum alone; the minimum first makes the set's
-smallest distance a guarantee), then the lowest index.
+The permutation set is by default the published one (`permutations="noroozi"`): Noroozi's
+`permutations_100_max.bin` (MehdiNoroozi/JigsawPuzzleSolver), which Revisiting's README
+downloads, shipped here as `jigsaw_permutations_100_max.txt` (0-based; the file stores them
+1-based). Revisiting reads it as `load_permutations` does (minus 1) and numbers the cells
+row-major (`image_to_patches`), as here, so the set is Revisiting's exactly; Noroozi's Caffe
+layer numbers them column-major (`data_transformer.cpp`: cell k at x = k // 3, y = k % 3), so
+Noroozi's own puzzles are these on the transposed grid (the same Hamming distances).
+`permutations="greedy"` makes a set of any size, deterministic from `permutation_seed`: start
+from a random permutation of the 9! and repeatedly add the one whose minimum Hamming distance
+to the chosen set is largest, ties going to the largest summed distance (Noroozi's Algorithm 1
+maximises the sum alone; the minimum first makes the set's smallest distance a guarantee), then
+the lowest index.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jax
@@ -34,13 +42,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfsup.config import Rule, integer
+from selfsup.config import Rule, choice, integer
 from selfsup.models.heads import PatchPairHead, online_probe_head
 from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext.relpatch import PATCH_RULES
 
 GRID = 3
 CELLS = GRID * GRID
+PUBLISHED = Path(__file__).with_name("jigsaw_permutations_100_max.txt")
+PERMUTATION_SETS = ("noroozi", "greedy")
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -55,10 +65,13 @@ def default_config() -> ml_collections.ConfigDict:
             crop_size=255,  # 3 x 85 px cells.
             patch_size=64,  # 85 - patch_jitter 21.
             min_gap=0,
+            eval_smaller_size=224,  # Revisiting's evaluation, as relative patch's.
             grayscale_probability=0.66,
             chromatic="none",  # Or Doersch's "color_drop" / "project", as relative patch.
-            # Revisiting's `permutations_100_max`; Noroozi's best: 1000. With seed 0, any two of
-            # the 100 differ in at least 6 of the 9 positions, of the 1000 in at least 5.
+            # Revisiting's `permutations_100_max` (module docstring); any two differ in at
+            # least 2 of the 9 positions. "greedy": ours, of any size from `permutation_seed`;
+            # with seed 0, any two of 100 differ in at least 6 positions, of 1000 in at least 5.
+            permutations="noroozi",
             num_permutations=100,
             permutation_seed=0,
             perms_per_image=8,  # Revisiting's `perm_subset_size`.
@@ -69,6 +82,12 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
+def _published_size(count: int, c: ml_collections.ConfigDict, run) -> str | None:
+    if c.permutations == "greedy" or count == 100:
+        return None
+    return "100 with permutations='noroozi' (the published set; 'greedy' makes any size)"
+
+
 def _within_set(perms_per_image: int, c: ml_collections.ConfigDict, run) -> str | None:
     if perms_per_image <= c.num_permutations:
         return None
@@ -77,12 +96,30 @@ def _within_set(perms_per_image: int, c: ml_collections.ConfigDict, run) -> str 
 
 # `config.jigsaw`'s rules (`selfsup.config.check_values`).
 VALUE_RULES = PATCH_RULES | {
-    "num_permutations": integer(
-        2, 1000, " (Revisiting: 100, Noroozi's most: 1000; choosing each scans all 9! orders)"
+    "permutations": choice(*PERMUTATION_SETS),
+    "num_permutations": Rule(
+        integer(2, 1000).test,
+        "an integer in [2, 1000] (Revisiting: 100, Noroozi's most: 1000; choosing each of a"
+        " greedy set scans all 9! orders)",
+        _published_size,
     ),
     "permutation_seed": integer(0, 2**32 - 1),
     "perms_per_image": Rule(integer(1, 1000).test, "an integer in [1, 1000]", _within_set),
 }
+
+
+def published_permutations() -> np.ndarray:
+    """[100, 9] int32, read-only: Noroozi's `permutations_100_max` (module docstring)."""
+    perms = np.loadtxt(PUBLISHED, dtype=np.int32, ndmin=2)
+    perms.flags.writeable = False
+    return perms
+
+
+def permutations(c: ml_collections.ConfigDict) -> np.ndarray:
+    """`config.jigsaw`'s permutation set, [num_permutations, 9] int32."""
+    if c.permutations == "noroozi":
+        return published_permutations()
+    return permutation_set(c.num_permutations, c.permutation_seed)
 
 
 @functools.cache
@@ -166,9 +203,7 @@ class Jigsaw:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.permutations = permutation_set(
-            config.jigsaw.num_permutations, config.jigsaw.permutation_seed
-        )
+        self.permutations = permutations(config.jigsaw)
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         """`patches` [9, p, p, 3] in grid order and `permutation` [K]: K distinct permutation

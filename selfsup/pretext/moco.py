@@ -14,12 +14,15 @@ holds and updates K / devices rows, and XLA gathers only the batch's keys (N x D
 
 BatchNorm: MoCo shuffles the keys' batch across GPUs before the key encoder ("shuffling BN")
 because per-GPU BatchNorm let a query and its positive key share statistics that no negative
-shared, a signal the model learnt to exploit. Here BatchNorm statistics span the global batch
-(the step is jitted over a batch-sharded mesh): there is no per-device statistic for a pair to
-share, and the key encoder's output does not depend on how the batch is split over devices
-(tests/test_moco.py checks that 1 and 8 devices agree), so a shuffle would change nothing
-and is not done. What remains is what SimCLR's global BatchNorm also accepts: all of a step's
-queries and keys are normalised with that global batch's statistics.
+shared, a signal the model learnt to exploit. By default (`bn_groups=1`) BatchNorm statistics
+span the global batch (the step is jitted over a batch-sharded mesh): there is no per-device
+statistic for a pair to share, and the key encoder's output does not depend on how the batch
+is split over devices (tests/test_moco.py checks that 1 and 8 devices agree), so no shuffle is
+needed; all of a step's queries and keys are normalised with that global batch's statistics,
+as SimCLR's are. `bn_groups=G` is the paper's behaviour on G GPUs, whatever the devices:
+BatchNorm statistics per group of N / G consecutive examples (queries and keys alike), the keys'
+batch shuffled across the groups before the key encoder and unshuffled after
+(`embed_in_groups`).
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from selfsup.config import (
     MAX_WIDTH,
     TEMPERATURE,
     Rule,
+    choice,
     flag,
     integer,
     probability,
 )
-from selfsup.data.view_config import COLOR_STRENGTH
+from selfsup.data.view_config import COLOR_STRENGTH, CROP_SAMPLERS
 from selfsup.models.heads import online_probe_head
 from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext import teacher
@@ -65,7 +69,12 @@ def default_config() -> ml_collections.ConfigDict:
             # least 20%, Gaussian blur with p=0.5.
             color_strength=0.5,
             min_crop_area=0.2,
+            # `RandomResizedCrop(scale=(0.2, 1))`'s box: 10 tries, then the centre.
+            crop_sampler="torchvision",
             blur=True,
+            # BatchNorm over the whole batch; G: per group of batch / G examples with the keys
+            # shuffled across groups (MoCo's 8 GPUs: 8).
+            bn_groups=1,
         )
     )
 
@@ -84,6 +93,12 @@ def _queue_fits(queue_size: int, c: ml_collections.ConfigDict, run) -> str | Non
     )
 
 
+def _groups_fit(groups: int, c: ml_collections.ConfigDict, run) -> str | None:
+    if run.batch_size % groups == 0 and run.batch_size // groups >= 2:
+        return None
+    return f"a divisor of config.batch_size={run.batch_size} that leaves at least 2 per group"
+
+
 # `config.moco`'s rules (`selfsup.config.check_values`); `min_crop_area` is a shared one.
 VALUE_RULES = {
     "queue_size": Rule(integer(-(2**63)).test, "an integer", _queue_fits),
@@ -92,7 +107,9 @@ VALUE_RULES = {
     "dim": MAX_WIDTH,
     "mlp": flag(),
     "color_strength": COLOR_STRENGTH,
+    "crop_sampler": choice(*CROP_SAMPLERS),
     "blur": flag(),
+    "bn_groups": Rule(integer(1, 65536).test, "an integer in [1, 65536]", _groups_fit),
 }
 
 
@@ -155,6 +172,37 @@ class MoCoModel(nnx.Module):
         return l2_normalize(self.head(x)), features
 
 
+def embed_in_groups(net: MoCoModel, images: jax.Array, groups: int) -> tuple[jax.Array, jax.Array]:
+    """`net.embed` in training mode with BatchNorm statistics per group of N / `groups`
+    consecutive images, as MoCo's per-GPU BatchNorm computes them: every group starts from the
+    same running statistics, and `net` keeps their mean over the groups afterwards (MoCo's
+    DistributedDataParallel keeps GPU 0's)."""
+    if groups == 1:
+        return net.embed(images, train=True)
+    graphdef, stats, rest = nnx.split(net, nnx.BatchStat, ...)
+
+    def one_group(x, stats, rest):
+        group_net = nnx.merge(graphdef, stats, rest)
+        return group_net.embed(x, train=True), nnx.state(group_net, nnx.BatchStat)
+
+    (embeddings, features), new_stats = jax.vmap(one_group, in_axes=(0, None, None))(
+        images.reshape((groups, -1, *images.shape[1:])), stats, rest
+    )
+    nnx.update(net, jax.tree.map(lambda s: s.mean(axis=0), new_stats))
+    return embeddings.reshape((-1, embeddings.shape[-1])), features.reshape(
+        (-1, features.shape[-1])
+    )
+
+
+def shuffled_keys(net: MoCoModel, images: jax.Array, groups: int, rng: jax.Array) -> jax.Array:
+    """MoCo's `_batch_shuffle_ddp` / `_batch_unshuffle_ddp` around the key encoder: the keys of
+    `images` embedded in `groups` BatchNorm groups after a random permutation of the batch,
+    returned in the batch's order."""
+    order = jax.random.permutation(rng, images.shape[0])
+    keys = embed_in_groups(net, images[order], groups)[0]
+    return keys[jnp.argsort(order)]
+
+
 class MoCo:
     """The pretext task: its views (TF side), its query model, key encoder, queue and loss."""
 
@@ -173,6 +221,7 @@ class MoCo:
             size=self.config.image_size,
             color_strength=c.color_strength,
             min_crop_area=c.min_crop_area,
+            crop_sampler=c.crop_sampler,
             blur=c.blur,
         )
         return {"views": views}  # View 1 is the query's, view 2 the key's.
@@ -211,11 +260,19 @@ class MoCo:
         train: bool,
         extra: dict[str, Any],
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, dict[str, Any]]:
-        views = batch["views"]
-        q, features = model.embed(views[:, 0], train=train)
-        k, key_encoder = teacher.run(
-            model, extra["key_encoder"], lambda net: net.embed(views[:, 1], train=train)[0]
-        )
+        views, groups = batch["views"], self.config.moco.bn_groups
+        grouped = train and groups > 1  # Shuffled BN; inference uses running statistics.
+        if grouped:
+            q, features = embed_in_groups(model, views[:, 0], groups)
+        else:
+            q, features = model.embed(views[:, 0], train=train)
+
+        def keys(net: MoCoModel) -> jax.Array:
+            if grouped:
+                return shuffled_keys(net, views[:, 1], groups, rng)
+            return net.embed(views[:, 1], train=train)[0]
+
+        k, key_encoder = teacher.run(model, extra["key_encoder"], keys)
         loss, metrics = info_nce_loss(q, k, extra["queue"], self.config.moco.temperature)
         queue, pointer = enqueue(extra["queue"], extra["queue_pointer"], k)
         extra = {"key_encoder": key_encoder, "queue": queue, "queue_pointer": pointer}

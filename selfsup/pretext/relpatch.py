@@ -44,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
             crop_size=255,  # 3 x 85 px cells.
             patch_size=64,  # 85 - patch_jitter 21.
             min_gap=0,  # Revisiting relies on the jitter alone; Doersch used a gap.
+            # Evaluation (`patches.eval_patches`): Revisiting's `--smaller_size`, then the
+            # central 3 x patch_size crop in adjacent tiles.
+            eval_smaller_size=224,
             grayscale_probability=0.66,
             chromatic="none",  # Or Doersch's "color_drop" / "project" (green-magenta).
             embed_dim=1000,  # Revisiting embeds each patch with the 1000-way final layer.
@@ -67,6 +70,13 @@ def _crop_fits(crop_size: int, c: ml_collections.ConfigDict, run) -> str | None:
     )
 
 
+def _eval_fits(smaller_size: int, c: ml_collections.ConfigDict, run) -> str | None:
+    """What `eval_smaller_size` must be: room for the evaluation tiles, or None if it is."""
+    if smaller_size >= GRID * c.patch_size:
+        return None
+    return f"at least {GRID} x patch_size = {GRID * c.patch_size} (the evaluation tiles' crop)"
+
+
 SIZE = integer(1, 4096, " (pixels)")
 # The rules of the patch geometry and head that relative patch position and jigsaw share
 # (`selfsup.config.check_values`).
@@ -74,6 +84,7 @@ PATCH_RULES = {
     "resize_size": SIZE,
     "crop_size": Rule(SIZE.test, SIZE.requirement, _crop_fits),
     "patch_size": SIZE,
+    "eval_smaller_size": Rule(SIZE.test, SIZE.requirement + " (Revisiting: 224)", _eval_fits),
     "min_gap": integer(0, 4096, " (pixels)"),
     "grayscale_probability": probability(),
     "chromatic": choice(*CHROMATIC_REMEDIES),
