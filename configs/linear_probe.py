@@ -4,10 +4,11 @@ next to a random-init encoder: the transfer suite (`configs/transfer.py`) withou
   python -m selfsup evaluate --config=configs/linear_probe.py --workdir=runs/probe \
       --config.checkpoint=runs/simclr_cifar10
 
-Multinomial logistic regression solved to convergence with L-BFGS on standardised features;
-the L2 strength is chosen on a class-stratified minival split held out from `train_split`,
-the probe is fit on the rest and reported on `eval_split`. Empty data keys mean "what the
-checkpoint was pretrained on".
+Multinomial logistic regression solved to convergence with L-BFGS on standardised features, as
+SimCLR and Kornblith et al. 2019 evaluate: the L2 strength is chosen from 45 values on a
+class-stratified minival split held out from `train_split` (the probe fit on the rest), then the
+probe is refit with it on all of `train_split` and reported on `eval_split`. The k-NN bank is all
+of `train_split` (DINO). Empty data keys mean "what the checkpoint was pretrained on".
 """
 
 from pathlib import Path

@@ -11,6 +11,13 @@ out for hyper-parameter choice only (the linear probe's L2 per row; the fine-tun
 below were chosen on it, never on the test split); label fractions are class-balanced subsets
 of the rest, the same for every method and encoder. Fine-tuning runs a fixed number of steps
 for every label fraction, so its cost does not grow with the subset.
+
+The frozen protocols are the papers': the linear probe's L2 from SimCLR's (Chen et al. 2020,
+appendix B) and Kornblith et al. 2019's grid, 45 values log-spaced over [1e-6, 1e5], then at
+100% labels the probe refit on train + minival; k-NN with DINO's fixed k = 20 and T = 0.07 (and
+k = 200, InstDisc's), its bank at 100% labels the whole training split. On purpose, a smaller
+label fraction keeps its own labels (no refit or bank with minival: that would add more labels
+than the fraction has), and fine-tuning at 100% trains on the rest without minival.
 """
 
 import ml_collections
@@ -40,10 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # mean of the features of a patch task's 3x3 evaluation patches (Revisiting-SSL's
     # evaluation of patch-based models). Fine-tuning always feeds whole images.
     config.features = "image"
-    # The encoder depths linear and k-NN probe, each stage's output averaged over its positions:
-    # "stage1".."stage4" (stage4 is the pre-logits, the encoder's output) or "all_stages", all
-    # from one pass over the data (Revisiting-SSL's layer-wise evaluation). Fine-tuning always
-    # trains the whole encoder's output.
+    # The encoder depths linear and k-NN probe: "stage1".."stage3" (each stage's output map
+    # max-pooled to about 9,000 values, as Revisiting-SSL's linear evaluation pools it),
+    # "stage4" (the pre-logits, the encoder's output) or "all_stages", all from one pass over the
+    # data (Revisiting-SSL's layer-wise evaluation). Fine-tuning always trains the whole
+    # encoder's output.
     config.layers = ("stage4",)
     config.random_init_baseline = True
     # Also evaluate the checkpoint's architecture with these weights, as the row "init_from":
@@ -53,7 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluators = ("linear", "knn", "finetune")
     config.label_fractions = (0.01, 0.1, 1.0)
     config.minival_fraction = 0.1
-    config.linear = ml_collections.ConfigDict(dict(l2_grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)))
+    # L2 strengths tried on minival, 4 per decade from 1e-6 to 1e5 (SimCLR's and Kornblith et
+    # al.'s 45 values), for mean cross-entropy + l2 / 2 * ||W||^2.
+    l2_grid = tuple(10.0 ** (e / 4) for e in range(-24, 21))
+    config.linear = ml_collections.ConfigDict(dict(l2_grid=l2_grid))
     # Weighted k-NN on the same frozen features (Wu et al. 2018; DINO's defaults).
     config.knn = ml_collections.ConfigDict(dict(ks=(20, 200), temperature=0.07))
     config.finetune = ml_collections.ConfigDict(

@@ -247,7 +247,8 @@ def write_transfer_report(
         f"`{summary['train_split']}`, {summary['minival_examples']} examples, seed "
         f"{config.seed}) is held out for choosing hyper-parameters only; each label fraction is "
         "a class-balanced subset of the rest (100% = all of the rest), the same for every "
-        "method and encoder.\n\n"
+        "method and encoder; at 100% the linear probe (refit once its L2 is chosen) and the "
+        "k-NN bank use minival too, as their papers do.\n\n"
         f"Settings: {'; '.join(settings)}. "
         f"Total time: {summary['evaluate/wall_seconds']:.0f} s.\n\n"
         + images

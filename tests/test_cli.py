@@ -149,9 +149,11 @@ def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
     accuracies = sorted(v for k, v in summary.items() if k.endswith("/test_accuracy"))
     assert accuracies == sorted(r["test_accuracy"] for r in rows)
     assert all(round(a * 20) == a * 20 for a in accuracies)
-    # 48 training images: minival takes 2 per class; 10% of the other 44 is 2 per class.
+    # 48 training images: minival takes 2 per class; 10% of the other 44 is 2 per class; at
+    # 100% the probe is refit on all 48 and they are the k-NN bank.
     assert summary["minival_examples"] == 4
-    assert summary["linear/num_labels"] == 44 and summary["knn/k20/labels10%/num_labels"] == 4
+    assert summary["linear/num_labels"] == summary["knn/k20/num_labels"] == 48
+    assert summary["knn/k20/labels10%/num_labels"] == 4
     assert summary["knn/k20/labels10%/k"] == 4  # k capped at the number of labels.
     # Every fine-tune row carries its settings; the 10% subset shrinks the batch to 4.
     for prefix in ("finetune/freeze0", "random_init/finetune/freeze4/labels10%"):

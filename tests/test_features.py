@@ -1,7 +1,11 @@
 """Frozen-feature extraction: sharded, padded, masked batches give exactly one feature row per
-example, equal to running the encoder on all images at once, at every depth from one pass."""
+example, equal to running the encoder on all images at once, at every depth from one pass; the
+shallower stages pooled as Revisiting-SSL's linear evaluation pools them (its sizes, and
+TensorFlow's fractional max-pooling that it runs)."""
 
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +21,13 @@ from selfsup.data.sources import open_source
 from selfsup.evaluate.features import (
     LAYERS,
     MAX_IN_FLIGHT,
+    cell_edges,
     extract_features,
+    max_pool_cells,
+    pooled_grid,
+    pooled_layers,
     resolve_layers,
+    revisiting_pool,
 )
 from selfsup.models.resnet import ResNet
 
@@ -57,12 +66,12 @@ def test_features_match_direct_forward_with_padding(tmp_path: Path):
 
 
 def forward_to(encoder: ResNet, x: jnp.ndarray, stage: str) -> np.ndarray:
-    """The encoder run by hand up to the end of `stage`, averaged over positions."""
+    """The encoder run by hand up to the end of `stage`: its map [N, H, W, C]."""
     x = nnx.relu(encoder.stem(x, train=False))
     for name in LAYERS[: LAYERS.index(stage) + 1]:
         for block in getattr(encoder, name):
             x = block(x, train=False)
-    return np.asarray(x.mean(axis=(1, 2)))
+    return np.asarray(x)
 
 
 def test_each_stage_equals_a_direct_forward_to_it_all_from_one_pass(tmp_path: Path, monkeypatch):
@@ -87,10 +96,14 @@ def test_each_stage_equals_a_direct_forward_to_it_all_from_one_pass(tmp_path: Pa
     )
     assert len(passes) == 1 and list(features) == list(LAYERS)
     x = jnp.asarray(images[order], jnp.float32) / 255
-    for stage, width in zip(LAYERS, (16, 32, 64, 128)):
-        assert features[stage].shape == (13, width)
-        direct = forward_to(encoder, x, stage)
+    # 8 px images: maps of 8x8x16, 4x4x32 and 2x2x64 values, under Revisiting's ~9,000: whole.
+    for stage, size in zip(LAYERS[:3], (1024, 512, 256)):
+        assert features[stage].shape == (13, size)
+        direct = forward_to(encoder, x, stage).reshape((13, -1))  # Row, column, channel.
         np.testing.assert_allclose(features[stage], direct, rtol=1e-5, atol=1e-6)
+    assert features["stage4"].shape == (13, 128)
+    direct = forward_to(encoder, x, "stage4").mean(axis=(1, 2))
+    np.testing.assert_allclose(features["stage4"], direct, rtol=1e-5, atol=1e-6)
     # The deepest stage, pooled, is the encoder's output: the pre-logits.
     np.testing.assert_allclose(features["stage4"], encoder(x, train=False), rtol=1e-5, atol=1e-6)
 
@@ -127,3 +140,78 @@ def test_layers_are_stage_names_or_all_stages():
     for bad in ((), ("stage5",), ("pooled",)):
         with pytest.raises(ConfigError, match=r"config.layers=.*use depths from \['stage1'"):
             resolve_layers(bad)
+
+
+def revisiting_stride(height: int, channels: int, target: int = 9000) -> float:
+    """Revisiting-SSL's `utils.adaptive_pool` (adaptive_max), transcribed: the stride of its
+    fractional max-pooling of a map with `height` rows and `channels` channels."""
+    target_size = (target / float(channels)) ** 0.5
+    if abs(target - channels * np.floor(target_size) ** 2) < abs(
+        target - channels * np.ceil(target_size) ** 2
+    ):
+        target_size = max(np.floor(target_size), 1.0)
+    else:
+        target_size = max(np.ceil(target_size), 1.0)
+    stride = height / target_size - 1.0e-5
+    return min(max(stride, 1), height)
+
+
+def test_cells_are_spread_evenly():
+    # 56 rows in 6 cells: 9 or 10 rows each (TensorFlow draws this mix in a random order).
+    np.testing.assert_array_equal(cell_edges(56, 6), [0, 9, 18, 28, 37, 46, 56])
+    np.testing.assert_array_equal(cell_edges(7, 7), np.arange(8))
+
+
+def test_pooled_sizes_per_stage_are_revisitings():
+    # ResNet-50 and ResNet-18 at 224 px: stage1-3 maps, pooled to about 9,000 values.
+    for channels, sizes in ((256, (9216, 8192, 9216)), (64, (9216, 8192, 9216))):
+        for stage, (size, pooled) in enumerate(zip((56, 28, 14), sizes)):
+            rows, cols = pooled_grid(size, size, channels * 2**stage)
+            assert rows == cols and rows * cols * channels * 2**stage == pooled
+    # Every map of up to 128 rows and 4096 channels, square or not: Revisiting's rule, applied
+    # where the map holds more than 9,000 values (linear_eval.apply_fractional_pooling).
+    for height in range(1, 129):
+        for channels in (1, 3, 8, 16, 64, 96, 256, 512, 1024, 2048, 4096):
+            for width in (height, height + 5):
+                got = pooled_grid(height, width, channels)
+                if height * width * channels <= 9000:
+                    assert got == (height, width)
+                else:
+                    stride = revisiting_stride(height, channels)
+                    assert got == (math.floor(height / stride), math.floor(width / stride))
+
+
+@pytest.mark.parametrize("shape", [(56, 56, 256), (14, 14, 1024), (32, 37, 16), (5, 5, 4096)])
+def test_the_pooling_is_revisitings_fractional_max_pooling_with_fixed_cells(shape):
+    height, width, channels = shape
+    x = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    stride = revisiting_stride(height, channels)
+    expected, row_seq, col_seq = tf.nn.fractional_max_pool(x, [1, stride, stride, 1], seed=1)
+    expected, row_seq, col_seq = expected.numpy(), row_seq.numpy(), col_seq.numpy()
+    # Given TensorFlow's cells, the pooling is its output exactly.
+    np.testing.assert_array_equal(max_pool_cells(x, row_seq, col_seq), expected)
+    # Its own cells are of the sizes TensorFlow draws (floor and ceil of size / cells, as
+    # many of each), spread evenly instead of shuffled per batch.
+    pooled = np.asarray(revisiting_pool(jnp.asarray(x)))
+    assert pooled.shape == expected.shape
+    for seq, edges in ((row_seq, cell_edges(height, len(row_seq) - 1)),
+                       (col_seq, cell_edges(width, len(col_seq) - 1))):  # fmt: skip
+        assert sorted(np.diff(seq)) == sorted(np.diff(edges)) and edges[-1] == seq[-1]
+    row_edges, col_edges = cell_edges(height, pooled.shape[1]), cell_edges(width, pooled.shape[2])
+    for i, (top, bottom) in enumerate(zip(row_edges[:-1], row_edges[1:])):
+        for j, (left, right) in enumerate(zip(col_edges[:-1], col_edges[1:])):
+            cell = x[:, top:bottom, left:right].max(axis=(1, 2))
+            np.testing.assert_array_equal(pooled[:, i, j], cell)
+
+
+def test_probed_features_are_stage_maps_pooled_and_flattened_and_the_pre_logits_mean():
+    rng = np.random.default_rng(0)
+    maps = {"stage2": rng.normal(size=(2, 32, 32, 16)), "stage4": rng.normal(size=(2, 4, 4, 8))}
+    maps = {k: jnp.asarray(v, jnp.float32) for k, v in maps.items()}
+    encoder = SimpleNamespace(features=lambda images, train: maps)
+    features = pooled_layers(encoder, jnp.zeros((2, 64, 64, 3)), ("stage2", "stage4"))
+    # 32x32x16 = 16,384 values: Revisiting pools them to 24x24x16 = 9,216.
+    assert features["stage2"].shape == (2, 9216)
+    pooled = revisiting_pool(maps["stage2"])
+    np.testing.assert_array_equal(features["stage2"], np.asarray(pooled).reshape((2, -1)))
+    np.testing.assert_allclose(features["stage4"], maps["stage4"].mean(axis=(1, 2)), rtol=1e-6)

@@ -1,12 +1,17 @@
-"""Weighted kNN against a brute-force NumPy implementation; its similarities in full float32
-whatever the backend's default matmul precision."""
+"""Weighted kNN against a brute-force NumPy implementation; its bank at all labels the whole
+training split (DINO's); its similarities in full float32 whatever the backend's default matmul
+precision."""
+
+from types import SimpleNamespace
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from selfsup.evaluate import knn
 from selfsup.evaluate.knn import knn_accuracy, knn_predict
+from selfsup.evaluate.subsets import make_label_splits
 
 
 def knn_reference(train_x, train_y, test_x, *, num_classes, k, temperature):
@@ -64,3 +69,23 @@ def test_the_similarity_matmul_asks_for_full_float32_under_a_bf16_default():
         )
     dots = [line for line in lowered.as_text().splitlines() if "dot_general" in line]
     assert dots and all("precision = [HIGHEST, HIGHEST]" in dot for dot in dots), dots
+
+
+def test_the_bank_at_all_labels_is_the_whole_training_split_minival_included():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 16))
+    train_y, test_y = np.repeat(np.arange(4), 15), rng.integers(0, 4, 37)
+    train_x = centers[train_y] + rng.normal(scale=1.5, size=(60, 16))
+    test_x = centers[test_y] + rng.normal(scale=1.5, size=(37, 16))
+    splits = make_label_splits(train_y, [1.0], num_classes=4, minival_fraction=0.2, seed=0)
+    target = SimpleNamespace(splits=splits, source=SimpleNamespace(num_classes=4))
+    config = ml_collections.ConfigDict(dict(knn=dict(ks=(5,), temperature=0.1)))
+    (row,) = knn.rows_at(target, config, "pretrained", "stage4", (train_x, train_y, test_x, test_y))
+    assert row["num_labels"] == 60 and row["k"] == 5
+    kwargs = dict(num_classes=4, k=5, temperature=0.1)
+    votes = knn_reference(train_x, train_y, test_x, **kwargs)
+    assert row["test_accuracy"] == np.mean(votes == test_y)
+    # Minival's own accuracy is that of the bank without it (else each would find itself).
+    pool, minival = splits.subsets[1.0], splits.minival
+    votes = knn_reference(train_x[pool], train_y[pool], train_x[minival], **kwargs)
+    assert row["minival_accuracy"] == np.mean(votes == train_y[minival])

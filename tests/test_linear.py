@@ -1,11 +1,14 @@
 """Linear probe: the L-BFGS logistic regression against scikit-learn's on standardised digits
-(objective in float64 NumPy, weights, test accuracy), optimality at the solution, limiting
-cases of the penalty, l2 selection on minival and input errors, and full float32 precision
-whatever the backend's default matmul precision."""
+(objective in float64 NumPy, weights, test accuracy), from zero and warm-started along the L2
+path, optimality at the solution, limiting cases of the penalty, l2 selection on minival, the
+refit on train + minival and input errors, and full float32 precision whatever the backend's
+default matmul precision."""
 
 import functools
+from types import SimpleNamespace
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from scipy.special import logsumexp, softmax
@@ -14,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from selfsup.evaluate import linear
-from selfsup.evaluate.subsets import stratified_split
+from selfsup.evaluate.subsets import make_label_splits, stratified_split
 
 
 @functools.cache
@@ -54,14 +57,13 @@ def blobs(num_per_class=20, num_classes=3, dim=5, spread=0.1, seed=0):
     return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("l2", [1e-3, 1e-2, 1e-1])
-def test_matches_sklearn_on_digits(l2):
-    train_x, train_y, test_x, test_y = digits()
-    params = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=l2)
+def sklearn_fit(x, y, l2):
     # sklearn minimises C * sum(CE) + ||W||^2 / 2, i.e. ours times C * N for C = 1 / (l2 * N).
-    reference = LogisticRegression(C=1 / (l2 * len(train_y)), max_iter=5000, tol=1e-8)
-    reference.fit(train_x, train_y)
+    return LogisticRegression(C=1 / (l2 * len(y)), max_iter=5000, tol=1e-8).fit(x, y)
 
+
+def assert_matches_sklearn(params, train_x, train_y, test_x, test_y, l2):
+    reference = sklearn_fit(train_x, train_y, l2)
     W, b = as_float64(params)
     ours = objective(W, b, train_x, train_y, l2)
     theirs = objective(reference.coef_.T, reference.intercept_, train_x, train_y, l2)
@@ -73,6 +75,30 @@ def test_matches_sklearn_on_digits(l2):
         b - b.mean(), reference.intercept_ - reference.intercept_.mean(), atol=2e-3
     )
     assert abs(linear.accuracy(params, test_x, test_y) - reference.score(test_x, test_y)) <= 0.005
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1e-2, 1e-1])
+def test_matches_sklearn_on_digits(l2):
+    train_x, train_y, test_x, test_y = digits()
+    params = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=l2)
+    assert_matches_sklearn(params, train_x, train_y, test_x, test_y, l2)
+
+
+@pytest.mark.slow  # Five digits fits and a scikit-learn one.
+def test_warm_starts_along_the_l2_path_reach_sklearns_solution_in_fewer_iterations():
+    train_x, train_y, test_x, test_y = digits()
+    strong = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=1e-1)
+    warm = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=1e-2, start=strong)
+    assert_matches_sklearn(warm, train_x, train_y, test_x, test_y, 1e-2)
+    cold = linear.fit_logistic_regression(train_x, train_y, num_classes=10, l2=1e-2)
+    assert warm.num_iter < cold.num_iter, (warm.num_iter, cold.num_iter)
+    # Started at its own solution, a fit stops at once: the tolerance is the cold fit's, relative
+    # to the gradient at zero (large here, for features x 30), not to the one at the start.
+    x = 30 * train_x
+    solution = linear.fit_logistic_regression(x, train_y, num_classes=10, l2=1e-1)
+    again = linear.fit_logistic_regression(x, train_y, num_classes=10, l2=1e-1, start=solution)
+    assert solution.converged and again.converged and again.num_iter <= 1
+    np.testing.assert_allclose(again.W, solution.W, atol=1e-5)
 
 
 def test_gradient_vanishes_and_every_perturbation_is_worse():
@@ -136,9 +162,8 @@ def test_every_matmul_of_the_probe_asks_for_full_float32_under_a_bf16_default():
     # the L-BFGS solve (its objective, gradient and line search) and of predict must say HIGHEST.
     x, y = blobs(num_per_class=7)
     with jax.default_matmul_precision("bfloat16"):
-        solve = linear._minimize.lower(
-            x, y, np.float32(1e-3), np.int32(10), np.float32(1e-6), num_classes=3
-        )
+        W, b = np.zeros((5, 3), np.float32), np.zeros(3, np.float32)
+        solve = linear._minimize.lower(x, y, np.float32(1e-3), np.int32(10), np.float32(1e-6), W, b)
         predict = linear._predict.lower(np.zeros((5, 3), np.float32), np.zeros(3, np.float32), x)
     for program in (solve, predict):
         dots = dot_lines(program)
@@ -166,7 +191,7 @@ def test_probe_on_digits_picks_the_argmax_of_the_sweep():
     grid = [1e-4, 1e-2, 1.0, 10.0]
     result = linear.linear_probe(
         train_x[fit], train_y[fit], train_x[val], train_y[val], test_x, test_y,
-        num_classes=10, l2_grid=grid,
+        num_classes=10, l2_grid=grid, refit=False,
     )  # fmt: skip
     assert sorted(result.l2_sweep) == grid
     best = max(result.l2_sweep.values())
@@ -175,7 +200,7 @@ def test_probe_on_digits_picks_the_argmax_of_the_sweep():
     # A strong penalty underfits digits; the weak ones should not be beaten by it.
     assert result.l2 < 10.0
     assert result.test_accuracy > 0.93 and result.train_accuracy > result.test_accuracy
-    assert result.converged and result.num_iter > 0
+    assert result.probe.converged and result.probe.num_iter > 0
 
     # The probe is the fit on the fit rows alone, standardised with their own statistics, with
     # that l2; each accuracy is its float64 NumPy accuracy on that split (up to one near tie).
@@ -195,9 +220,58 @@ def test_probe_on_digits_picks_the_argmax_of_the_sweep():
         assert abs(getattr(result, f"{name}_accuracy") - expected) <= 1 / len(y), name
 
 
+@pytest.mark.slow  # Four digits fits and a scikit-learn one.
+def test_the_chosen_l2_is_refit_on_train_and_minival_as_sklearn_fits_them():
+    train_x, train_y, test_x, test_y = digits()
+    fit, val = stratified_split(train_y, num_classes=10, val_fraction=0.2, seed=1)
+    grid = [1e-2, 1.0, 10.0]
+    result = linear.linear_probe(
+        train_x[fit], train_y[fit], train_x[val], train_y[val], test_x, test_y,
+        num_classes=10, l2_grid=grid, refit=True,
+    )  # fmt: skip
+    assert sorted(result.l2_sweep) == grid and result.l2 < 10.0
+    assert result.minival_accuracy == result.l2_sweep[result.l2] == max(result.l2_sweep.values())
+    # The probe reported: sklearn's fit with that l2 on train + minival, standardised with
+    # their own statistics.
+    both = np.concatenate([fit, val])
+    mean, std = train_x[both].mean(axis=0), train_x[both].std(axis=0)
+    std[std <= linear.STD_EPSILON] = 1.0
+    x, y = (train_x[both] - mean) / std, train_y[both]
+    assert result.probe.converged
+    assert_matches_sklearn(result.probe, x, y, (test_x - mean) / std, test_y, result.l2)
+    W, b = as_float64(result.probe)
+    assert result.train_accuracy == np.mean(np.argmax(x @ W + b, axis=1) == y)
+    assert result.test_accuracy == np.mean(
+        np.argmax((test_x - mean) / std @ W + b, axis=1) == test_y
+    )
+
+
+@pytest.mark.slow  # Compiles the solver for three more sizes.
+def test_rows_at_all_labels_are_the_probe_refit_on_the_whole_training_split():
+    x, y = blobs(num_per_class=20, spread=2.0, seed=1)
+    test_x, test_y = blobs(num_per_class=20, spread=2.0, seed=2)
+    splits = make_label_splits(y, [0.5, 1.0], num_classes=3, minival_fraction=0.2, seed=0)
+    target = SimpleNamespace(splits=splits, source=SimpleNamespace(num_classes=3))
+    config = ml_collections.ConfigDict(dict(linear=dict(l2_grid=(1e-2, 1.0))))
+    rows = linear.rows_at(target, config, "pretrained", "stage4", (x, y, test_x, test_y))
+    minival = splits.minival
+    for row, fraction in zip(rows, (0.5, 1.0)):
+        subset = splits.subsets[fraction]
+        expected = linear.linear_probe(
+            x[subset], y[subset], x[minival], y[minival], test_x, test_y,
+            num_classes=3, l2_grid=[1e-2, 1.0], refit=fraction == 1,
+        )  # fmt: skip
+        # 60 examples: minival 12, the pool 48, half of it 24; all labels: the 60.
+        assert row["num_labels"] == {0.5: 24, 1.0: 60}[fraction]
+        assert (row["test_accuracy"], row["l2"]) == (expected.test_accuracy, expected.l2)
+        assert row["train_accuracy"] == expected.train_accuracy
+
+
 def test_ties_go_to_the_larger_l2():
     x, y = blobs(num_per_class=20)
-    result = linear.linear_probe(x, y, x, y, x, y, num_classes=3, l2_grid=[1e-1, 1e-3, 1e-2])
+    result = linear.linear_probe(
+        x, y, x, y, x, y, num_classes=3, l2_grid=[1e-1, 1e-3, 1e-2], refit=False
+    )
     assert result.l2_sweep == {1e-3: 1.0, 1e-2: 1.0, 1e-1: 1.0}
     assert result.l2 == 1e-1
 
@@ -208,7 +282,7 @@ def test_probe_is_invariant_to_per_feature_affine_scaling_and_constant_features(
     x[:, -1] = test_x[:, -1] = 0.0
     scale = np.array([1e-3, 1.0, 50.0, 1e3, 0.0], np.float32)
     shift = np.array([5.0, -2.0, 0.0, 1e2, 4.0], np.float32)
-    kwargs = dict(num_classes=3, l2_grid=[1e-2, 1.0])
+    kwargs = dict(num_classes=3, l2_grid=[1e-2, 1.0], refit=False)
     plain = linear.linear_probe(x, y, test_x, test_y, test_x, test_y, **kwargs)
     # The constant last column (0 or 4) must neither matter nor produce NaNs.
     test_x = test_x * scale + shift
@@ -220,7 +294,7 @@ def test_probe_is_invariant_to_per_feature_affine_scaling_and_constant_features(
 
 def probe(train_x, train_y, test_x=None, test_y=None, **overrides):
     """The probe with the training set as minival, and as test set unless one is given."""
-    kwargs = dict(num_classes=3, l2_grid=[1e-2])
+    kwargs = dict(num_classes=3, l2_grid=[1e-2], refit=False)
     kwargs.update(overrides)
     test_x = train_x if test_x is None else test_x
     test_y = train_y if test_y is None else test_y

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from selfsup.config import ConfigError, load_config_file
-from selfsup.evaluate import finetune, target
+from selfsup.evaluate import finetune, resume, target
 from selfsup.evaluate.resume import FOLDER, SavedWork, fingerprint
 from selfsup.evaluate.run import evaluate
 from selfsup.train.engine import PreemptedError
@@ -74,7 +74,9 @@ def test_an_evaluation_stopped_in_fine_tuning_resumes_to_the_same_results(
         evaluate(suite(pretrained_run, seed=1), tmp_path / "cut")
 
 
-def test_saved_work_of_another_config_or_checkpoint_is_not_reused(tmp_path, capsys):
+def test_saved_work_of_another_config_checkpoint_or_definition_is_not_reused(
+    tmp_path, capsys, monkeypatch
+):
     checkpoint = tmp_path / "run" / "checkpoints" / "2"
     checkpoint.mkdir(parents=True)
     (checkpoint / "weights").write_bytes(b"1234")
@@ -99,8 +101,15 @@ def test_saved_work_of_another_config_or_checkpoint_is_not_reused(tmp_path, caps
         suite(tmp_path / "run", seed=1), checkpoint
     )
     again = SavedWork(tmp_path / "eval", fingerprint(config, checkpoint))
-    assert "holds work of another config or checkpoint: recomputing" in capsys.readouterr().out
+    assert (
+        "holds work of another config or checkpoint (or of an older version's definition of "
+        "features and results): recomputing everything." in capsys.readouterr().out
+    )
     assert again.arrays("features pretrained", lambda: features) is features  # Recomputed.
+    # Code that computes features or rows differently: the same config's saved work is stale.
+    key = fingerprint(config, checkpoint)
+    monkeypatch.setattr(resume, "DEFINITIONS", (*resume.DEFINITIONS, "stage2: averaged"))
+    assert fingerprint(config, checkpoint) != key
 
 
 def test_a_damaged_saved_copy_is_recomputed(tmp_path, capsys):

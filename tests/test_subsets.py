@@ -67,6 +67,15 @@ def test_label_fractions_are_balanced_nested_disjoint_from_minival_and_seeded():
     assert not np.array_equal(other.subsets[0.1], splits.subsets[0.1])
 
 
+def test_final_labels_are_the_whole_split_at_all_labels_and_the_subset_below():
+    labels = shuffled_labels([30, 30, 30])
+    splits = subsets.make_label_splits(
+        labels, [0.1, 1.0], num_classes=3, minival_fraction=0.1, seed=0
+    )
+    np.testing.assert_array_equal(splits.final_labels(1.0), np.arange(90))
+    np.testing.assert_array_equal(splits.final_labels(0.1), splits.subsets[0.1])
+
+
 def test_label_fraction_errors_name_the_problem():
     labels = shuffled_labels([50, 5])
     pool = np.arange(len(labels))

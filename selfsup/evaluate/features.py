@@ -6,15 +6,19 @@ heap's holes they leave, given back after each batch).
 Examples that are several patches ([P, h, w, C] each) get the mean of their patches' features,
 as Revisiting-SSL evaluates patch-based models (`combine_patches=avg_pool`).
 
-Features come from any depth of the encoder: `stage1`..`stage4` are the global-average-pooled
-outputs of its stages (Revisiting-SSL probes every depth, since which one represents best
-differs by task and architecture); `stage4` is the encoder's own output, the pre-logits. Every
-depth asked for comes out of one forward pass over the data.
+Features come from any depth of the encoder (Revisiting-SSL probes every depth, since which one
+represents best differs by task and architecture): `stage1`..`stage3` are the output maps of
+those stages, max-pooled as Revisiting-SSL's linear evaluation pools them (`revisiting_pool`) to
+about `TARGET_FEATURES` values each and flattened; `stage4` is the encoder's own output, its last
+map averaged over positions: the pre-logits (Revisiting's `pre_logits` tap). Every depth asked
+for comes out of one forward pass over the data.
 """
 
 from __future__ import annotations
 
 import collections
+import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +38,8 @@ LAYERS = ("stage1", "stage2", "stage3", "stage4")
 # running ahead without limit holds every batch's inputs and outputs until the end.
 MAX_IN_FLIGHT = 2
 ALL_STAGES = "all_stages"
+# Revisiting-SSL's linear evaluation (linear_eval.py) pools each tap to about this many values.
+TARGET_FEATURES = 9000
 
 
 def resolve_layers(layers: tuple[str, ...]) -> tuple[str, ...]:
@@ -49,10 +55,61 @@ def resolve_layers(layers: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def pooled_layers(encoder: nnx.Module, images: jax.Array, layers: tuple[str, ...]) -> dict:
-    """{layer: [N, C] float32}: each stage's output map averaged over its positions, computed
-    as the encoder pools its last stage (so `stage4` is `encoder(images)` exactly)."""
+    """{layer: [N, D] float32}: `stage4` averaged over its positions, computed as the encoder
+    pools it (so it is `encoder(images)` exactly); a shallower stage `revisiting_pool`ed and
+    flattened in (row, column, channel) order."""
     maps = encoder.features(images, train=False)
-    return {name: jnp.mean(maps[name], axis=(1, 2), dtype=jnp.float32) for name in layers}
+    return {
+        name: jnp.mean(maps[name], axis=(1, 2), dtype=jnp.float32)
+        if name == PRE_LOGITS
+        else revisiting_pool(maps[name].astype(jnp.float32)).reshape((images.shape[0], -1))
+        for name in layers
+    }
+
+
+def pooled_grid(height: int, width: int, channels: int) -> tuple[int, int]:
+    """The (rows, columns) that Revisiting-SSL's `utils.adaptive_pool` (mode adaptive_max)
+    leaves of a height x width x channels map: all of them if the map holds at most
+    `TARGET_FEATURES` values; else the side s >= 1, floor or ceil of sqrt(TARGET / channels),
+    whose s * s * channels is nearer TARGET, as fractional max-pooling at stride
+    height / s - 1e-5 (at least 1) makes it."""
+    if height * width * channels <= TARGET_FEATURES:
+        return height, width
+    side = math.sqrt(TARGET_FEATURES / channels)
+    low, high = math.floor(side), math.ceil(side)
+    nearer_low = abs(TARGET_FEATURES - channels * low**2) < abs(
+        TARGET_FEATURES - channels * high**2
+    )
+    side = max(low if nearer_low else high, 1)
+    stride = min(max(height / side - 1e-5, 1.0), height)
+    return math.floor(height / stride), math.floor(width / stride)
+
+
+def cell_edges(size: int, cells: int) -> np.ndarray:
+    """`cells` + 1 edges cutting `size` positions into cells of floor(size / cells) or
+    ceil(size / cells): cell i is [floor(i * size / cells), floor((i + 1) * size / cells))."""
+    return np.arange(cells + 1) * size // cells
+
+
+def max_pool_cells(x: jax.Array, row_edges: Sequence[int], col_edges: Sequence[int]) -> jax.Array:
+    """[N, H, W, C] -> [N, rows, columns, C]: the maximum over each cell between consecutive
+    edges (a pooling sequence of tf.nn.fractional_max_pool, non-overlapping)."""
+    rows = [x[:, a:b].max(axis=1) for a, b in zip(row_edges[:-1], row_edges[1:])]
+    x = jnp.stack(rows, axis=1)
+    cols = [x[:, :, a:b].max(axis=2) for a, b in zip(col_edges[:-1], col_edges[1:])]
+    return jnp.stack(cols, axis=2)
+
+
+def revisiting_pool(x: jax.Array) -> jax.Array:
+    """[N, H, W, C] max-pooled to `pooled_grid`'s cells, as Revisiting-SSL pools each tap for
+    its linear evaluation. Its fractional max-pooling draws the cells' order of sizes at random
+    per batch; here they are the evenly spread `cell_edges`, one of those draws, fixed, so that
+    features are a deterministic function of the image."""
+    _, height, width, channels = x.shape
+    rows, cols = pooled_grid(height, width, channels)
+    if (rows, cols) == (height, width):
+        return x
+    return max_pool_cells(x, cell_edges(height, rows), cell_edges(width, cols))
 
 
 def extract_features(

@@ -1,6 +1,8 @@
 """Weighted k-nearest-neighbour classification of frozen features (Wu et al. 2018; DINO's
 `eval_knn`): cosine similarity to every training feature, the k most similar vote for their
-labels with weight exp(similarity / T), the class with the largest total wins."""
+labels with weight exp(similarity / T), the class with the largest total wins. As in DINO,
+InstDisc and solo-learn, k and T are fixed and the bank at all labels is the whole training
+split, minival included: nothing is chosen on minival."""
 
 from __future__ import annotations
 
@@ -94,30 +96,41 @@ def knn_accuracy(
 def rows_at(
     target: Target, config: ml_collections.ConfigDict, name: str, layer: str, features
 ) -> list[Row]:
-    """Its rows of encoder `name` at depth `layer`, from that depth's frozen `features`."""
+    """Its rows of encoder `name` at depth `layer`, from that depth's frozen `features`. The
+    bank is the row's labels (`LabelSplits.final_labels`: at all labels the whole training
+    split); minival accuracy, reported but never used, is that of the bank without minival."""
     train_x, train_y, test_x, test_y = features
     minival = target.splits.minival
     rows = []
-    for fraction, indices in target.splits.subsets.items():
+    for fraction in target.splits.subsets:
+        bank = target.splits.final_labels(fraction)
+        held_out = np.setdiff1d(bank, minival)
+        bank_xy, held_out_xy = (
+            (train_x[bank], train_y[bank]),
+            (train_x[held_out], train_y[held_out]),
+        )
         for k in config.knn.ks:
             start = time.perf_counter()
             # Fewer labelled examples than k: every one of them votes.
-            used_k = min(k, len(indices))
-            kwargs = dict(
-                num_classes=target.source.num_classes, k=used_k, temperature=config.knn.temperature
-            )
+            used_k = min(k, len(bank))
+            kwargs = dict(num_classes=target.source.num_classes, temperature=config.knn.temperature)
             what = f"{name} {layer_method(f'knn/k{k}', layer)} {fraction_name(fraction)} labels"
-            bank = train_x[indices], train_y[indices]
             rows.append(
                 row(
                     name,
                     layer_method(f"knn/k{k}", layer),
                     fraction,
-                    indices,
+                    bank,
                     layer=layer,
-                    test_accuracy=knn_accuracy(*bank, test_x, test_y, **kwargs, what=what),
+                    test_accuracy=knn_accuracy(
+                        *bank_xy, test_x, test_y, k=used_k, **kwargs, what=what
+                    ),
                     minival_accuracy=knn_accuracy(
-                        *bank, train_x[minival], train_y[minival], **kwargs
+                        *held_out_xy,
+                        train_x[minival],
+                        train_y[minival],
+                        k=min(used_k, len(held_out)),
+                        **kwargs,
                     ),
                     k=used_k,
                     temperature=config.knn.temperature,
@@ -130,7 +143,8 @@ def rows_at(
 def settings(config: ml_collections.ConfigDict) -> str:
     return (
         "k-NN with cosine similarity, votes weighted by exp(s / "
-        f"{config.knn.temperature:g}), k fixed in the config (capped at the number of labels)"
+        f"{config.knn.temperature:g}), k fixed in the config (capped at the number of labels); "
+        "at 100% labels the bank is the whole training split, minival included"
     )
 
 

@@ -2,9 +2,10 @@
 a kill (SIGTERM, kill -9, the OOM killer) continues where it stopped: each encoder's frozen
 features, each finished result's rows and each fine-tuning's checkpoints. Files are replaced
 atomically (written aside, then renamed), so a kill never leaves half of one. All of it is
-keyed by a fingerprint of what it was computed from (the config's computation keys and the
-pretrained checkpoint's files): a re-run under another config (`--allow_config_change`) or of
-a changed checkpoint starts over, and says so."""
+keyed by a fingerprint of what it was computed from (the config's computation keys, the
+pretrained checkpoint's files and `DEFINITIONS`): a re-run under another config
+(`--allow_config_change`), of a changed checkpoint or by code that computes features or rows
+differently starts over, and says so."""
 
 from __future__ import annotations
 
@@ -26,18 +27,26 @@ from selfsup.files import write_atomically
 from selfsup.workdir import computation_values
 
 FOLDER = "resume"
+# What saved features and rows hold beyond the config: changed whenever the code computes them
+# differently for the same config and checkpoint, so that a re-run never mixes old and new work.
+DEFINITIONS = (
+    "features: stage1-3 Revisiting-SSL's adaptive max-pooling, stage4 the pre-logits",
+    "linear: l2 path with warm starts, refit on train + minival at all labels",
+    "knn: the bank at all labels is the whole training split",
+)
 
 
 def fingerprint(config: ml_collections.ConfigDict, checkpoint_folder: Path) -> str:
-    """A digest of the config's computation keys and of the checkpoint's files (names, sizes and
-    modification times): it changes when either does."""
+    """A digest of the config's computation keys, of the checkpoint's files (names, sizes and
+    modification times) and of `DEFINITIONS`: it changes when any of them does."""
     files = sorted(
         (str(f.relative_to(checkpoint_folder)), f.stat().st_size, f.stat().st_mtime_ns)
         for f in checkpoint_folder.rglob("*")
         if f.is_file()
     )
     text = json.dumps(
-        [computation_values(config), str(checkpoint_folder.resolve()), files], sort_keys=True
+        [computation_values(config), str(checkpoint_folder.resolve()), files, DEFINITIONS],
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -58,8 +67,8 @@ class SavedWork:
         key_file = self.directory / "KEY"
         if key_file.is_file() and key_file.read_text().strip() != key:
             print(
-                f"{self.directory} holds work of another config or checkpoint: recomputing "
-                "everything."
+                f"{self.directory} holds work of another config or checkpoint (or of an older "
+                "version's definition of features and results): recomputing everything."
             )
             if self.writes:
                 shutil.rmtree(self.directory)

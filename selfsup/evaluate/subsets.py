@@ -5,7 +5,10 @@ class-stratified *minival* split, used only to choose hyper-parameters, and the 
 rest. Label-fraction subsets (1%, 10%, 100%) are class-balanced draws from the pool, so they
 never contain a minival example, and every method and encoder compared trains on the very same
 examples. Subsets of one seed are nested: per class, a fixed seeded order of the pool is cut
-after the first `n` examples, so the 1% subset lies inside the 10% one.
+after the first `n` examples, so the 1% subset lies inside the 10% one. Once its choices are
+made, a method at all labels uses the whole training split (`LabelSplits.final_labels`), as the
+papers' protocols do: the linear probe is refit on train + minival (SimCLR, Kornblith et al.)
+and the k-NN bank holds every training example (DINO, InstDisc).
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ class LabelSplits:
 
     minival: np.ndarray
     subsets: dict[float, np.ndarray]
+
+    def final_labels(self, fraction: float) -> np.ndarray:
+        """The examples a method fits once nothing is left to choose on minival: the subset of
+        `fraction`, and at 1.0 the whole training split (the pool and minival). A smaller
+        subset keeps its own: adding minival would give it more labels than its fraction."""
+        subset = self.subsets[fraction]
+        return np.union1d(subset, self.minival) if fraction == 1 else subset
 
 
 def split_labels(source: Source, split: str) -> np.ndarray:
