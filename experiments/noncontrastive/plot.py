@@ -4,7 +4,9 @@
 
 reads RUNS_DIR/<task>/{metrics.jsonl,summary.json} and RUNS_DIR/<task>_probe/summary.json (as
 `run_cpu.sh` writes them) of each task that has them, prints a Markdown table and writes
-OUT_DIR/loss_curves.png and OUT_DIR/accuracy.png.
+OUT_DIR/loss_curves.png and OUT_DIR/accuracy.png. A task without workdirs takes its probe's
+accuracies from experiments/teachers/RESULTS.md (`EARLIER`; the same configs, budget and probe),
+marked with `*`.
 """
 
 import json
@@ -22,6 +24,9 @@ TASKS = {
     "vicreg": "VICReg",
 }
 METHODS = ("linear", "knn/k20", "knn/k200")
+# experiments/teachers/RESULTS.md's linear, 20-NN and 200-NN accuracies (%), run by the same
+# commands (run_cpu.sh's) before this study.
+EARLIER = {"simclr": (40.5, 38.1, 35.7), "byol": (37.5, 34.3, 31.3), "moco": (34.9, 32.5, 30.5)}
 
 
 def main(runs: Path, out: Path) -> None:
@@ -40,6 +45,15 @@ def main(runs: Path, out: Path) -> None:
             }
         )
         bars += [{"encoder": name, "method": m, "test_accuracy": a} for m, a in accuracy.items()]
+    for task in (t for t in EARLIER if t not in done):
+        accuracy = dict(zip(METHODS, (a / 100 for a in EARLIER[task])))
+        rows.append(
+            {"encoder": f"{TASKS[task]}*", **{m: f"{100 * a:.1f}" for m, a in accuracy.items()}}
+        )
+        bars += [
+            {"encoder": f"{TASKS[task]}*", "method": m, "test_accuracy": a}
+            for m, a in accuracy.items()
+        ]
     # Every probe has the same random-init baseline (same architecture, seed and input).
     random_init = {m: probe[f"random_init/{m}/test_accuracy"] for m in METHODS}
     rows.append({"encoder": "random init", **{m: f"{100 * a:.1f}" for m, a in random_init.items()}})
