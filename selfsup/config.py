@@ -271,6 +271,7 @@ ADDED_KEYS = {
     "model.kernels": "auto",
     "simclr.solarize": 0.0,
     "simclr.color_on_device": False,
+    "optim.param_groups": [],  # As JSON holds the empty tuple.
 }
 
 
