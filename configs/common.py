@@ -44,10 +44,13 @@ def optimizer(
     weight_decay: float = 1e-4,
     weight_decay_exclude: str = BIAS_AND_SCALE,
     decay_epochs: tuple[int, ...] = (),
+    param_groups: tuple = (),
 ) -> ml_collections.ConfigDict:
     """`name` "sgd" or "lars" (trust coefficient 0.001), the learning rate scaled linearly by
     batch / 256, momentum 0.9; `schedule` "cosine" (to 0) or "piecewise" (x0.1 at each of
-    `decay_epochs`), after `warmup_epochs` of linear warmup."""
+    `decay_epochs`), after `warmup_epochs` of linear warmup; `param_groups` ((regex,
+    multiplier, "scheduled" | "constant"), ...): groups of parameters with their own learning
+    rate (selfsup.train.optim.make_optimizer)."""
     return ml_collections.ConfigDict(
         dict(
             name=name,
@@ -61,6 +64,7 @@ def optimizer(
             schedule=schedule,
             decay_epochs=decay_epochs,  # Piecewise schedule only.
             decay_factor=0.1,
+            param_groups=param_groups,  # () = one rate for all parameters.
         )
     )
 

@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 weight_decay=0.0,
                 weight_decay_exclude=r"(^|/)(bias|scale)$",
                 trust_coefficient=0.001,
+                param_groups=(),  # Fine-tuning's groups are lr_multipliers above.
                 schedule="cosine",  # Linear warmup, then cosine decay to zero.
             ),
         )

@@ -177,6 +177,20 @@ VALUE_RULES: dict[str, Rule] = {
     "optim.schedule": choice("cosine", "piecewise"),
     "optim.decay_epochs": sequence(number(0, 100_000), "(120, 160)", min_len=0),
     "optim.decay_factor": number(0, 1, open_low=True),
+    "optim.param_groups": sequence(
+        Rule(
+            lambda g: (
+                isinstance(g, tuple | list)
+                and len(g) == 3
+                and _is_regex(g[0])
+                and number(0, 1e6).test(g[1])
+                and g[2] in ("scheduled", "constant")
+            ),
+            "(regex, learning-rate multiplier >= 0, 'scheduled' or 'constant')",
+        ),
+        "(('^predictor/', 1.0, 'constant'),)",
+        min_len=0,
+    ),
     "weight_decay_exclude": REGEX,
     "min_crop_area": number(0, 1, " (a fraction of the image)", open_low=True),
     "crop_proportion": number(0, 1, " (a fraction of the shorter side)", open_low=True),
@@ -257,6 +271,7 @@ ADDED_KEYS = {
     "model.kernels": "auto",
     "simclr.solarize": 0.0,
     "simclr.color_on_device": False,
+    "optim.param_groups": [],  # As JSON holds the empty tuple.
 }
 
 

@@ -311,7 +311,9 @@ ACCEPTED = {
     "optim.decay_epochs": {(0,)},  # The piecewise schedule decays at once.
     "byol.base_momentum": {0},  # The target copies the online network each step.
     "moco.momentum": {0},  # Likewise the key encoder.
-    **{f"{task}.color_strength": {0} for task in ("simclr", "moco")},  # No colour jitter.
+    **{f"{task}.color_strength": {0} for task in ("simclr", "moco", "simsiam")},  # No jitter.
+    "barlow_twins.lambd": {0},  # No off-diagonal term.
+    **{f"vicreg.{term}_coeff": {0} for term in ("sim", "std", "cov")},  # Without that term.
     "simclr.solarize": {0},
     **{f"{task}.crop_padding": {0} for task in ("rotation", "exemplar")},
     **{f"{t}.grayscale_probability": {0} for t in ("relpatch", "jigsaw", "exemplar")},

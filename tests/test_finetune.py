@@ -43,6 +43,7 @@ SGD = dict(
     weight_decay_exclude=r"(^|/)(bias|scale)$",
     trust_coefficient=0.001,
     schedule="cosine",
+    param_groups=(),
 )
 
 

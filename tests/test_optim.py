@@ -33,6 +33,7 @@ def optim_config(**overrides):
         schedule="cosine",
         decay_epochs=[],
         decay_factor=0.1,
+        param_groups=(),
     )
     return ml_collections.ConfigDict({**config, **overrides})
 
@@ -168,3 +169,38 @@ def test_one_sgd_step_scales_each_group_by_its_multiplier_and_freezes_zero():
     # The frozen group holds no optimizer state (no momentum buffer for it).
     frozen_state = [leaf for leaf in jax.tree.leaves(state) if getattr(leaf, "shape", None) == (1,)]
     assert not frozen_state
+
+
+def test_param_groups_train_at_their_own_rate_scheduled_or_constant():
+    """SGD without momentum: each step's update is -rate * g. With 4 warmup steps the schedule
+    is 0, 1/4, 1/2 of the peak at steps 0-2; the constant group (SimSiam's predictor) has the
+    peak from step 0, the scheduled one (Barlow Twins' biases) the schedule times 0.5, the
+    rest the schedule; the first matching group wins."""
+    groups = (("^head/", 1.0, "constant"), ("bias$|scale$", 0.5, "scheduled"))
+    config = optim_config(name="sgd", momentum=0.0, weight_decay=0.0, param_groups=groups)
+    tx, schedule = make_optimizer(config, batch_size=512, total_steps=100, warmup_steps=4)
+    peak = 0.5 * 512 / 256
+    state = tx.init(PARAMS)
+    for step in range(3):
+        updates, state = tx.update(GRADS, state, PARAMS)
+        rate = float(schedule(step))
+        assert rate == pytest.approx(peak * step / 4)
+        expected = {
+            "encoder": {"conv": {"kernel": rate}, "bn": {"scale": 0.5 * rate}},
+            "head": {"bias": peak},
+        }
+        for u, g, r in zip(*map(jax.tree.leaves, (updates, GRADS, expected)), strict=True):
+            np.testing.assert_allclose(u, -r * np.asarray(g), rtol=1e-6)
+
+
+def test_param_groups_keep_lars_exclusions_within_each_group():
+    """Barlow Twins' recipe: LARS at one rate for the weights and 0.024 of it for biases and
+    BatchNorm parameters, which LARS also leaves out of decay and trust-ratio scaling."""
+    config = optim_config(param_groups=((r"(^|/)(bias|scale)$", 0.024, "scheduled"),))
+    tx, schedule = make_optimizer(config, batch_size=256, total_steps=100, warmup_steps=0)
+    updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+    lr = float(schedule(0))
+    np.testing.assert_allclose(updates["head"]["bias"], -0.024 * lr * np.array([0.1, -0.2]), 1e-6)
+    w, g = np.array([3.0, -4.0]), np.array([0.3, 0.4]) + 1e-2 * np.array([3.0, -4.0])
+    trust = 0.001 * np.linalg.norm(w) / np.linalg.norm(g)
+    np.testing.assert_allclose(updates["encoder"]["conv"]["kernel"][0], -lr * trust * g, 1e-5)

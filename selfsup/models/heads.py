@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -22,9 +23,12 @@ from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 
 class DenseBN(nnx.Module):
-    """Bias-free Dense then BatchNorm; `center=False` drops the BN offset too."""
+    """Bias-free Dense then BatchNorm; `center=False` drops the BN offset too, `scale=False` its
+    scale."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, center: bool, rngs: nnx.Rngs):
+    def __init__(
+        self, in_dim: int, out_dim: int, *, center: bool, scale: bool = True, rngs: nnx.Rngs
+    ):
         self.linear = nnx.Linear(
             in_dim,
             out_dim,
@@ -33,33 +37,62 @@ class DenseBN(nnx.Module):
             rngs=rngs,
         )
         self.bn = nnx.BatchNorm(
-            out_dim, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_bias=center, rngs=rngs
+            out_dim,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            use_bias=center,
+            use_scale=scale,
+            rngs=rngs,
         )
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         return self.bn(self.linear(x), use_running_average=not train)
 
 
+def torch_linear(in_dim: int, out_dim: int, *, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    """`torch.nn.Linear`'s default initialisation: kernel and bias U[-1/sqrt(in), 1/sqrt(in)]."""
+    bound = 1.0 / np.sqrt(in_dim)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nnx.Linear(
+        in_dim, out_dim, use_bias=use_bias, kernel_init=init, bias_init=init, rngs=rngs
+    )
+
+
 class ProjectionHead(nnx.Module):
-    """`num_layers` DenseBN layers, ReLU between them; `num_layers=2` is SimCLR v1's MLP."""
+    """`num_layers` layers, ReLU between them; `num_layers=2` is SimCLR v1's MLP. The hidden
+    ones are DenseBN; `out` picks the last: "bn" (DenseBN without offset, SimCLR's), "bn_plain"
+    (BatchNorm without scale or offset, SimSiam's `BatchNorm1d(affine=False)`) or "linear"
+    (a bias-free `torch_linear`, Barlow Twins' and VICReg's)."""
 
     def __init__(
-        self, in_dim: int, *, hidden_dim: int, out_dim: int, num_layers: int, rngs: nnx.Rngs
+        self,
+        in_dim: int,
+        *,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int,
+        rngs: nnx.Rngs,
+        out: str = "bn",
     ):
         if num_layers < 1:
             raise ValueError(f"ProjectionHead needs num_layers >= 1, got {num_layers}")
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nnx.List(
-            [
-                DenseBN(dims[i], dims[i + 1], center=i < num_layers - 1, rngs=rngs)
-                for i in range(num_layers)
-            ]
-        )
+        hidden = range(num_layers - 1)
+        layers = [DenseBN(dims[i], dims[i + 1], center=True, rngs=rngs) for i in hidden]
+        if out == "linear":
+            layers.append(torch_linear(dims[-2], out_dim, use_bias=False, rngs=rngs))
+        else:
+            layers.append(DenseBN(dims[-2], out_dim, center=False, scale=out == "bn", rngs=rngs))
+        self.layers = nnx.List(layers)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for layer in self.layers[:-1]:
             x = nnx.relu(layer(x, train=train))
-        return self.layers[-1](x, train=train)
+        last = self.layers[-1]
+        return last(x) if isinstance(last, nnx.Linear) else last(x, train=train)
 
 
 class PatchPairHead(nnx.Module):

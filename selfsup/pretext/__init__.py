@@ -33,6 +33,9 @@ TASKS = {
     "rotation": "rotation:Rotation",
     "jigsaw": "jigsaw:Jigsaw",
     "exemplar": "exemplar:Exemplar",
+    "simsiam": "simsiam:SimSiam",
+    "barlow_twins": "barlow_twins:BarlowTwins",
+    "vicreg": "vicreg:VICReg",
 }
 
 

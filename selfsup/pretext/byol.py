@@ -60,17 +60,21 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
+# The rules of the view keys of BYOL's asymmetric pair, which Barlow Twins and VICReg share.
+VIEW_RULES = {
+    "crop_sampler": choice(*CROP_SAMPLERS),
+    "blur": sequence(probability(), "(1.0, 0.1)", min_len=2, max_len=2),
+    "solarize": sequence(probability(), "(0.0, 0.2)", min_len=2, max_len=2),
+    "additive_brightness": flag(),
+    "color_on_device": flag(),
+}
 # `config.byol`'s rules (`selfsup.config.check_values`); `min_crop_area` is a shared one.
 VALUE_RULES = {
     "base_momentum": probability(" (the target's starting momentum; BYOL: 0.99)"),
     "proj_hidden_dim": MAX_WIDTH,
     "proj_out_dim": MAX_WIDTH,
     "pred_hidden_dim": MAX_WIDTH,
-    "crop_sampler": choice(*CROP_SAMPLERS),
-    "blur": sequence(probability(), "(1.0, 0.1)", min_len=2, max_len=2),
-    "solarize": sequence(probability(), "(0.0, 0.2)", min_len=2, max_len=2),
-    "additive_brightness": flag(),
-    "color_on_device": flag(),
+    **VIEW_RULES,
 }
 
 
@@ -83,6 +87,37 @@ def view_colors(c: ml_collections.ConfigDict) -> list[dict[str, Any]]:
         dict(jitter=jitter, blur_p=blur, solarize_p=solarize)
         for blur, solarize in zip(c.blur, c.solarize, strict=True)
     ]
+
+
+def asymmetric_views(image: tf.Tensor, seed: tf.Tensor, c, *, size: int) -> tf.Tensor:
+    """BYOL's pair of views [2, size, size, 3] of `image` under the view keys of block `c`
+    (`VIEW_RULES`, `min_crop_area`); with `c.color_on_device` only cropped, flipped and
+    resized, and `color_views` colours them in the step."""
+    import tensorflow as tf  # Only the input pipeline needs TensorFlow.
+
+    from selfsup.data import augment
+
+    no_color = dict(jitter=None, blur_p=0.0, solarize_p=0.0)
+    views = [
+        augment.augmented_view(
+            image,
+            view_seed,
+            size=size,
+            min_crop_area=c.min_crop_area,
+            crop_sampler=c.crop_sampler,
+            **(no_color if c.color_on_device else colors),
+        )
+        for view_seed, colors in zip(augment.split_seed(seed, 2), view_colors(c))
+    ]
+    return tf.stack(views)
+
+
+def color_views(views: jax.Array, rng: jax.Array, c) -> jax.Array:
+    """`views` [N, 2, ...] of `asymmetric_views`, coloured in the step if `c.color_on_device`
+    (from the step's key: a resumed run draws the same colours, as in simclr.py)."""
+    if not c.color_on_device:
+        return views
+    return augment_jax.augment_colors_per_view(views, rng, view_colors(c))
 
 
 def l2_normalize(x: jax.Array, epsilon: float = 1e-12) -> jax.Array:
@@ -158,24 +193,8 @@ class BYOL:
         self.config = config
 
     def train_example(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        import tensorflow as tf  # Only the input pipeline needs TensorFlow.
-
-        from selfsup.data import augment
-
-        c = self.config.byol
-        no_color = dict(jitter=None, blur_p=0.0, solarize_p=0.0)  # `loss` colours them.
-        views = [
-            augment.augmented_view(
-                image,
-                view_seed,
-                size=self.config.image_size,
-                min_crop_area=c.min_crop_area,
-                crop_sampler=c.crop_sampler,
-                **(no_color if c.color_on_device else colors),
-            )
-            for view_seed, colors in zip(augment.split_seed(seed, 2), view_colors(c))
-        ]
-        return {"views": tf.stack(views)}
+        size = self.config.image_size
+        return {"views": asymmetric_views(image, seed, self.config.byol, size=size)}
 
     def display_views(self, example: dict[str, np.ndarray]) -> list[np.ndarray]:
         """What the network sees of one `train_example`: its two views."""
@@ -209,10 +228,7 @@ class BYOL:
         train: bool,
         extra: dict[str, Any],
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, dict[str, Any]]:
-        views = batch["views"]
-        if self.config.byol.color_on_device:
-            # The step's key: a resumed run draws the same colours (as in simclr.py).
-            views = augment_jax.augment_colors_per_view(views, rng, view_colors(self.config.byol))
+        views = color_views(batch["views"], rng, self.config.byol)
         predictions, features = model(views, train=train)
         projections, target = teacher.run(
             model, extra["target"], lambda net: net.project(views, train=train)[1]

@@ -47,7 +47,7 @@ from selfsup.config import (
     probability,
 )
 from selfsup.data.view_config import COLOR_STRENGTH, CROP_SAMPLERS
-from selfsup.models.heads import online_probe_head
+from selfsup.models.heads import online_probe_head, torch_linear
 from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext import teacher
 
@@ -140,16 +140,6 @@ def enqueue(queue: jax.Array, pointer: jax.Array, keys: jax.Array) -> tuple[jax.
     offset = (jnp.arange(size) - pointer) % size  # Where each row falls in the new window.
     incoming = keys[jnp.minimum(offset, n - 1)]
     return jnp.where((offset < n)[:, None], incoming, queue), (pointer + n) % size
-
-
-def torch_linear(in_dim: int, out_dim: int, *, rngs: nnx.Rngs) -> nnx.Linear:
-    """`torch.nn.Linear`'s default initialisation: kernel and bias U[-1/sqrt(in), 1/sqrt(in)]."""
-    bound = 1.0 / np.sqrt(in_dim)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return nnx.Linear(in_dim, out_dim, kernel_init=init, bias_init=init, rngs=rngs)
 
 
 class MoCoModel(nnx.Module):

@@ -7,7 +7,10 @@ Weight decay and LARS trust-ratio scaling skip parameters whose path matches a r
 `batch_normalization` and `bias`). The peak learning rate scales with the batch size
 (`linear`: lr * B / 256, `sqrt`: lr * sqrt(B)), as in SimCLR. Parameter groups selected by
 regex scale the learning rate per group, and a multiplier of 0 freezes a group (big_vision
-`optax.py`: lr multipliers, "no schedule means frozen").
+`optax.py`: lr multipliers, "no schedule means frozen"). A pretraining recipe names its groups
+in `config.param_groups`: each its own rate (the schedule times a multiplier, or that times the
+peak at every step), as Barlow Twins' rates for biases and BatchNorm and SimSiam's predictor
+without decay need.
 """
 
 from __future__ import annotations
@@ -90,7 +93,10 @@ def make_optimizer(
     steps_per_epoch: float | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer for `config.optim` and its learning-rate schedule (`steps_per_epoch` places
-    the piecewise schedule's `decay_epochs`)."""
+    the piecewise schedule's `decay_epochs`). `config.param_groups`, ((regex, multiplier,
+    "scheduled" | "constant"), ...): a parameter whose path a group's regex matches first
+    (`re.search`) trains at the schedule times the multiplier, or with "constant" at the peak
+    rate times it at every step (no warmup, no decay); the others at the schedule."""
     schedule = make_schedule(
         config,
         batch_size=batch_size,
@@ -98,6 +104,32 @@ def make_optimizer(
         warmup_steps=warmup_steps,
         steps_per_epoch=steps_per_epoch,
     )
+    if not config.param_groups:
+        return _transform(config, schedule), schedule
+    peak = peak_learning_rate(config, batch_size)
+
+    def rate(multiplier: float, mode: str) -> optax.Schedule:
+        if mode == "constant":
+            return optax.constant_schedule(peak * multiplier)
+        return lambda step: schedule(step) * multiplier
+
+    transforms = {"rest": _transform(config, schedule)} | {
+        f"group{i}": _transform(config, rate(multiplier, mode))
+        for i, (_, multiplier, mode) in enumerate(config.param_groups)
+    }
+    patterns = [re.compile(regex) for regex, _, _ in config.param_groups]
+
+    def label(path, _):
+        name = param_path(path)
+        return next((f"group{i}" for i, p in enumerate(patterns) if p.search(name)), "rest")
+
+    return optax.multi_transform(
+        transforms, lambda params: jax.tree_util.tree_map_with_path(label, params)
+    ), schedule
+
+
+def _transform(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+    """`config.name`'s optimizer at the learning rate `schedule`."""
 
     def decay_mask(params):
         return path_mask(params, config.weight_decay_exclude, match=False)
@@ -118,7 +150,7 @@ def make_optimizer(
         )
     else:
         raise ConfigError(f"unknown config.optim.name={config.name!r}: use 'lars' or 'sgd'.")
-    return tx, schedule
+    return tx
 
 
 def lr_multipliers(params, rules: Sequence[tuple[str, float]]):
