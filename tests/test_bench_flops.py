@@ -90,7 +90,7 @@ def test_step_count_equals_three_times_the_traced_task_models_forward(name):
     else:
         # 24 px patches: maps of at least 3x3, where every conv runs over its kernel's taps
         # (on smaller maps a matmul also multiplies the zeros between non-adjacent pixels).
-        config.relpatch.update(dict(patch_size=24, crop_size=78))
+        config.relpatch.update(dict(patch_size=24, crop_size=78, eval_smaller_size=78))
         batch = images(2, 24, 9)
     task = get_task(config)
     traced = model_macs(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))), batch, train=False)
