@@ -106,9 +106,11 @@ def test_copies_are_standardised_views_grey_together_with_revisitings_probabilit
     copies4 = task(copies=4)
     rng = np.random.default_rng(0)
     grey = []
+    # One graph for the 150 draws (as tf.data runs it), not 150 eager calls.
+    make_copies = tf.function(lambda image, seed: copies4.train_example(image, seed)["copies"])
     for s in range(150):
         image = tf.constant(rng.integers(0, 256, (20, 24, 3), np.uint8))
-        copies = copies4.train_example(image, tf.constant([s, 0]))["copies"].numpy()
+        copies = make_copies(image, tf.constant([s, 0], tf.int64)).numpy()
         assert copies.shape == (4, 16, 16, 3)
         flat = copies.reshape(4, -1)
         np.testing.assert_allclose(flat.mean(1), 0, atol=1e-5)
