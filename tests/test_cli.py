@@ -452,12 +452,18 @@ def test_show_augmentations_writes_the_grid(image_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path):
+def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path, monkeypatch):
+    """In this process (`test_a_command_process_ends_on_bad_input_in_one_line` has the command's
+    way out on bad input). 16 training images, all in the first batch: it fails before a
+    training step is compiled."""
     root = tmp_path / "images"
     shutil.copytree(image_root, root)
+    for path in (root / "train").glob("*/*.png"):
+        if int(path.stem) >= 16:
+            path.unlink()
     broken = root / "train" / "class1" / "3.png"
     broken.write_bytes(broken.read_bytes()[:40])  # Valid PNG header, truncated body.
-    run = selfsup(
+    run = selfsup_here(
         "pretrain",
         f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
         f"--workdir={tmp_path / 'run'}",
@@ -467,6 +473,7 @@ def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path):
         "--config.image_size=16",
         "--config.total_steps=2",
         cwd=tmp_path,
+        monkeypatch=monkeypatch,
     )
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
