@@ -318,8 +318,9 @@ def test_bad_input_fails_with_one_line(args, code, message, tmp_path, monkeypatc
         # process can run), evaluate's and export's own checks.
         (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"],
          "needs all of --coordinator_address"),
-        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"],
-         "error: evaluated is not a pretraining workdir"),
+        # The evaluate command's imports make it a slow start (about 9 CPU-s).
+        pytest.param(["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"],
+                     "error: evaluated is not a pretraining workdir", marks=pytest.mark.slow),
         (["export", f"--config={ROOT / 'configs' / 'export.py'}", "--workdir=W"],
          "error: export needs a pretraining run: pass --config.checkpoint=WORKDIR."),
     ],
@@ -472,6 +473,7 @@ def test_signals_checkpoint_in_training_the_rerun_resumes_and_ctrl_c_before_stop
     )
 
 
+@pytest.mark.slow  # A command's start-up, TF's pipeline and matplotlib: about 8 CPU-s.
 def test_show_augmentations_writes_the_grid(image_root, tmp_path):
     run = selfsup(
         "show-augmentations",
