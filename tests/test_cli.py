@@ -113,34 +113,45 @@ def image_root(tmp_path_factory) -> Path:
     return root
 
 
+# The finished pretraining run that the SIGKILL test's killed command must end equal to, and
+# that the evaluate command reads.
+KILL_OVERRIDES = dict(
+    batch_size=16,
+    image_size=16,
+    total_steps=16,
+    log_every_steps=3,  # Not a divisor of the checkpoint interval: windows span a kill.
+    checkpoint_every_steps=4,
+    eval_every_steps=0,
+)
+
+
+@pytest.fixture(scope="module")
+def finished_run(image_root, tmp_path_factory) -> Path:
+    """Trained once, in this process, on 8 devices as the SIGKILL test's command runs (which then
+    finds its programs in the session's compile cache). Its tests share an xdist worker."""
+    config = load_config_file(ROOT / "configs" / "simclr_cifar10.py", "runlocal")
+    config.update(dict(data=f"folder:{image_root}", eval_split="val", **KILL_OVERRIDES))
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    loop.pretrain(config, workdir)
+    return workdir
+
+
 @pytest.mark.slow
-def test_pretrain_then_evaluate_on_a_folder(image_root, tmp_path):
-    config = ROOT / "configs" / "simclr_cifar10.py"
-    data = [f"--config.data=folder:{image_root}", "--config.eval_split=val"]
-    run = selfsup(
-        "pretrain",
-        f"--config={config}:runlocal",
-        f"--workdir={tmp_path / 'pre'}",
-        *data,
-        "--config.batch_size=16",
-        "--config.total_steps=6",
-        "--config.image_size=16",
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "step 6/6" in run.stdout and "images/s" in run.stdout and "ETA" in run.stdout
+@pytest.mark.xdist_group("finished_run")
+def test_evaluate_a_pretraining_run_on_a_folder(finished_run, tmp_path):
+    """The pretrain command's success is the SIGKILL test's re-run."""
     run = selfsup(
         "evaluate",
         f"--config={ROOT / 'configs' / 'transfer.py'}:runlocal",
         f"--workdir={tmp_path / 'transfer'}",
-        f"--config.checkpoint={tmp_path / 'pre'}",
+        f"--config.checkpoint={finished_run}",
         "--config.batch_size=16",
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     out = tmp_path / "transfer"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["checkpoint_step"] == 6 and summary["eval_split"] == "val"
+    assert summary["checkpoint_step"] == 16 and summary["eval_split"] == "val"
     # Brightness separates the classes: any encoder, pretrained or random, probes well.
     assert summary["linear/test_accuracy"] >= 0.9
     assert summary["random_init/linear/test_accuracy"] >= 0.9
@@ -317,8 +328,9 @@ def test_bad_input_fails_with_one_line(args, code, message, tmp_path, monkeypatc
         # process can run), evaluate's and export's own checks.
         (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"],
          "needs all of --coordinator_address"),
-        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"],
-         "error: evaluated is not a pretraining workdir"),
+        # The evaluate command's imports make it a slow start (about 9 CPU-s).
+        pytest.param(["evaluate", PROBE, "--workdir=W", "--config.checkpoint=evaluated"],
+                     "error: evaluated is not a pretraining workdir", marks=pytest.mark.slow),
         (["export", f"--config={ROOT / 'configs' / 'export.py'}", "--workdir=W"],
          "error: export needs a pretraining run: pass --config.checkpoint=WORKDIR."),
     ],
@@ -402,8 +414,38 @@ def test_a_disk_that_refuses_writes_ends_in_one_line(image_root, tmp_path):
     assert sum(line.startswith("error:") for line in run.stderr.splitlines()) == 1
 
 
+def signalled_in_training(command: list[str], cwd: Path, signum: int, step: int) -> tuple[str, str]:
+    """(stdout, stderr) of `command` sent `signum` once it logged `step`, a foreground command
+    (a shell without job control starts background jobs with Ctrl-C ignored, and the command
+    then respects that; a user's Ctrl-C reaches a foreground command, which this makes it,
+    however pytest itself was started)."""
+    process = subprocess.Popen(command, cwd=cwd, env=cli_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=foreground_ctrl_c)  # fmt: skip
+    stdout = []
+    for line in process.stdout:  # Training is under way once steps are logged.
+        stdout.append(line)
+        if line.startswith(f"step {step}/"):
+            break
+    process.send_signal(signum)
+    rest, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum and "Traceback" not in stderr, stderr[-2000:]
+    return "".join(stdout) + rest, stderr
+
+
+def saved_step(stderr: str, signal_name: str) -> int:
+    """The step that a training run stopped by `signal_name` says it saved, in its last line."""
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(rf"{signal_name}: saved a checkpoint at step (\d+)/400; re-run the same "
+                         r"command to resume\.", last)  # fmt: skip
+    assert match, stderr[-2000:]
+    return int(match.group(1))
+
+
 @pytest.mark.slow
-def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root, tmp_path):
+def test_signals_checkpoint_in_training_the_rerun_resumes_and_ctrl_c_before_stops(
+    image_root, tmp_path
+):
     command = [
         sys.executable, "-m", "selfsup", "pretrain",
         f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
@@ -412,23 +454,19 @@ def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root,
         "--config.total_steps=400", "--config.log_every_steps=1",
         "--config.checkpoint_every_steps=1000",
     ]  # fmt: skip
-    # A shell without job control starts background jobs with Ctrl-C ignored, and the command
-    # then respects that; a user's Ctrl-C reaches a foreground command, which the test makes this
-    # one, however pytest itself was started.
-    process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=foreground_ctrl_c)  # fmt: skip
-    for line in process.stdout:  # Training is under way once steps are logged.
-        if line.startswith("step 3/"):
-            break
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
-    last = stderr.strip().splitlines()[-1]
-    match = re.fullmatch(r"SIGINT: saved a checkpoint at step (\d+)/400; re-run the same "
-                         r"command to resume\.", last)  # fmt: skip
-    assert match, stderr[-2000:]
-    assert (tmp_path / "run" / "checkpoints" / match.group(1)).is_dir()
+    # Ctrl-C in training saves the step under way.
+    _, stderr = signalled_in_training(command, tmp_path, signal.SIGINT, 3)
+    first = saved_step(stderr, "SIGINT")
+    assert 3 <= first < 400
+    # The same command resumes from it, and SIGTERM saves the step under way too.
+    stdout, stderr = signalled_in_training(command, tmp_path, signal.SIGTERM, first + 3)
+    assert f"Resuming from checkpoint at step {first}/400" in stdout, stdout
+    second = saved_step(stderr, "SIGTERM")
+    assert first + 3 <= second < 400
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [
+        first, second
+    ]
 
     # Before training (here: once the run holds its workdir), Ctrl-C stops at once, in one line.
     process = subprocess.Popen(command[:5] + [f"--workdir={tmp_path / 'early'}"] + command[6:],
@@ -445,6 +483,7 @@ def test_ctrl_c_checkpoints_in_training_and_stops_in_one_line_before(image_root,
     )
 
 
+@pytest.mark.slow  # A command's start-up, TF's pipeline and matplotlib: about 8 CPU-s.
 def test_show_augmentations_writes_the_grid(image_root, tmp_path):
     run = selfsup(
         "show-augmentations",
@@ -462,12 +501,18 @@ def test_show_augmentations_writes_the_grid(image_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path):
+def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path, monkeypatch):
+    """In this process (`test_a_command_process_ends_on_bad_input_in_one_line` has the command's
+    way out on bad input). 16 training images, all in the first batch: it fails before a
+    training step is compiled."""
     root = tmp_path / "images"
     shutil.copytree(image_root, root)
+    for path in (root / "train").glob("*/*.png"):
+        if int(path.stem) >= 16:
+            path.unlink()
     broken = root / "train" / "class1" / "3.png"
     broken.write_bytes(broken.read_bytes()[:40])  # Valid PNG header, truncated body.
-    run = selfsup(
+    run = selfsup_here(
         "pretrain",
         f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
         f"--workdir={tmp_path / 'run'}",
@@ -477,6 +522,7 @@ def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path):
         "--config.image_size=16",
         "--config.total_steps=2",
         cwd=tmp_path,
+        monkeypatch=monkeypatch,
     )
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
@@ -487,56 +533,15 @@ def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(image_root, tmp_path):
-    command = [
-        sys.executable, "-m", "selfsup", "pretrain",
-        f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
-        f"--workdir={tmp_path / 'run'}", f"--config.data=folder:{image_root}",
-        "--config.eval_split=val", "--config.batch_size=16", "--config.image_size=16",
-        "--config.total_steps=400", "--config.log_every_steps=1",
-        "--config.checkpoint_every_steps=1000",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    for line in process.stdout:  # Training is under way once steps are logged.
-        if line.startswith("step 3/"):
-            break
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 143, stderr[-2000:]
-    match = re.search(r"SIGTERM: saved a checkpoint at step (\d+)/400", stderr)
-    assert match, stderr[-2000:]
-    saved = int(match.group(1))
-    assert 3 <= saved < 400
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [str(saved)]  # fmt: skip
-
-    rerun = selfsup(*command[3:-3], "--config.total_steps=" + str(saved + 2),
-                    "--config.log_every_steps=1", "--allow_config_change",
-                    cwd=tmp_path)  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"Resuming from checkpoint at step {saved}/" in rerun.stdout
-    assert f"step {saved + 2}/{saved + 2}" in rerun.stdout
-
-
-@pytest.mark.slow
-def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(image_root, tmp_path):
-    overrides = dict(
-        batch_size=16,
-        image_size=16,
-        total_steps=16,
-        log_every_steps=3,  # Not a divisor of the checkpoint interval: windows span a kill.
-        checkpoint_every_steps=4,
-        eval_every_steps=0,
-    )
-    config = load_config_file(ROOT / "configs" / "simclr_cifar10.py", "runlocal")
-    config.update(dict(data=f"folder:{image_root}", eval_split="val", **overrides))
-    loop.pretrain(config, tmp_path / "uninterrupted")  # In this process, on 8 devices too.
-
+@pytest.mark.xdist_group("finished_run")
+def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(
+    finished_run, image_root, tmp_path
+):
+    """The re-run is also the pretrain command's way out on success."""
     command = [
         "pretrain", f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal",
         f"--workdir={tmp_path / 'killed'}", f"--config.data=folder:{image_root}",
-        "--config.eval_split=val", *(f"--config.{k}={v}" for k, v in overrides.items()),
+        "--config.eval_split=val", *(f"--config.{k}={v}" for k, v in KILL_OVERRIDES.items()),
     ]  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "selfsup", *command], cwd=tmp_path,
                                env=cli_env(8), text=True, stdout=subprocess.PIPE,
@@ -556,10 +561,11 @@ def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(im
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     resumed = int(re.search(r"Resuming from checkpoint at step (\d+)/16", rerun.stdout).group(1))
     assert resumed in (4, 8, 12)  # The newest save that completed before the kill.
+    assert "step 16/16" in rerun.stdout and "images/s" in rerun.stdout and "ETA" in rerun.stdout
 
     mesh = parallel.make_mesh()
     _, step_killed, killed = load_train_state(tmp_path / "killed", mesh)
-    _, step_full, full = load_train_state(tmp_path / "uninterrupted", mesh)
+    _, step_full, full = load_train_state(finished_run, mesh)
     assert step_killed == step_full == 16
     # Parameters, BatchNorm statistics, optimizer state and step counter, bit for bit.
     leaves_killed, leaves_full = jax.tree.leaves(killed), jax.tree.leaves(full)
@@ -570,9 +576,9 @@ def test_sigkill_between_checkpoints_then_the_same_command_ends_bitwise_equal(im
     killed_log, full_log = (
         [
             {k: v for k, v in json.loads(line).items() if k != "images_per_second"}
-            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+            for line in (run / "metrics.jsonl").read_text().splitlines()
         ]
-        for run in ("killed", "uninterrupted")
+        for run in (tmp_path / "killed", finished_run)
     )
     assert [r["step"] for r in full_log] == [3, 6, 9, 12, 15, 16]
     assert killed_log == full_log

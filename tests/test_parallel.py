@@ -165,6 +165,7 @@ print(statistics.median(faults))
 """
 
 
+@pytest.mark.slow  # Two processes that import JAX and compile and run 9 steps: about 6 CPU-s.
 @pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
     reason="glibc's malloc and Linux page faults",

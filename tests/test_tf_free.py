@@ -63,24 +63,25 @@ for name in sorted(TASKS):
     tx, schedule = make_optimizer(
         config.optim, batch_size=8, total_steps=3, warmup_steps=0, steps_per_epoch=3
     )
-    state = create_train_state(task, tx, seed=0, mesh=mesh)
+    # The state's shapes and shardings (its init traced, as the step is): only a task that
+    # trains compiles its init.
+    abstract_state = abstract_train_state(task, tx, mesh=mesh)
     step = jit_train_step(
         task, model_graphdef(task.build_model), tx, schedule, seed=0, mesh=mesh, total_steps=3
     )
     batch = parallel.to_global(synthetic(config), mesh)
-    step.trace(state, batch)
+    step.trace(abstract_state, batch)
     print(name, "traced")
     if name not in TRAINED:
         continue
+    state = create_train_state(task, tx, seed=0, mesh=mesh)
     for _ in range(2):
         state, metrics = step(state, batch)
     assert np.isfinite(float(metrics["loss"])), metrics
     checkpointer = Checkpointer(f"{WORKDIR}/{name}", keep=1)
     checkpointer.save(2, state, metric_window={})
     checkpointer.close()
-    restored = Checkpointer(f"{WORKDIR}/{name}", read_only=True).restore_latest(
-        abstract_train_state(task, tx, mesh=mesh)
-    )
+    restored = Checkpointer(f"{WORKDIR}/{name}", read_only=True).restore_latest(abstract_state)
     assert restored.step == 2
     for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
