@@ -53,13 +53,15 @@ def image_folder(tmp_path_factory) -> str:
 
 
 def pytest_collection_modifyitems(items):
-    """Slow tests first, so that the workers do not end on one long test while the other
-    idles; the tests that read `pretrained_run` share one xdist worker (pyproject's `--dist
-    loadgroup`), so the session trains that run once, not once per worker."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # Stable.
+    """The tests that read `pretrained_run` are slow (training it costs ~35 CPU-s) and share one
+    xdist worker (pyproject's `--dist loadgroup`), so the session trains that run once, not once
+    per worker. Slow tests go first, so that the workers do not end on one long test while the
+    other idles."""
     for item in items:
         if "pretrained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group("pretrained_run"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # Stable.
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,9 @@ from sklearn.preprocessing import StandardScaler
 
 from selfsup.data import builtin
 
+# One xdist worker for the module, so the session prepares the dataset (~10 CPU-s) once.
+pytestmark = pytest.mark.xdist_group("builtin")
+
 
 def _prepare_offline(root) -> tfds.core.DatasetBuilder:
     """Prepares `shapes` under `root` with every Python socket connection failing."""
