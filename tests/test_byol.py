@@ -8,16 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_augment import seed
-from test_teacher import mesh_of, synthetic_batches, tiny_config
+from test_teacher import first_step, tiny_config
 
-from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.data import augment
 from selfsup.data.augment_jax import ColorJitter, augment_colors_per_view
 from selfsup.pretext import byol, get_task
-from selfsup.train.optim import make_optimizer, path_mask
-from selfsup.train.pretext_step import pretrain_loss
-from selfsup.train.state import create_train_state, model_graphdef
+from selfsup.train.optim import path_mask
+from selfsup.train.state import model_graphdef
 
 
 def deepmind_loss(predictions: np.ndarray, targets: np.ndarray) -> float:
@@ -81,68 +79,38 @@ def hand_written_loss(graphdef, params, batch_stats, target, views):
     return total
 
 
-@pytest.mark.slow  # Compiles the task's loss and the reference, each with its gradient.
+@pytest.mark.slow  # Compiles the reference with its gradient; the task's is first_step's.
 def test_online_gradient_equals_that_of_a_hand_written_loss():
     config = tiny_config("byol")
     assert config.byol.color_on_device  # The recipe's: views coloured in the step.
     task = get_task(config)
-    [batch] = synthetic_batches(config, 1)
-    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=1, warmup_steps=0)
-    state = jax.device_get(create_train_state(task, tx, seed=0, mesh=parallel.make_mesh()))
     graphdef = model_graphdef(task.build_model)
-    loss_fn = pretrain_loss(task, graphdef)
+    one = first_step("byol", 1)  # The task's loss and gradients on one device.
+    state, batch = one["state"], one["batch"]
 
-    @jax.jit
-    def both(params, batch_stats, extra):
-        def task_loss(params):
-            return loss_fn(params, batch_stats, extra, batch, jax.random.key(0))[0]
+    def reference(params, batch_stats, target, views):
+        # The step colours the views with its own key (byol.py), so the reference does too.
+        colors = byol.view_colors(config.byol)
+        views = augment_colors_per_view(views, jax.random.key(0), colors)
+        return hand_written_loss(graphdef, params, batch_stats, target, views)
 
-        def reference(params):
-            # The step colours the views with its own key (byol.py), so the reference does too.
-            colors = byol.view_colors(config.byol)
-            views = augment_colors_per_view(batch["views"], jax.random.key(0), colors)
-            return hand_written_loss(graphdef, params, batch_stats, extra["target"], views)
-
-        return jax.value_and_grad(task_loss)(params), jax.value_and_grad(reference)(params)
-
-    (loss, grads), (ref_loss, ref_grads) = both(state.params, state.batch_stats, state.extra)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    flat, ref_flat = jax.tree.leaves(grads), jax.tree.leaves(ref_grads)
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(reference))(
+        state.params, state.batch_stats, state.extra["target"], batch["views"]
+    )
+    np.testing.assert_allclose(one["loss"], ref_loss, rtol=1e-5)
+    flat, ref_flat = jax.tree.leaves(one["grads"]), jax.tree.leaves(ref_grads)
     assert len(flat) == len(ref_flat) > 20
     scale = max(np.abs(g).max() for g in ref_flat)
     for g, r in zip(flat, ref_flat):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * scale)
 
 
-def _loss_and_grads(config, mesh):
-    task = get_task(config)
-    [batch] = synthetic_batches(config, 1, seed=3)
-    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=1, warmup_steps=0)
-    state = create_train_state(task, tx, seed=0, mesh=mesh)
-    loss_fn = pretrain_loss(task, model_graphdef(task.build_model))
-
-    @jax.jit
-    def step(state, batch):
-        def total(params):
-            return loss_fn(params, state.batch_stats, state.extra, batch, jax.random.key(0))
-
-        (loss, (_, batch_stats, extra)), grads = jax.value_and_grad(total, has_aux=True)(
-            state.params
-        )
-        return loss, grads, batch_stats, extra
-
-    return jax.device_get(step(state, parallel.to_global(batch, mesh)))
-
-
-@pytest.mark.slow  # Compiles BYOL's loss and gradients for two meshes.
+@pytest.mark.slow  # Compiles BYOL's step for two meshes (the one-device one is the above's).
 def test_loss_gradients_and_target_statistics_equal_on_1_and_8_devices():
-    config = tiny_config("byol")
-    loss1, grads1, stats1, extra1 = _loss_and_grads(config, mesh_of(1))
-    loss8, grads8, stats8, extra8 = _loss_and_grads(config, mesh_of(8))
-    np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
-    pairs = [(grads1, grads8), (stats1, stats8), (extra1, extra8)]
-    for one, eight in pairs:
-        flat1, flat8 = jax.tree.leaves(one), jax.tree.leaves(eight)
+    one, eight = first_step("byol", 1), first_step("byol", 8)
+    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
+    for key in ("grads", "batch_stats", "extra"):
+        flat1, flat8 = jax.tree.leaves(one[key]), jax.tree.leaves(eight[key])
         assert len(flat1) == len(flat8) > 10
         # Rounding only (test_simclr.py says why the bound is 1e-3); per-device BatchNorm
         # statistics would differ by O(1). The projector's and predictor's hidden biases sit

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-from test_teacher import mesh_of, synthetic_batches, tiny_config, train
+from test_teacher import first_step, mesh_of, synthetic_batches, tiny_config, train
 
 from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.pretext import get_task, moco
-from selfsup.train.optim import make_optimizer
-from selfsup.train.pretext_step import pretrain_loss
-from selfsup.train.state import create_train_state, model_graphdef
+from selfsup.train.state import model_graphdef
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -101,25 +99,6 @@ def test_the_queue_is_a_fifo_of_the_global_batches_keys_on_1_and_8_devices():
     np.testing.assert_allclose(queues[1], queues[8], rtol=1e-4, atol=1e-5)
 
 
-def _step_outputs(config, mesh):
-    task = get_task(config)
-    [batch] = synthetic_batches(config, 1, seed=3)
-    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=1, warmup_steps=0)
-    state = create_train_state(task, tx, seed=0, mesh=mesh)
-    queue_sharding = state.extra["queue"].sharding
-    loss_fn = pretrain_loss(task, model_graphdef(task.build_model))
-
-    @jax.jit
-    def step(state, batch):
-        def total(params):
-            return loss_fn(params, state.batch_stats, state.extra, batch, jax.random.key(0))
-
-        (loss, (_, _, extra)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-        return loss, grads, extra
-
-    return queue_sharding, jax.device_get(step(state, parallel.to_global(batch, mesh)))
-
-
 @pytest.mark.slow  # Eleven eager forward passes of the tiny ResNet: ~13 CPU-s.
 def test_bn_groups_normalise_each_group_alone_and_shuffle_the_keys_across_groups():
     """`bn_groups=4`: each group of 4 images is embedded as a batch of its own from the same
@@ -149,23 +128,23 @@ def test_bn_groups_normalise_each_group_alone_and_shuffle_the_keys_across_groups
     assert not (order.reshape(4, 4) // 4 == np.arange(4)[:, None]).all()  # Groups mixed.
 
 
-@pytest.mark.slow  # Compiles MoCo's loss and gradients for two meshes, twice.
+@pytest.mark.slow  # Compiles MoCo's step for two meshes, twice.
 @pytest.mark.parametrize("bn_groups", [1, 4])
 def test_loss_gradients_and_key_encoder_outputs_equal_on_1_and_8_devices(bn_groups):
     """With BatchNorm over the global batch the keys do not depend on the device count: no
     device holds statistics of its own shard for a query and its key to share. MoCo's shuffled
     BatchNorm (`bn_groups`) groups examples, not devices: the same on 1 and 8 devices."""
-    config = tiny_config("moco")
-    config.moco.bn_groups = bn_groups
-    sharding1, (loss1, grads1, extra1) = _step_outputs(config, mesh_of(1))
-    sharding8, (loss8, grads8, extra8) = _step_outputs(config, mesh_of(8))
+    options = {} if bn_groups == 1 else dict(bn_groups=bn_groups)  # 1 is the default.
+    one, eight = first_step("moco", 1, **options), first_step("moco", 8, **options)
     # The queue is split over the mesh: each of 8 devices holds 32 / 8 rows.
+    sharding1, sharding8 = one["shardings"]["queue"], eight["shardings"]["queue"]
     assert sharding8.spec == P(parallel.DATA_AXIS) and sharding1.spec == P(parallel.DATA_AXIS)
-    assert sharding8.shard_shape((32, config.moco.dim)) == (4, config.moco.dim)
-    np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
+    dim = tiny_config("moco").moco.dim
+    assert sharding8.shard_shape((32, dim)) == (4, dim)
+    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
     # Enqueued keys (rows 0-15) and the key encoder's BatchNorm statistics.
-    for one, eight in ((grads1, grads8), (extra1, extra8)):
-        flat1, flat8 = jax.tree.leaves(one), jax.tree.leaves(eight)
+    for key in ("grads", "extra"):
+        flat1, flat8 = jax.tree.leaves(one[key]), jax.tree.leaves(eight[key])
         assert len(flat1) == len(flat8) > 10
         scale = max(np.abs(a).max() for a in flat1)
         for a, b in zip(flat1, flat8):  # Rounding only, as in test_simclr.py.

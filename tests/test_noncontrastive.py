@@ -11,21 +11,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
-from test_teacher import mesh_of, synthetic_batches, tiny_config
+from test_teacher import first_step, tiny_config
 
 from selfsup import parallel
-from selfsup.pretext import get_task
 from selfsup.pretext.barlow_twins import barlow_twins_loss
 from selfsup.pretext.simsiam import simsiam_loss
 from selfsup.pretext.vicreg import vicreg_loss
 from selfsup.train import loop
 from selfsup.train.checkpoint import load_pretrained_model
-from selfsup.train.optim import make_optimizer
-from selfsup.train.pretext_step import pretrain_loss
-from selfsup.train.state import create_train_state, model_graphdef
 
 TASKS = ("simsiam", "barlow_twins", "vicreg")
 VICREG = dict(sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0)
@@ -154,38 +149,15 @@ def test_a_batch_of_2n_is_not_the_mean_of_two_batches_of_n(loss):
     assert abs(whole - halves) > 0.05 * abs(whole)
 
 
-def one_step(config, mesh, batch):
-    """(loss, gradients, updated parameters, BatchNorm statistics) of the engine's first
-    optimizer step from the task's initial state on `mesh`."""
-    task = get_task(config)
-    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
-    state = create_train_state(task, tx, seed=0, mesh=mesh)
-    loss_fn = pretrain_loss(task, model_graphdef(task.build_model))
-
-    @jax.jit
-    def step(state, batch):
-        def total(params):
-            return loss_fn(params, state.batch_stats, state.extra, batch, jax.random.key(0))
-
-        (loss, (_, stats, _)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-        updates, _ = tx.update(grads, state.opt_state, state.params)
-        return loss, grads, optax.apply_updates(state.params, updates), stats
-
-    return jax.device_get(step(state, parallel.to_global(batch, mesh)))
-
-
 @pytest.mark.slow  # Compiles each task's step for two meshes.
 @pytest.mark.parametrize("name", TASKS)
 def test_loss_gradients_and_updated_parameters_equal_on_1_and_8_devices(name):
     """Equal up to rounding (test_simclr.py says why the bound is 1e-3 relative); per-device
     BatchNorm statistics or per-device Barlow Twins / VICReg statistics would differ by O(1)."""
-    config = tiny_config(name)
-    [batch] = synthetic_batches(config, 1, seed=3)
-    loss1, *trees1 = one_step(config, mesh_of(1), batch)
-    loss8, *trees8 = one_step(config, mesh_of(8), batch)
-    np.testing.assert_allclose(loss1, loss8, rtol=1e-5, atol=1e-6)  # SimSiam's is near 0.
-    for one, eight in zip(trees1, trees8):
-        flat1, flat8 = jax.tree.leaves(one), jax.tree.leaves(eight)
+    one, eight = first_step(name, 1), first_step(name, 8)
+    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5, atol=1e-6)  # SimSiam's ~0.
+    for key in ("grads", "params", "batch_stats"):
+        flat1, flat8 = jax.tree.leaves(one[key]), jax.tree.leaves(eight[key])
         assert len(flat1) == len(flat8) > 10
         # A bias before a BatchNorm has a zero gradient up to rounding: bounded by the scale.
         scale = max(np.abs(a).max() for a in flat1)

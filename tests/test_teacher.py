@@ -3,11 +3,13 @@ each optimizer step against its closed form (BYOL's cosine schedule of the momen
 constant one), no gradient into the teacher, and kill-and-resume bit for bit with the teacher
 and the queue included. The helpers build tiny runs of either task for test_byol/test_moco."""
 
+import functools
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from selfsup import parallel
@@ -18,7 +20,7 @@ from selfsup.train import loop
 from selfsup.train.checkpoint import load_train_state
 from selfsup.train.optim import make_optimizer
 from selfsup.train.pretext_step import jit_train_step, pretrain_loss
-from selfsup.train.state import create_train_state, model_graphdef
+from selfsup.train.state import create_train_state, model_graphdef, state_sharding
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -85,6 +87,48 @@ def train(config, mesh, batches, *, total_steps: int = 10):
         states.append(jax.device_get(state))
         metrics.append(jax.device_get(m))
     return states, metrics
+
+
+@functools.cache
+def first_step(name: str, devices: int, **options) -> dict:
+    """Host copies of the engine's first optimizer step on one batch (seed 3) on the first
+    `devices` devices, from one initial state for every device count: the state before it,
+    the batch, the loss, its gradients, the updated parameters, BatchNorm statistics and extra
+    state, and the shardings of the state's extra arrays. `options` set `config.<name>`'s keys.
+    Cached: test_byol reads BYOL's steps twice."""
+    config = tiny_config(name)
+    config[name].update(options)
+    task = get_task(config)
+    [batch] = synthetic_batches(config, 1, seed=3)
+    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
+    state = initial_state(name, **options)
+    mesh = mesh_of(devices)
+    state = jax.device_put(state, state_sharding(task, state, mesh))
+    loss_fn = pretrain_loss(task, model_graphdef(task.build_model))
+
+    @jax.jit
+    def step(state, batch):
+        def total(params):
+            return loss_fn(params, state.batch_stats, state.extra, batch, jax.random.key(0))
+
+        (loss, (_, stats, extra)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+        updates, _ = tx.update(grads, state.opt_state, state.params)
+        return loss, grads, optax.apply_updates(state.params, updates), stats, extra
+
+    outputs = jax.device_get(step(state, parallel.to_global(batch, mesh)))
+    keys = ("loss", "grads", "params", "batch_stats", "extra")
+    shardings = jax.tree.map(lambda a: a.sharding, state.extra)
+    return dict(zip(keys, outputs), state=jax.device_get(state), batch=batch, shardings=shardings)
+
+
+@functools.cache
+def initial_state(name: str, **options):
+    """`first_step`'s initial state, made once on 8 devices (its initialisation compiles for
+    each mesh: 6 CPU-s a ResNet)."""
+    config = tiny_config(name)
+    config[name].update(options)
+    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
+    return create_train_state(get_task(config), tx, seed=0, mesh=mesh_of(8))
 
 
 TEACHER = {"byol": "target", "moco": "key_encoder"}
