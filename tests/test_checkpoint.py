@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_loop import final_params, logged, tiny_config
+from test_loop import copy_run, final_params, logged, tiny_config
 
 from selfsup.config import ConfigError
 from selfsup.train import engine, loop
@@ -41,10 +41,6 @@ def run6(image_folder, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("run6") / "run"
     loop.pretrain(settings(image_folder), workdir)
     return workdir
-
-
-def copy_run(run6: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(run6, tmp_path / "run", symlinks=True))
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -269,15 +265,17 @@ def killed_at_write(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "metric_window.json", CHECKSUMS])
-def test_a_run_killed_at_any_write_ends_as_an_uninterrupted_one(run6, image_folder, tmp_path, name):
-    # The killed run resumes from step 4 (a kill during steps 5-6 left no step 6): it rewrites
-    # config.json and metrics.jsonl, then saves step 6 (its metric window, then its checksums).
+def test_a_run_killed_at_any_write_ends_as_an_uninterrupted_one(run6, image_folder, tmp_path):
+    # A run resumed from step 4 (a kill during steps 5-6 left no step 6) rewrites config.json
+    # and metrics.jsonl, then saves step 6 (its metric window, then its checksums). Each run
+    # below is killed at a later write than the one before, so each starts from what a kill at
+    # the previous write left, and goes on past that write.
     workdir = copy_run(run6, tmp_path)
     shutil.rmtree(workdir / "checkpoints" / "6")
-    with contextlib.suppress(Killed), killed_at_write(name):
-        loop.pretrain(settings(image_folder), workdir)
-    assert Checkpointer(workdir, read_only=True).steps() == [2, 4]  # Step 6 never complete.
+    for name in ("config.json", "metrics.jsonl", "metric_window.json", CHECKSUMS):
+        with contextlib.suppress(Killed), killed_at_write(name):
+            loop.pretrain(settings(image_folder), workdir)
+        assert Checkpointer(workdir, read_only=True).steps() == [2, 4], name  # No step 6.
     loop.pretrain(settings(image_folder), workdir)  # The same command.
     assert_same_params(workdir, run6)
     assert logged(workdir) == logged(run6)  # Line for line: no record lost or doubled.

@@ -32,6 +32,19 @@ def tiny_config(data: str, **overrides):
     return config
 
 
+@pytest.fixture(scope="module")
+def run4(image_folder, tmp_path_factory) -> Path:
+    """tiny_config's finished run (checkpoints 2 and 4), trained once: a test that changes it
+    copies it."""
+    workdir = tmp_path_factory.mktemp("run4") / "run"
+    loop.pretrain(tiny_config(image_folder), workdir)
+    return workdir
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
+
+
 def final_params(workdir):
     _, step, model = load_pretrained_model(workdir, loop.parallel.make_mesh())
     from flax import nnx
@@ -40,55 +53,54 @@ def final_params(workdir):
 
 
 @pytest.mark.slow
-def test_pretrain_writes_outputs_and_resumes_exactly(image_folder, tmp_path):
+def test_pretrain_writes_outputs_and_resumes_exactly(run4, image_folder, tmp_path):
     config = tiny_config(image_folder)
-    summary = loop.pretrain(config, tmp_path / "full")
+    summary = json.loads((run4 / "summary.json").read_text())
     assert summary["pretrain/steps"] == 4 and np.isfinite(summary["pretrain/loss"])
     for name in ("summary.json", "metrics.jsonl", "report.md", "loss_curve.png", "config.json"):
-        assert (tmp_path / "full" / name).exists(), name
-    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+        assert (run4 / name).exists(), name
+    records = [json.loads(line) for line in (run4 / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[0]["learning_rate"] == pytest.approx(1.0 * 16 / 256)  # No warmup; lr * B/256.
-    assert json.loads((tmp_path / "full" / "summary.json").read_text()) == summary
     # The recipe's dtype "auto" ran, and is recorded, as float32 on the CPU.
-    saved = json.loads((tmp_path / "full" / "config.json").read_text())
+    saved = json.loads((run4 / "config.json").read_text())
     assert summary["model/dtype"] == saved["model"]["dtype"] == "float32"
 
     # An interrupted run: it stopped after the step-2 checkpoint (later ones never written).
-    loop.pretrain(config, tmp_path / "resumed")
-    checkpointer = Checkpointer(tmp_path / "resumed", keep=3)
+    resumed = copy_run(run4, tmp_path)
+    checkpointer = Checkpointer(resumed, keep=3)
     checkpointer.manager.delete(4)
     checkpointer.close()
-    loop.pretrain(config, tmp_path / "resumed")
-    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    resumed_summary = loop.pretrain(config, resumed)
+    assert json.loads((resumed / "summary.json").read_text()) == resumed_summary
+    records = [json.loads(line) for line in (resumed / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # Steps 3-4 redone, not duplicated.
 
-    step_full, params_full = final_params(tmp_path / "full")
-    step_resumed, params_resumed = final_params(tmp_path / "resumed")
+    step_full, params_full = final_params(run4)
+    step_resumed, params_resumed = final_params(resumed)
     assert step_full == step_resumed == 4
     for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_resumed)):
         np.testing.assert_array_equal(a, b)
 
     # Re-running a finished workdir does no training and keeps its results.
-    again = loop.pretrain(config, tmp_path / "full")
-    assert again["pretrain/loss"] == summary["pretrain/loss"]
+    again = loop.pretrain(config, resumed)
+    assert again["pretrain/loss"] == resumed_summary["pretrain/loss"]
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_step_and_last_checkpoint(image_folder, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_step_and_last_checkpoint(run4, image_folder, tmp_path, monkeypatch):
     def nan_loss(z1, z2, temperature):
         loss, metrics = nt_xent(z1, z2, temperature)
         return loss * jnp.nan, metrics
 
     nt_xent = simclr.nt_xent_loss
-    config = tiny_config(image_folder)
-    loop.pretrain(config, tmp_path)  # A finished run...
-    config.total_steps = 6  # ...extended, and the extension diverges.
+    workdir = copy_run(run4, tmp_path)  # A finished run...
+    config = tiny_config(image_folder, total_steps=6)  # ...extended, and the extension diverges.
     monkeypatch.setattr(simclr, "nt_xent_loss", nan_loss)
     message = "by step 5; the last checkpoint is step 4 .*kept: 2, 4"
     with pytest.raises(engine.NonFiniteLossError, match=message):
-        loop.pretrain(config, tmp_path, allow_config_change=True)
-    assert Checkpointer(tmp_path, keep=3).latest_step() == 4  # Nothing good was lost.
+        loop.pretrain(config, workdir, allow_config_change=True)
+    assert Checkpointer(workdir, keep=3).latest_step() == 4  # Nothing good was lost.
 
 
 def test_batch_size_must_divide_over_devices(image_folder, tmp_path):
@@ -114,28 +126,35 @@ def tensorboard_steps(workdir: Path) -> dict[str, list[int]]:
     return steps
 
 
-@pytest.mark.slow
-def test_a_resumed_run_logs_what_an_uninterrupted_one_does(image_folder, tmp_path):
-    # Checkpoints every 3 steps, logs every 2: the killed run's first log after its resume
-    # covers steps from both sides of the kill.
-    config = tiny_config(
-        image_folder, total_steps=8, log_every_steps=2, checkpoint_every_steps=3, keep_checkpoints=5
-    )
-    loop.pretrain(config, tmp_path / "full")
-    shutil.copytree(tmp_path / "full", tmp_path / "killed")  # The same run, until its kill.
-    for step in ("6", "8"):  # What a kill at step 5 leaves: no saves after step 3's.
-        shutil.rmtree(tmp_path / "killed" / "checkpoints" / step)
-    loop.pretrain(config, tmp_path / "killed")
+def log2_config(image_folder: str):
+    """tiny_config (its programs) checkpointing at step 3, logging every 2 steps: a kill after
+    step 3's save leaves a resume whose first log covers steps from both sides of the kill."""
+    return tiny_config(image_folder, log_every_steps=2, checkpoint_every_steps=3)
 
-    assert [r["step"] for r in logged(tmp_path / "full")] == [2, 4, 6, 8]
-    assert logged(tmp_path / "killed") == logged(tmp_path / "full")
-    steps = tensorboard_steps(tmp_path / "killed")
-    assert steps["loss"] == [2, 4, 6, 8]  # One event per step, the killed run's included.
-    assert steps == tensorboard_steps(tmp_path / "full")
+
+@pytest.fixture(scope="module")
+def log2_run(image_folder, tmp_path_factory) -> Path:
+    """log2_config's finished run (checkpoints 3 and 4), trained once: tests kill copies."""
+    workdir = tmp_path_factory.mktemp("log2") / "run"
+    loop.pretrain(log2_config(image_folder), workdir)
+    return workdir
 
 
 @pytest.mark.slow
-def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder, tmp_path):
+def test_a_resumed_run_logs_what_an_uninterrupted_one_does(log2_run, image_folder, tmp_path):
+    killed = copy_run(log2_run, tmp_path)  # The same run, until its kill.
+    shutil.rmtree(killed / "checkpoints" / "4")  # What a kill at step 4 leaves.
+    loop.pretrain(log2_config(image_folder), killed)
+
+    assert [r["step"] for r in logged(log2_run)] == [2, 4]
+    assert logged(killed) == logged(log2_run)
+    steps = tensorboard_steps(killed)
+    assert steps["loss"] == [2, 4]  # One event per step, the killed run's included.
+    assert steps == tensorboard_steps(log2_run)
+
+
+@pytest.mark.slow
+def test_online_probe_trains_on_labels_without_touching_the_encoder(run4, image_folder, tmp_path):
     with_probe = tiny_config(image_folder, online_probe_classes=-1)
     summary = loop.pretrain(with_probe, tmp_path / "probe")
     saved = json.loads((tmp_path / "probe" / "config.json").read_text())
@@ -145,9 +164,8 @@ def test_online_probe_trains_on_labels_without_touching_the_encoder(image_folder
     assert len(logged_accuracy) == 4 and all(a * 16 == round(a * 16) for a in logged_accuracy)
     assert summary["pretrain/online_probe/accuracy"] == logged_accuracy[-1]
     assert "linear/test_accuracy" not in summary  # The offline probe is evaluate's, never this.
-    loop.pretrain(tiny_config(image_folder), tmp_path / "plain")
     _, probed = final_params(tmp_path / "probe")
-    _, plain = final_params(tmp_path / "plain")
+    _, plain = final_params(run4)  # The same run without the probe.
     assert "online_probe" in probed and "online_probe" not in plain
     for a, b in zip(jax.tree.leaves(probed["encoder"]), jax.tree.leaves(plain["encoder"])):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -180,23 +198,22 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_too(image_folder, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_half_written_checkpoint_is_ignored_and_replaced(image_folder, tmp_path, capsys):
-    config = tiny_config(image_folder)
-    loop.pretrain(config, tmp_path)
-    _, params_before = final_params(tmp_path)
+def test_a_half_written_checkpoint_is_ignored_and_replaced(run4, image_folder, tmp_path, capsys):
+    workdir = copy_run(run4, tmp_path)
+    _, params_before = final_params(run4)
     # What a kill during the step-4 save leaves: orbax writes into <step>.orbax-checkpoint-tmp
     # and renames it to <step> only once complete.
-    partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp"
-    (tmp_path / "checkpoints" / "4").rename(partial)
+    partial = workdir / "checkpoints" / "4.orbax-checkpoint-tmp"
+    (workdir / "checkpoints" / "4").rename(partial)
     for path in partial.rglob("*"):
         if path.is_file():
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
-    loop.pretrain(config, tmp_path)
+    loop.pretrain(tiny_config(image_folder), workdir)
     out = capsys.readouterr().out
     assert "Ignoring unfinished checkpoint saves (cut short): 4.orbax-checkpoint-tmp." in out
     assert "Resuming from checkpoint at step 2/4" in out
-    step, params_after = final_params(tmp_path)
+    step, params_after = final_params(workdir)
     assert step == 4
     for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params_after)):
         np.testing.assert_array_equal(a, b)
@@ -217,22 +234,16 @@ def test_skip_leaves_undecodable_images_out_and_reports_them(image_folder, tmp_p
 
 
 @pytest.mark.slow
-def test_a_metrics_line_cut_short_by_a_kill_is_written_again_on_resume(image_folder, tmp_path):
-    config = tiny_config(image_folder, total_steps=6, checkpoint_every_steps=3)
-    loop.pretrain(config, tmp_path / "full")
-    # A kill while step 6's metrics line was being appended: its checkpoint was not saved yet.
-    shutil.copytree(tmp_path / "full", tmp_path / "killed")
-    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")
-    metrics = tmp_path / "killed" / "metrics.jsonl"
+def test_a_metrics_line_cut_short_by_a_kill_is_written_again_on_resume(
+    log2_run, image_folder, tmp_path
+):
+    # A kill while step 4's metrics line was being appended: its checkpoint was not saved yet.
+    killed = copy_run(log2_run, tmp_path)
+    shutil.rmtree(killed / "checkpoints" / "4")
+    metrics = killed / "metrics.jsonl"
     text = metrics.read_text()
     metrics.write_text(text[: text.rindex("\n", 0, -1) + 40])
-    loop.pretrain(config, tmp_path / "killed")
+    loop.pretrain(log2_config(image_folder), killed)
 
-    def lines(workdir):  # Throughput is a measurement, not a result.
-        records = [
-            json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
-        ]
-        return [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]
-
-    assert [r["step"] for r in lines(tmp_path / "killed")] == [1, 2, 3, 4, 5, 6]
-    assert lines(tmp_path / "killed") == lines(tmp_path / "full")
+    assert [r["step"] for r in logged(killed)] == [2, 4]
+    assert logged(killed) == logged(log2_run)  # Throughput, a measurement, left out.
