@@ -30,6 +30,9 @@ from selfsup.train.checkpoint import (
     verify_checksums,
 )
 
+# One xdist worker for the module, so the session trains `run6` once, not once per worker.
+pytestmark = pytest.mark.xdist_group("run6")
+
 
 def settings(image_folder, **overrides):
     defaults = dict(total_steps=6, checkpoint_every_steps=2, keep_checkpoints=3)
@@ -82,6 +85,7 @@ def test_every_save_records_the_checksum_of_each_of_its_files(run6):
             assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha
 
 
+@pytest.mark.slow  # Each case resumes and trains (6-8 CPU-s).
 @pytest.mark.parametrize(
     "damage", ["empty folder", "no item folder", "one flipped byte", "empty checksum list"]
 )
@@ -198,6 +202,7 @@ class TrainStateBeforeExtra:
     opt_state: Any
 
 
+@pytest.mark.slow  # Resumes and trains (~9 CPU-s).
 def test_a_checkpoint_saved_before_extra_state_existed_resumes_exactly(
     run6, image_folder, tmp_path
 ):

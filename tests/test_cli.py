@@ -127,8 +127,8 @@ KILL_OVERRIDES = dict(
 
 @pytest.fixture(scope="module")
 def finished_run(image_root, tmp_path_factory) -> Path:
-    """Trained once, in this process, on 8 devices as the SIGKILL test's command runs (which then
-    finds its programs in the session's compile cache). Its tests share an xdist worker."""
+    """Trained once, in this process, with the SIGKILL test's command's settings. Its tests share
+    an xdist worker."""
     config = load_config_file(ROOT / "configs" / "simclr_cifar10.py", "runlocal")
     config.update(dict(data=f"folder:{image_root}", eval_split="val", **KILL_OVERRIDES))
     workdir = tmp_path_factory.mktemp("finished") / "run"
