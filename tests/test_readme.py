@@ -107,7 +107,7 @@ def test_using_a_pretrained_encoder_elsewhere_runs_as_written(
     imported = pretrained.read_weights(tmp_path / "resnet18_cifar.pth").params
     for name, value in imported.items():
         np.testing.assert_array_equal(started[name], value, err_msg=name)
-    # One L2 value: the 45-value path fits 45 probes per encoder (~15 CPU-s on 16 images).
+    # One L2 value: the 45-value path fits 45 probes per encoder (~27 CPU-s each on 16 images).
     run(evaluate + ["--config.batch_size=8", "--config.linear.l2_grid=(1.0,)"])
     summary = json.loads((tmp_path / "runs" / "probe" / "summary.json").read_text())
     # The state dict PyTorch saved holds the run's own weights: the same encoder, the same probe.
