@@ -503,8 +503,7 @@ def test_show_augmentations_writes_the_grid(image_root, tmp_path):
 @pytest.mark.slow
 def test_a_corrupt_image_fails_with_one_line_naming_it(image_root, tmp_path, monkeypatch):
     """In this process (`test_a_command_process_ends_on_bad_input_in_one_line` has the command's
-    way out on bad input). 16 training images, all in the first batch: it fails before a
-    training step is compiled."""
+    way out on bad input). 16 training images, all in the first batch: it fails on that batch."""
     root = tmp_path / "images"
     shutil.copytree(image_root, root)
     for path in (root / "train").glob("*/*.png"):

@@ -96,12 +96,9 @@ def first_step(name: str, devices: int, **options) -> dict:
     the batch, the loss, its gradients, the updated parameters, BatchNorm statistics and extra
     state, and the shardings of the state's extra arrays. `options` set `config.<name>`'s keys.
     Cached: test_byol reads BYOL's steps twice."""
-    config = tiny_config(name)
-    config[name].update(options)
+    config, tx, state = initial_state(name, **options)
     task = get_task(config)
     [batch] = synthetic_batches(config, 1, seed=3)
-    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
-    state = initial_state(name, **options)
     mesh = mesh_of(devices)
     state = jax.device_put(state, state_sharding(task, state, mesh))
     loss_fn = pretrain_loss(task, model_graphdef(task.build_model))
@@ -123,12 +120,12 @@ def first_step(name: str, devices: int, **options) -> dict:
 
 @functools.cache
 def initial_state(name: str, **options):
-    """`first_step`'s initial state, made once on 8 devices (its initialisation compiles for
-    each mesh: 6 CPU-s a ResNet)."""
+    """`first_step`'s config, optimizer and initial state, the state made once on 8 devices (its
+    initialisation compiles for each mesh: 6 CPU-s a ResNet)."""
     config = tiny_config(name)
     config[name].update(options)
     tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
-    return create_train_state(get_task(config), tx, seed=0, mesh=mesh_of(8))
+    return config, tx, create_train_state(get_task(config), tx, seed=0, mesh=mesh_of(8))
 
 
 TEACHER = {"byol": "target", "moco": "key_encoder"}
