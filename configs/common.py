@@ -24,15 +24,24 @@ def cifar10() -> dict:
     return dict(data="tfds:cifar10", eval_split="test", image_size=32)
 
 
+def encoder(name: str, **keys) -> ml_collections.ConfigDict:
+    """The encoder block (selfsup.models.encoders): `name` "resnet" (`depth`, `stem`, `width`,
+    `kernels`) or a ViT, "vit_tiny" / "vit_small" / "vit_base" (`patch_size`; `image_size`, the
+    side its position embeddings are made for); each family ignores the other's keys, so
+    `--config.model.name` switches families.
+    dtype: the compute dtype, "float32" or "bfloat16" (float32 parameters, optimizer state,
+    heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32 on a CPU, and
+    config.json records which ran (docs/usage.md). kernels: "xla" (XLA's own conv, BatchNorm and
+    max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up to rounding) or "auto"
+    (the rewrites on a CPU backend, XLA's ops elsewhere)."""
+    block = dict(name=name, depth=50, stem="imagenet", width=1.0, kernels="auto")
+    block.update(patch_size=16, image_size=224, dtype="auto")
+    return ml_collections.ConfigDict({**block, **keys})
+
+
 def resnet(depth: int = 50, *, stem: str = "imagenet", width: float = 1.0):
-    """The encoder. dtype: its compute dtype, "float32" or "bfloat16" (float32 parameters,
-    optimizer state, heads and loss either way); "auto" is bfloat16 on a GPU or TPU and float32
-    on a CPU, and config.json records which ran (docs/usage.md). kernels: "xla" (XLA's
-    own conv, BatchNorm and max-pool), "cpu" (rewrites of them that XLA:CPU runs faster, equal up
-    to rounding) or "auto" (the rewrites on a CPU backend, XLA's ops elsewhere)."""
-    return ml_collections.ConfigDict(
-        dict(depth=depth, stem=stem, width=width, dtype="auto", kernels="auto")
-    )
+    """A ResNet-`depth` encoder block."""
+    return encoder("resnet", depth=depth, stem=stem, width=width)
 
 
 def optimizer(
@@ -46,17 +55,18 @@ def optimizer(
     decay_epochs: tuple[int, ...] = (),
     param_groups: tuple = (),
 ) -> ml_collections.ConfigDict:
-    """`name` "sgd" or "lars" (trust coefficient 0.001), the learning rate scaled linearly by
-    batch / 256, momentum 0.9; `schedule` "cosine" (to 0) or "piecewise" (x0.1 at each of
-    `decay_epochs`), after `warmup_epochs` of linear warmup; `param_groups` ((regex,
-    multiplier, "scheduled" | "constant"), ...): groups of parameters with their own learning
-    rate (selfsup.train.optim.make_optimizer)."""
+    """`name` "sgd", "lars" (trust coefficient 0.001) or "adamw", the learning rate scaled
+    linearly by batch / 256, momentum (AdamW's beta1) 0.9; `schedule` "cosine" (to 0) or
+    "piecewise" (x0.1 at each of `decay_epochs`), after `warmup_epochs` of linear warmup;
+    `param_groups` ((regex, multiplier, "scheduled" | "constant"), ...): groups of parameters
+    with their own learning rate (selfsup.train.optim.make_optimizer)."""
     return ml_collections.ConfigDict(
         dict(
             name=name,
             learning_rate=learning_rate,
             lr_scaling="linear",
-            momentum=0.9,
+            momentum=0.9,  # AdamW's beta1.
+            beta2=0.999,  # AdamW only.
             weight_decay=weight_decay,
             weight_decay_exclude=weight_decay_exclude,
             trust_coefficient=0.001,  # LARS only.
@@ -94,7 +104,8 @@ def pretraining(
 ) -> ml_collections.ConfigDict:
     """A pretraining config of `task` (its block `task_config` under the task's name) on `data`
     (`imagenet()`, `cifar10()`); `runlocal` shrinks it to a ~2 minute CPU run on the same code
-    path: ResNet-18 at width 1/8, 60 steps, with `local`'s batch_size (and image_size)."""
+    path: ResNet-18 at width 1/8 (a ViT: ViT-Tiny/8), 60 steps, with `local`'s batch_size (and
+    image_size)."""
     config = ml_collections.ConfigDict()
     config.task = task
     config.data = data["data"]
@@ -128,8 +139,11 @@ def pretraining(
     config.checkpoint_every_steps = checkpoint_every_steps
     config.keep_checkpoints = 3
     if runlocal:
-        config.model.update(depth=18, width=0.125)
         config.update(local)
+        config.model.update(depth=18, width=0.125)
+        if config.model.name != "resnet":  # 8 px patches: 16 of them on a 32 px image.
+            size = config.get("image_size", config.model.image_size)
+            config.model.update(name="vit_tiny", patch_size=8, image_size=size)
         config.total_steps = 60
         config.optim.warmup_epochs = 0.0
         config.update(log_every_steps=10, checkpoint_every_steps=30, eval_every_steps=30)

@@ -15,8 +15,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.checkpoint = ""  # Required: the --workdir of a pretraining run.
     config.step = 0  # The checkpoint's step; 0 = the latest.
-    # "torchvision": torchvision.models.resnet18/34/50's state dict (width 1 only); "flax":
-    # selfsup's own names, for selfsup.load_encoder. Either is a .safetensors file.
+    # "torchvision": torchvision.models.resnet18/34/50's state dict (width 1 only); "timm": a ViT
+    # as timm's VisionTransformer state dict; "flax": selfsup's own names, for
+    # selfsup.load_encoder. Each is a .safetensors file.
     config.format = "torchvision"
     config.head = False  # Also export the projection head (torchvision format).
     return config

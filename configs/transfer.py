@@ -47,12 +47,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # mean of the features of a patch task's 3x3 evaluation patches (Revisiting-SSL's
     # evaluation of patch-based models). Fine-tuning always feeds whole images.
     config.features = "image"
-    # The encoder depths linear and k-NN probe: "stage1".."stage3" (each stage's output map
-    # max-pooled to about 9,000 values, as Revisiting-SSL's linear evaluation pools it),
-    # "stage4" (the pre-logits, the encoder's output) or "all_stages", all from one pass over the
-    # data (Revisiting-SSL's layer-wise evaluation). Fine-tuning always trains the whole
+    # The encoder depths linear and k-NN probe: "pre_logits" (the encoder's output), a ResNet's
+    # "stage1".."stage3" (each stage's output map max-pooled to about 9,000 values, as
+    # Revisiting-SSL's linear evaluation pools it), a ViT's "block1".."block11" (the class token
+    # after each block) and "patch_mean", or "all_stages" (every depth), all from one pass over
+    # the data (Revisiting-SSL's layer-wise evaluation). Fine-tuning always trains the whole
     # encoder's output.
-    config.layers = ("stage4",)
+    config.layers = ("pre_logits",)
     config.random_init_baseline = True
     # Also evaluate the checkpoint's architecture with these weights, as the row "init_from":
     # `torchvision:FILE` (e.g. a supervised ImageNet ResNet-50's state dict, .safetensors or
@@ -69,11 +70,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.knn = ml_collections.ConfigDict(dict(ks=(20, 200), temperature=0.07))
     config.finetune = ml_collections.ConfigDict(
         dict(
-            freeze_stages=(0, 2, 4),  # n freezes stem..stage<n>; 4 = head only.
+            # n freezes depths 0..n (a ResNet's stem..stage<n>, a ViT's embeddings..block<n>);
+            # a ResNet's 4 or a ViT's 12 leaves the head only.
+            freeze_stages=(0, 2, 4),
             steps=80,
             batch_size=64,  # Shrunk to the subset size where a subset is smaller.
             warmup_steps=8,
-            stage_lr_decay=1.0,  # Stage i (stem 0 .. stage4 4) gets lr * decay ** (5 - i).
+            # Depth i of D - 1 (a ResNet's stem 0 .. stage4 4; a ViT's embeddings 0 .. block12 12)
+            # gets lr * decay ** (D - i), the head lr (MAE's layer decay: 0.75 for ViT-B).
+            stage_lr_decay=1.0,
+            drop_path=0.0,  # A ViT's stochastic depth at its last block (MAE's ViT-B: 0.1).
             lr_multipliers=(),  # ((regex, multiplier), ...) over classifier paths; first wins.
             min_crop_area=0.25,
             flip=True,
@@ -85,7 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 name="sgd",
                 learning_rate=0.1,  # Peak lr = 0.1 * batch_size / 256; chosen on minival.
                 lr_scaling="linear",
-                momentum=0.9,
+                momentum=0.9,  # AdamW's beta1.
+                beta2=0.999,  # AdamW only.
                 weight_decay=0.0,
                 weight_decay_exclude=r"(^|/)(bias|scale)$",
                 trust_coefficient=0.001,

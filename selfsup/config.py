@@ -165,12 +165,13 @@ VALUE_RULES: dict[str, Rule] = {
     "checkpoint_every_steps": STEPS,
     "keep_checkpoints": integer(1, 1000, " (each is a full copy of the training state)"),
     "online_probe_classes": integer(-1, 1_000_000, " (-1: the data's class count, 0: none)"),
-    "optim.name": choice("lars", "sgd"),
+    "optim.name": choice("lars", "sgd", "adamw"),
     # 0 keeps the weights (e.g. to evaluate init_from's weights as a run); a rate too large
     # diverges, which the NaN check stops in one line.
     "optim.learning_rate": number(0, math.inf, " (before batch-size scaling)", open_high=True),
     "optim.lr_scaling": choice("linear", "sqrt"),
     "optim.momentum": number(0, 1, open_high=True),
+    "optim.beta2": number(0, 1, " (AdamW's; MAE: 0.95)", open_high=True),
     "optim.weight_decay": number(0, 1, open_high=True),
     "optim.trust_coefficient": number(0, 1, open_low=True),
     "optim.warmup_epochs": number(0, 100_000, " (epochs)"),
@@ -269,9 +270,15 @@ ADDED_KEYS = {
     "init_from": "",
     "model.dtype": "float32",
     "model.kernels": "auto",
+    "model.name": "resnet",
+    "model.patch_size": 16,
+    "model.image_size": 224,
     "simclr.solarize": 0.0,
     "simclr.color_on_device": False,
     "optim.param_groups": [],  # As JSON holds the empty tuple.
+    "optim.beta2": 0.999,
+    "finetune.optim.beta2": 0.999,
+    "finetune.drop_path": 0.0,
 }
 
 

@@ -1,10 +1,12 @@
 """The `export` command: a pretraining run's encoder as a safetensors file that PyTorch or
 another JAX program loads without the run's workdir, TensorFlow or pickle.
 
-Formats: `torchvision` (the state dict of `torchvision.models.resnet18/34/50`, loaded with
-`strict=True` once `fc` is `nn.Identity()`, and for the CIFAR stem `conv1`/`maxpool` replaced as
-`selfsup.models.torchvision` says; `head` adds the projection head as an `nn.Sequential`) and
-`flax` (the encoder's parameters and BatchNorm statistics under selfsup's names). Each file's
+Formats: `torchvision` for a ResNet (the state dict of `torchvision.models.resnet18/34/50`,
+loaded with `strict=True` once `fc` is `nn.Identity()`, and for the CIFAR stem `conv1`/`maxpool`
+replaced as `selfsup.models.torchvision` says; `head` adds the projection head as an
+`nn.Sequential`), `timm` for a ViT (the state dict of timm's `vit_<size>_patch<p>_<image size>`
+made with `num_classes=0`, loaded with `strict=True`), and `flax` for either (the encoder's
+parameters and BatchNorm statistics under selfsup's names). Each file's
 metadata holds the run's `config.model`, so `selfsup.load_encoder` rebuilds the encoder from the
 file alone. The command only reads the run; it writes into its own workdir.
 """
@@ -20,10 +22,13 @@ from safetensors.numpy import save_file
 
 from selfsup import pretrained, report
 from selfsup.config import ConfigError, check_values, choice, flag, integer, save_config
-from selfsup.models import torchvision
+from selfsup.models import timm, torchvision
+from selfsup.models.encoders import architecture, describe
 from selfsup.workdir import claim
 
-FORMATS = ("torchvision", "flax")
+FORMATS = ("torchvision", "timm", "flax")
+# The PyTorch format of each encoder family.
+TORCH_FORMATS = {"resnet": "torchvision", "vit": "timm"}
 # The export config's rules (`selfsup.config.check_values`).
 VALUE_RULES = {
     "step": integer(0, why=" (a checkpoint's step; 0: the latest)"),
@@ -43,6 +48,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "--config.format=torchvision (a flax export holds the encoder alone)."
         )
     model = pretrained.pretraining_config(config.checkpoint, "--config.checkpoint").model
+    family = "resnet" if model.name == "resnet" else "vit"
+    if config.format not in ("flax", TORCH_FORMATS[family]):
+        raise ConfigError(
+            f"{config.checkpoint} holds a {describe(model)}, which PyTorch reads as "
+            f"--config.format={TORCH_FORMATS[family]} (or export --config.format=flax)."
+        )
     if config.format == "torchvision" and model.width != 1:
         raise ConfigError(
             f"{config.checkpoint} has config.model.width={model.width:g}, and torchvision's "
@@ -77,6 +88,8 @@ def _export(
             tensors = torchvision.to_torch(
                 params, batch_stats, batches=run.step, head=module != "encoder"
             )
+        elif config.format == "timm":
+            tensors = timm.to_timm(params)
         else:
             tensors = {f"params/{k}": v for k, v in params.items()}
             tensors |= {f"batch_stats/{k}": v for k, v in batch_stats.items()}
@@ -93,14 +106,12 @@ def _export(
         "export/step": run.step,
         "export/format": config.format,
         "export/files": sorted(files),
-        "model/depth": model.depth,
-        "model/stem": model.stem,
-        "model/width": model.width,
+        **{f"model/{key}": value for key, value in architecture(model).items()},
         "export/seconds": time.perf_counter() - start,
     }
     report.write_summary(workdir, summary)
     print(
-        f"Exported the ResNet-{model.depth} ({model.stem} stem) of {config.checkpoint} at step "
+        f"Exported the {describe(model)} of {config.checkpoint} at step "
         f"{run.step} as {config.format} weights: {', '.join(str(workdir / f) for f in files)} "
         f"({summary['export/seconds']:.1f} s)."
     )

@@ -1,7 +1,7 @@
 """Pretrained encoders from wherever they are: a pretraining workdir's checkpoint, an export of
-`python -m selfsup export`, or a torchvision ResNet state dict (.safetensors, or a PyTorch
-pickle when torch is installed). `load_encoder` rebuilds one for inference; `config.init_from`
-starts pretraining from one, or adds it as an evaluation row.
+`python -m selfsup export`, or a torchvision ResNet or timm ViT state dict (.safetensors, or a
+PyTorch pickle when torch is installed). `load_encoder` rebuilds one for inference;
+`config.init_from` starts pretraining from one, or adds it as an evaluation row.
 
 It reads only (nothing in a workdir changes) and imports no TensorFlow, so JAX code elsewhere
 can load an encoder without the data stack: the checkpoint is read with orbax directly, and
@@ -22,9 +22,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from safetensors import safe_open
 
-from selfsup.config import ConfigError, load_saved_config
-from selfsup.models import torchvision
-from selfsup.models.resnet import ResNet, encoder_from_config
+from selfsup.config import ADDED_KEYS, ConfigError, load_saved_config
+from selfsup.models import timm, torchvision
+from selfsup.models.encoders import Encoder, architecture, describe, encoder_from_config
 from selfsup.pretext import get_task
 from selfsup.train.checkpoint import Checkpointer, check_fits
 from selfsup.train.state import TrainState, split_model
@@ -33,7 +33,8 @@ from selfsup.workdir import check_made_by, made_by
 Flat = dict[str, np.ndarray]  # Variables by "/"-joined flax path, e.g. "stage1/0/bn1/scale".
 ENCODER_FILE = "encoder.safetensors"  # What `export` writes, in either format.
 HEAD_FILE = "projection.safetensors"
-TORCHVISION_PREFIX = "torchvision:"
+# `config.init_from`'s optional labels of a state dict file (its keys say which it is).
+STATE_DICT_PREFIXES = ("torchvision:", "timm:")
 ITEM = "default"  # Orbax's folder for a checkpoint step's single item (the TrainState).
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 STEP_FLAGS = "export's --config.step, load_encoder's step="  # How a reader names a step.
@@ -41,8 +42,8 @@ STEP_FLAGS = "export's --config.step, load_encoder's step="  # How a reader name
 
 @dataclasses.dataclass(frozen=True)
 class EncoderWeights:
-    """An encoder's variables and the `config.model` (depth, stem, width, dtype, kernels) that
-    builds it; `what` names where they came from, for messages."""
+    """An encoder's variables and the `config.model` that builds it; `what` names where they
+    came from, for messages."""
 
     model: ml_collections.ConfigDict
     params: Flat
@@ -149,7 +150,7 @@ def read_weights(
 ) -> EncoderWeights:
     """The encoder in a pretraining workdir (its checkpoint of `step`, default the latest), an
     export folder, or a file (.safetensors of either export format, or a torchvision
-    state dict as .safetensors or a PyTorch pickle)."""
+    or timm state dict as .safetensors or a PyTorch pickle)."""
     path = Path(path)
     if path.is_dir() and made_by(path) == "export":
         path = path / ENCODER_FILE
@@ -162,12 +163,15 @@ def read_weights(
     tensors, metadata = read_tensors(path)
     if "conv1.weight" in tensors:
         return torchvision_weights(tensors, str(path))
+    if "patch_embed.proj.weight" in tensors:
+        return timm_weights(tensors, str(path))
     if "model" not in metadata:
         raise ConfigError(
-            f"{path} is neither a torchvision ResNet state dict nor a selfsup export (no "
-            "conv1.weight, no model in its metadata): pass one of those."
+            f"{path} is neither a torchvision ResNet nor a timm ViT state dict nor a selfsup "
+            "export (no conv1.weight, patch_embed.proj.weight or model in its metadata): pass "
+            "one of those."
         )
-    model = ml_collections.ConfigDict(json.loads(metadata["model"]))
+    model = _model(**json.loads(metadata["model"]))
     parts = {
         kind: {
             k.removeprefix(f"{kind}/"): v for k, v in tensors.items() if k.startswith(f"{kind}/")
@@ -197,7 +201,8 @@ def read_tensors(path: Path) -> tuple[Flat, dict[str, str]]:
 
 
 def read_pickle(path: Path) -> Flat:
-    """A state dict that torch.save wrote, loaded without running pickled code."""
+    """A state dict that torch.save wrote, loaded without running pickled code; one saved under
+    the key "model" (MAE's released checkpoints) too."""
     try:
         import torch
     except ImportError:
@@ -210,6 +215,8 @@ def read_pickle(path: Path) -> Flat:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch wraps the unpickler's many errors.
         raise ConfigError(f"{path} does not load as a PyTorch state dict ({e}).") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(
             f"{path} holds no flat state dict of tensors: save model.state_dict() itself."
@@ -220,12 +227,29 @@ def read_pickle(path: Path) -> Flat:
 def torchvision_weights(state: Flat, what: str) -> EncoderWeights:
     """The encoder a torchvision ResNet state dict holds (its classifier left out)."""
     depth, stem = torchvision.torchvision_architecture(state, what)
-    model = ml_collections.ConfigDict(
-        dict(depth=depth, stem=stem, width=1.0, dtype="float32", kernels="auto")
-    )
+    model = _model(name="resnet", depth=depth, stem=stem, width=1.0)
+    return _state_dict_weights(model, state, torchvision.from_torch, what)
+
+
+def timm_weights(state: Flat, what: str) -> EncoderWeights:
+    """The encoder a timm ViT state dict holds (its head and an MAE decoder left out)."""
+    size, patch_size, grid = timm.timm_architecture(state, what)
+    model = _model(name=size, patch_size=patch_size, image_size=grid * patch_size)
+    return _state_dict_weights(model, state, timm.from_timm, what)
+
+
+def _model(**keys) -> ml_collections.ConfigDict:
+    """A `config.model` of the given keys; the others as ADDED_KEYS has them (so an export made
+    before a key existed builds what the key's old value built)."""
+    added = {k.removeprefix("model."): v for k, v in ADDED_KEYS.items() if k.startswith("model.")}
+    return ml_collections.ConfigDict(dict(depth=50, stem="imagenet", width=1.0, **added) | keys)
+
+
+def _state_dict_weights(model, state: Flat, convert, what: str) -> EncoderWeights:
+    """`model`'s variables from `state` as `convert(state, {name: shape}, what)` reads them."""
     _, params, batch_stats = _abstract_encoder(model)
     shapes = {k: v.shape for k, v in {**flatten(params), **flatten(batch_stats)}.items()}
-    variables = torchvision.from_torch(state, shapes, what)
+    variables = convert(state, shapes, what)
     return EncoderWeights(
         model,
         {k: variables[k] for k in flatten(params)},
@@ -262,7 +286,7 @@ def filled(tree, flat: Flat, what: str):
     )
 
 
-def build_encoder(weights: EncoderWeights) -> ResNet:
+def build_encoder(weights: EncoderWeights) -> Encoder:
     graphdef, params, batch_stats = _abstract_encoder(weights.model)
     params, batch_stats = (
         jax.tree.map(jnp.asarray, filled(tree, flat, weights.what))
@@ -271,33 +295,37 @@ def build_encoder(weights: EncoderWeights) -> ResNet:
     return nnx.merge(graphdef, params, batch_stats)
 
 
-def load_encoder(path: str | Path, *, step: int | None = None) -> ResNet:
+def load_encoder(path: str | Path, *, step: int | None = None) -> Encoder:
     """The encoder of a pretraining workdir (checkpoint `step`, default the latest), of an export
-    folder or file, or of a torchvision ResNet state dict, with its weights and BatchNorm
-    statistics. Call it as `encoder(images, train=False)` (NHWC float32 images, the inputs
+    folder or file, or of a torchvision ResNet or timm ViT state dict, with its weights and
+    BatchNorm statistics. Call it as `encoder(images, train=False)` (NHWC float32 images, the inputs
     selfsup trained it on) for pooled features; `encoder.features(...)` gives every stage's."""
     return build_encoder(read_weights(path, step=step))
 
 
-def _describe(model) -> str:
-    return f"ResNet-{model.depth} ({model.stem} stem, width {model.width:g})"
-
-
 def init_weights(spec: str, model: ml_collections.ConfigDict) -> EncoderWeights:
-    """The weights `config.init_from` names (`torchvision:FILE`, or a path `load_encoder`
-    takes), for an encoder of `model`, whose dtype and kernels they take."""
-    weights = read_weights(spec.removeprefix(TORCHVISION_PREFIX), flag="--config.init_from")
-    have = (weights.model.depth, weights.model.stem, weights.model.width)
-    if have != (model.depth, model.stem, model.width):
+    """The weights `config.init_from` names (`torchvision:FILE`, `timm:FILE`, or a path
+    `load_encoder` takes), for an encoder of `model`, whose dtype, kernels and drop path they
+    take."""
+    path = spec
+    for prefix in STATE_DICT_PREFIXES:
+        path = path.removeprefix(prefix)
+    weights = read_weights(path, flag="--config.init_from")
+    have, want = architecture(weights.model), architecture(model)
+    if have != want:
+        flags = " ".join(
+            f"--config.model.{k}={v:g}" if isinstance(v, float) else f"--config.model.{k}={v}"
+            for k, v in have.items()
+            if want.get(k) != v
+        )
         raise ConfigError(
-            f"config.init_from={spec} holds a {_describe(weights.model)}, but config.model is a "
-            f"{_describe(model)}: set --config.model.depth={have[0]} --config.model.stem={have[1]} "
-            f"--config.model.width={have[2]:g}, or pass weights of a {_describe(model)}."
+            f"config.init_from={spec} holds a {describe(weights.model)}, but config.model is a "
+            f"{describe(model)}: set {flags}, or pass weights of a {describe(model)}."
         )
     return dataclasses.replace(weights, model=model)
 
 
-def init_encoder(spec: str, model: ml_collections.ConfigDict) -> ResNet:
+def init_encoder(spec: str, model: ml_collections.ConfigDict) -> Encoder:
     """An encoder of `model` with the weights `config.init_from` names (an evaluation row)."""
     return build_encoder(init_weights(spec, model))
 

@@ -205,8 +205,8 @@ def accuracy_by_depth_section(workdir: Path, rows: Sequence[Mapping[str, object]
         for (e, m), accuracy in cells.items()
     ]
     return (
-        "\n## Accuracy by depth\n\nTest accuracy (%) of each frozen evaluator on the global "
-        "average of each stage's output (stage4 is the pre-logits), with the most labels:\n\n"
+        "\n## Accuracy by depth\n\nTest accuracy (%) of each frozen evaluator on each depth's "
+        "features (pre_logits: the encoder's output), with the most labels:\n\n"
         + markdown_table(table, ["encoder", "method", *layers])
         + "\n![accuracy by depth](accuracy_by_depth.png)\n"
     )

@@ -268,10 +268,10 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
         (["evaluate", PROBE, "--workdir=W"], 1, "--config.checkpoint=PRETRAIN_WORKDIR"),
         (["pretrain", "--workdir=W"], 1, "needs --config"),
         (["evaluate", f"--config={ROOT / 'configs' / 'transfer.py'}", "--workdir=W",
-          "--config.checkpoint=W", "--config.finetune.freeze_stages=(0, 5)"], 1,
+          "--config.checkpoint=pretrained", "--config.finetune.freeze_stages=(0, 5)"], 1,
          "error: config.finetune.freeze_stages=(0, 5) is invalid: set "
-         "--config.finetune.freeze_stages to a tuple of values, each an integer in [0, 4] (0 "
-         "trains all, 4 the head only), e.g. '(0, 4)'."),
+         "--config.finetune.freeze_stages to depths of pretrained's ResNet-18 (cifar stem, width "
+         "1), each in [0, 4] (0 trains all, 4 the head only), e.g. '(0, 4)'."),
         (["pretrain", SIMCLR, "--workdir=W", "--config.batch_size=sixteen"], 1, "batch_size"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.log_every_steps=0"], 1,
          "config.log_every_steps=0 is invalid: set --config.log_every_steps to an integer in [1, "
@@ -294,9 +294,11 @@ PROBE = f"--config={ROOT / 'configs' / 'linear_probe.py'}"
          "config.optim.weight_decay_exclude='(' is invalid"),
         (["pretrain", SIMCLR, "--workdir=W", "--config.optim.decay_epochs=(5,x)"], 1,
          "config.optim.decay_epochs=('(5,x)',) is invalid"),
-        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=W", "--config.layers=stage5"], 1,
-         "error: config.layers=('stage5',): use depths from ['stage1', 'stage2', 'stage3', "
-         "'stage4'] (stage4 is the pre-logits) or 'all_stages', e.g. --config.layers=all_stages."),
+        (["evaluate", PROBE, "--workdir=W", "--config.checkpoint=pretrained",
+          "--config.layers=stage5"], 1,
+         "error: config.layers=('stage5',): use features of this encoder from ['stage1', "
+         "'stage2', 'stage3', 'pre_logits'] (pre_logits: its output) or 'all_stages', e.g. "
+         "--config.layers=all_stages."),
         # Paths that are the wrong kind of thing.
         (["pretrain", SIMCLR, "--workdir=file"], 1,
          "error: --workdir=file is a file, not a folder: pass a folder (made if missing)."),
@@ -323,7 +325,8 @@ def test_bad_input_fails_with_one_line(args, code, message, tmp_path, monkeypatc
     [
         # Refused in parsing the command line, before the command starts.
         (["pretrain", SIMCLR, "--workdir=W", "--config.batch_sise=8"],
-         "unknown config key 'batch_sise': did you mean batch_size? check the spelling"),
+         "unknown config key 'batch_sise': did you mean batch_size or model.patch_size? check the "
+         "spelling"),
         # Refused by the command: multi-process flags (JAX's cluster set-up, which only a fresh
         # process can run), evaluate's and export's own checks.
         (["pretrain", SIMCLR, "--workdir=W", "--num_processes=2"],
@@ -464,9 +467,7 @@ def test_signals_checkpoint_in_training_the_rerun_resumes_and_ctrl_c_before_stop
     second = saved_step(stderr, "SIGTERM")
     assert first + 3 <= second < 400
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [
-        first, second
-    ]
+    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [first, second]
 
     # Before training (here: once the run holds its workdir), Ctrl-C stops at once, in one line.
     process = subprocess.Popen(command[:5] + [f"--workdir={tmp_path / 'early'}"] + command[6:],

@@ -204,9 +204,9 @@ def test_every_config_passes_the_value_rules(path):
         (
             "transfer.py",
             "finetune.freeze_stages",
-            (5,),
-            "a tuple of values, each an integer in [0, 4] (0 trains all, 4 the head only), "
-            "e.g. '(0, 4)'",
+            (-1,),
+            "a tuple of values, each an integer in [0, 4096] (0 trains all, the encoder's last "
+            "depth the head only), e.g. '(0, 4)'",
         ),
         (
             "transfer.py",
@@ -306,6 +306,7 @@ ACCEPTED = {
     "step": {0},  # Export the latest checkpoint.
     "optim.learning_rate": {0, 1e30},  # Keeps the weights; diverges, stopped in one line.
     "optim.momentum": {0},
+    "optim.beta2": {0},  # AdamW scales by the last gradient alone.
     "optim.weight_decay": {0},
     "optim.warmup_epochs": {0},
     "optim.decay_epochs": {(0,)},  # The piecewise schedule decays at once.
@@ -321,6 +322,7 @@ ACCEPTED = {
     "jigsaw.permutation_seed": {0},
     "finetune.warmup_steps": {0},
     "finetune.freeze_stages": {(0,)},  # Fine-tune every stage.
+    "finetune.drop_path": {0},  # No stochastic depth.
     "linear.l2_grid": {(0,)},  # No penalty.
 }
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,7 +20,6 @@ from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate.features import (
-    LAYERS,
     MAX_IN_FLIGHT,
     cell_edges,
     extract_features,
@@ -29,7 +29,9 @@ from selfsup.evaluate.features import (
     resolve_layers,
     revisiting_pool,
 )
-from selfsup.models.resnet import ResNet
+from selfsup.models.resnet import STAGE_NAMES, ResNet
+
+RESNET = ml_collections.ConfigDict(dict(name="resnet"))
 
 
 def image_folder(tmp_path: Path) -> tuple[np.ndarray, list[int]]:
@@ -68,7 +70,7 @@ def test_features_match_direct_forward_with_padding(tmp_path: Path):
 def forward_to(encoder: ResNet, x: jnp.ndarray, stage: str) -> np.ndarray:
     """The encoder run by hand up to the end of `stage`: its map [N, H, W, C]."""
     x = nnx.relu(encoder.stem(x, train=False))
-    for name in LAYERS[: LAYERS.index(stage) + 1]:
+    for name in STAGE_NAMES[1 : STAGE_NAMES.index(stage) + 1]:
         for block in getattr(encoder, name):
             x = block(x, train=False)
     return np.asarray(x)
@@ -90,22 +92,22 @@ def test_each_stage_equals_a_direct_forward_to_it_all_from_one_pass(tmp_path: Pa
     monkeypatch.setattr(
         pipeline, "global_batches", lambda *a, **k: passes.append(1) or global_batches(*a, **k)
     )
-    layers = resolve_layers(("all_stages",))
+    layers = resolve_layers(("all_stages",), RESNET)
     features, _ = extract_features(
         encoder, ds, parallel.make_mesh(), what="test", total=13, layers=layers
     )
-    assert len(passes) == 1 and list(features) == list(LAYERS)
+    assert len(passes) == 1 and list(features) == ["stage1", "stage2", "stage3", "pre_logits"]
     x = jnp.asarray(images[order], jnp.float32) / 255
     # 8 px images: maps of 8x8x16, 4x4x32 and 2x2x64 values, under Revisiting's ~9,000: whole.
-    for stage, size in zip(LAYERS[:3], (1024, 512, 256)):
+    for stage, size in zip(("stage1", "stage2", "stage3"), (1024, 512, 256)):
         assert features[stage].shape == (13, size)
         direct = forward_to(encoder, x, stage).reshape((13, -1))  # Row, column, channel.
         np.testing.assert_allclose(features[stage], direct, rtol=1e-5, atol=1e-6)
-    assert features["stage4"].shape == (13, 128)
+    assert features["pre_logits"].shape == (13, 128)
     direct = forward_to(encoder, x, "stage4").mean(axis=(1, 2))
-    np.testing.assert_allclose(features["stage4"], direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features["pre_logits"], direct, rtol=1e-5, atol=1e-6)
     # The deepest stage, pooled, is the encoder's output: the pre-logits.
-    np.testing.assert_allclose(features["stage4"], encoder(x, train=False), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(features["pre_logits"], encoder(x, train=False))
 
 
 def test_the_batches_in_flight_are_bounded_whatever_the_data_size(tmp_path: Path, monkeypatch):
@@ -128,18 +130,24 @@ def test_the_batches_in_flight_are_bounded_whatever_the_data_size(tmp_path: Path
     monkeypatch.setattr(pipeline, "global_batches", counted)
     encoder = ResNet(18, stem="cifar", width=0.125, rngs=nnx.Rngs(0))
     features, labels = extract_features(encoder, ds, parallel.make_mesh(), what="test", total=96)
-    assert len(live) == 12 and features["stage4"].shape == (96, 64) and len(labels) == 96
+    assert len(live) == 12 and features["pre_logits"].shape == (96, 64) and len(labels) == 96
     # Once MAX_IN_FLIGHT batches are out, each new one replaces one gathered to the host.
     steady = live[MAX_IN_FLIGHT + 1 :]
     assert max(steady) == min(steady), live
 
 
-def test_layers_are_stage_names_or_all_stages():
-    assert resolve_layers(("stage3", "stage1")) == ("stage1", "stage3")
-    assert resolve_layers(("all_stages",)) == LAYERS
-    for bad in ((), ("stage5",), ("pooled",)):
-        with pytest.raises(ConfigError, match=r"config.layers=.*use depths from \['stage1'"):
-            resolve_layers(bad)
+def test_layers_are_the_encoders_depths_or_all_stages():
+    assert resolve_layers(("pre_logits", "stage1"), RESNET) == ("stage1", "pre_logits")
+    assert resolve_layers(("all_stages",), RESNET) == ("stage1", "stage2", "stage3", "pre_logits")
+    for bad in ((), ("stage5",), ("stage4",), ("block3",)):
+        with pytest.raises(ConfigError, match=r"config.layers=.*from \['stage1'.*'pre_logits'\]"):
+            resolve_layers(bad, RESNET)
+    vit = ml_collections.ConfigDict(dict(name="vit_small"))
+    blocks = tuple(f"block{i}" for i in range(1, 12))
+    assert resolve_layers(("all_stages",), vit) == (*blocks, "pre_logits")
+    assert resolve_layers(("patch_mean", "block6"), vit) == ("block6", "patch_mean")
+    with pytest.raises(ConfigError, match=r"'block11', 'pre_logits', 'patch_mean'\]"):
+        resolve_layers(("stage1",), vit)
 
 
 def revisiting_stride(height: int, channels: int, target: int = 9000) -> float:
@@ -204,14 +212,17 @@ def test_the_pooling_is_revisitings_fractional_max_pooling_with_fixed_cells(shap
             np.testing.assert_array_equal(pooled[:, i, j], cell)
 
 
-def test_probed_features_are_stage_maps_pooled_and_flattened_and_the_pre_logits_mean():
+def test_probed_features_are_maps_pooled_and_flattened_vectors_and_the_encoders_output():
     rng = np.random.default_rng(0)
-    maps = {"stage2": rng.normal(size=(2, 32, 32, 16)), "stage4": rng.normal(size=(2, 4, 4, 8))}
+    maps = {"stage2": rng.normal(size=(2, 32, 32, 16)), "block3": rng.normal(size=(2, 8))}
+    maps["pooled"] = rng.normal(size=(2, 5))
     maps = {k: jnp.asarray(v, jnp.float32) for k, v in maps.items()}
-    encoder = SimpleNamespace(features=lambda images, train: maps)
-    features = pooled_layers(encoder, jnp.zeros((2, 64, 64, 3)), ("stage2", "stage4"))
+    encoder = SimpleNamespace(features=lambda images, train: dict(maps))
+    layers = ("stage2", "block3", "pre_logits")
+    features = pooled_layers(encoder, jnp.zeros((2, 64, 64, 3)), layers)
     # 32x32x16 = 16,384 values: Revisiting pools them to 24x24x16 = 9,216.
     assert features["stage2"].shape == (2, 9216)
     pooled = revisiting_pool(maps["stage2"])
     np.testing.assert_array_equal(features["stage2"], np.asarray(pooled).reshape((2, -1)))
-    np.testing.assert_allclose(features["stage4"], maps["stage4"].mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(features["block3"], maps["block3"])
+    np.testing.assert_array_equal(features["pre_logits"], maps["pooled"])

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 from flax import nnx
@@ -16,7 +17,8 @@ from selfsup.data import augment, pipeline
 from selfsup.data.sources import open_source
 from selfsup.evaluate import finetune
 from selfsup.models.resnet import STAGE_NAMES, ResNet
-from selfsup.train.optim import lr_multipliers
+from selfsup.models.vit import ViT
+from selfsup.train.optim import lr_multipliers, with_lr_multipliers
 from selfsup.train.state import split_model
 
 
@@ -53,6 +55,7 @@ def finetune_config(**overrides) -> ml_collections.ConfigDict:
         batch_size=16,
         warmup_steps=0,
         stage_lr_decay=1.0,
+        drop_path=0.0,
         lr_multipliers=(),
         min_crop_area=0.5,
         flip=True,
@@ -147,8 +150,10 @@ def test_stage_rules_freeze_the_bottom_stages_and_decay_the_rest():
     )
     _, params, _ = split_model(classifier)
 
+    paths = classifier.encoder.depth_paths
+
     def multipliers(**kwargs):
-        tree = lr_multipliers(params, finetune.stage_rules(**kwargs))
+        tree = lr_multipliers(params, finetune.stage_rules(paths, **kwargs))
         by_group = {name: set(jax.tree.leaves(tree["encoder"][name])) for name in STAGE_NAMES}
         return by_group, set(jax.tree.leaves(tree["head"]))
 
@@ -176,7 +181,46 @@ def test_stage_rules_freeze_the_bottom_stages_and_decay_the_rest():
         "stage4": {0.5},
     }
     assert head == {1.0}
-    with pytest.raises(ConfigError, match="freeze_stages must be in 0..4"):
-        finetune.stage_rules(frozen_stages=5, stage_lr_decay=1.0)
+    with pytest.raises(ConfigError, match="freeze_stages holds 5: this encoder's depths are 0..4"):
+        finetune.stage_rules(paths, frozen_stages=5, stage_lr_decay=1.0)
     with pytest.raises(ConfigError, match="stage_lr_decay"):
-        finetune.stage_rules(frozen_stages=0, stage_lr_decay=0.0)
+        finetune.stage_rules(paths, frozen_stages=0, stage_lr_decay=0.0)
+
+
+def test_a_vits_blocks_learn_at_lr_times_the_decay_to_the_depth_above_them():
+    """MAE's layer-wise decay (`param_groups_lrd`): ViT-Tiny's embeddings at lr * d^13, block i
+    (1-based) at lr * d^(13 - i), the final norm and the head at lr; frozen depths at 0.
+    Measured on the optimizer's update of a unit gradient."""
+    classifier = nnx.eval_shape(
+        lambda: finetune.Classifier(
+            ViT("vit_tiny", patch_size=8, image_size=16, rngs=nnx.Rngs(0)), 3, rngs=nnx.Rngs(0)
+        )
+    )
+    _, params, _ = split_model(classifier)
+    ones = jax.tree.map(lambda p: jnp.ones(p.shape), params)
+
+    def rates(**kwargs) -> dict[str, np.ndarray]:
+        rules = finetune.stage_rules(classifier.encoder.depth_paths, **kwargs)
+        tx = with_lr_multipliers(optax.sgd(0.5), lr_multipliers(params, rules))
+        updates, _ = tx.update(ones, tx.init(ones))
+        return {
+            jax.tree_util.keystr(path, simple=True, separator="/"): np.unique(-leaf / 0.5)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(updates)
+        }
+
+    def expected(name: str, decay: float, frozen: int) -> float:
+        if name.startswith("encoder/blocks/"):
+            depth = int(name.split("/")[2]) + 1
+        elif name.startswith(("encoder/patch_embed/", "encoder/cls_token", "encoder/pos_embed")):
+            depth = 0
+        else:
+            return 1.0  # The final norm, the head.
+        return 0.0 if depth <= frozen and frozen else decay ** (13 - depth)
+
+    for decay, frozen in ((0.75, 0), (0.75, 3), (1.0, 12)):
+        got = rates(frozen_stages=frozen, stage_lr_decay=decay)
+        assert len(got) == 4 + 12 * 12 + 2 + 2
+        for name, rate in got.items():
+            np.testing.assert_allclose(
+                rate, [expected(name, decay, frozen)], rtol=1e-6, err_msg=name
+            )

@@ -17,7 +17,7 @@ from flax import nnx
 from selfsup.config import load_config_file
 from selfsup.models import kernels as kernel_choices
 from selfsup.models.kernels import CPU, XLA, kernels_for, xla_cpu
-from selfsup.models.resnet import BLOCKS, encoder_from_config
+from selfsup.models.resnet import BLOCKS, from_config
 from selfsup.train.state import split_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def encoder_outputs(depth: int, stem: str, size: int, dtype: str, kernels: str):
         dict(depth=depth, stem=stem, width=0.125, dtype=dtype, kernels=kernels)
     )
     graphdef, params, stats = split_model(
-        encoder_from_config(model, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+        from_config(model, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     )
     init = params
     params = {**params}  # Zero-initialised BatchNorm scales would hide the residual branches.

@@ -76,6 +76,29 @@ def test_every_task_meets_the_contract(name):
     assert logged["loss"] == pytest.approx(float(loss), rel=1e-6) and total > logged["loss"]
 
 
+@pytest.mark.slow  # A ViT-Tiny's forward and backward, op by op: 1-12 CPU-s a task.
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_trains_a_vit(name):
+    """Every task takes `config.model.name=vit_tiny` (MAE only that): its loss and the online
+    probe's features come out of a ViT-Tiny with 8 px patches."""
+    config = task_config(name)
+    config.model.update(name="vit_tiny", patch_size=8, image_size=32)
+    task = get_task(config)
+    examples = [task.train_example(image, tf.constant([i, 0])) for i, image in enumerate(images(4))]
+    batch = {k: np.stack([e[k].numpy() for e in examples]) for k in examples[0]}
+    batch["label"] = np.array([0, 1, 2, 0])
+    graphdef, params, stats = split_model(task.build_model(nnx.Rngs(0)))
+    extra = stateful(task).init_extra(params, stats, jax.random.key(1))
+    total, (logged, _, _) = pretrain_loss(task, graphdef)(
+        params, stats, extra, batch, jax.random.key(0)
+    )
+    assert np.isfinite(total) and np.isfinite(logged["loss"])
+    assert logged["online_probe/accuracy"] in (0, 0.25, 0.5, 0.75, 1)
+    config.model.patch_size = 5
+    with pytest.raises(ConfigError, match="config.model.patch_size=5 is invalid: set .* a divisor"):
+        get_task(config)
+
+
 # Relative patch position compiles its encoder for 72 px inputs and for patches: slow.
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n == "relpatch" else n for n in TASKS]

@@ -111,7 +111,7 @@ def test_bad_paths_are_named_with_the_fix(pretrained_run, tmp_path):
     (tmp_path / "notes.safetensors").write_text("not a tensor file")
     assert "not a readable .safetensors file" in error(tmp_path / "notes.safetensors")
     save_file({"weights": np.zeros(3, np.float32)}, tmp_path / "other.safetensors")
-    assert "neither a torchvision ResNet state dict nor a selfsup export" in error(
+    assert "neither a torchvision ResNet nor a timm ViT state dict nor a selfsup export" in error(
         tmp_path / "other.safetensors"
     )
     out = flax_export(pretrained_run, tmp_path / "export")
@@ -149,7 +149,7 @@ def torchvision_file(path: Path, depth: int = 18, stem: str = "cifar") -> Path:
 def test_init_from_needs_the_configs_architecture(tmp_path):
     weights = torchvision_file(tmp_path / "resnet50.safetensors", 50, "imagenet")
     model = ml_collections.ConfigDict(
-        dict(depth=18, stem="cifar", width=0.125, dtype="float32", kernels="auto")
+        dict(name="resnet", depth=18, stem="cifar", width=0.125, dtype="float32", kernels="auto")
     )
     with pytest.raises(ConfigError) as e:
         pretrained.init_weights(f"torchvision:{weights}", model)

@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from selfsup.config import ConfigError
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.resnet import (
     BN_EPSILON,
     STAGE_NAMES,
@@ -22,7 +23,6 @@ from selfsup.models.resnet import (
     Bottleneck,
     ResNet,
     conv_def,
-    encoder_from_config,
     norm_def,
 )
 from selfsup.train.state import split_model
@@ -300,7 +300,9 @@ def test_bfloat16_compute_keeps_float32_params():
     ],
 )
 def test_encoder_from_config_names_an_unknown_value(key, value, message):
-    model = dict(depth=18, stem="cifar", width=0.125, dtype="float32", kernels="auto")
+    model = dict(
+        name="resnet", depth=18, stem="cifar", width=0.125, dtype="float32", kernels="auto"
+    )
     with pytest.raises(ConfigError, match=message):
         encoder_from_config(ml_collections.ConfigDict({**model, key: value}), rngs=nnx.Rngs(0))
 

@@ -49,13 +49,12 @@ def mesh_of(devices: int) -> jax.sharding.Mesh:
 
 
 def synthetic_batches(config, steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Random images as the task's examples hold them: two views each, or one image (MAE)."""
     rng = np.random.default_rng(seed)
     s, n = config.image_size, config.batch_size
+    key, shape = ("image", (n, s, s, 3)) if config.task == "mae" else ("views", (n, 2, s, s, 3))
     return [
-        {
-            "views": rng.uniform(size=(n, 2, s, s, 3)).astype(np.float32),
-            "label": np.zeros(n, np.int32),
-        }
+        {key: rng.uniform(size=shape).astype(np.float32), "label": np.zeros(n, np.int32)}
         for _ in range(steps)
     ]
 

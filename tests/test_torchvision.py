@@ -19,7 +19,7 @@ from selfsup import pretrained
 from selfsup.config import ConfigError
 from selfsup.models import torchvision
 from selfsup.models.heads import ProjectionHead
-from selfsup.models.resnet import ResNet, encoder_from_config
+from selfsup.models.resnet import ResNet, from_config
 from selfsup.train.state import split_model
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ def briefly_trained(depth: int, stem: str, size: int) -> ResNet:
     model = ml_collections.ConfigDict(
         dict(depth=depth, stem=stem, width=1.0, dtype="float32", kernels="auto")
     )
-    encoder = encoder_from_config(model, rngs=nnx.Rngs(depth))
+    encoder = from_config(model, rngs=nnx.Rngs(depth))
     rng = np.random.default_rng(depth)
     for _, module in nnx.iter_modules(encoder):
         if isinstance(module, nnx.BatchNorm):

@@ -33,7 +33,7 @@ Row = dict[str, object]
 
 
 # The depth whose results keep their plain names (`linear/test_accuracy`): the encoder's output.
-PRE_LOGITS = "stage4"
+PRE_LOGITS = "pre_logits"
 
 
 def layer_method(method: str, layer: str) -> str:
@@ -110,7 +110,7 @@ def value_rules(config: ml_collections.ConfigDict) -> dict[str, Rule]:
     return {
         "evaluators": sequence(Rule(lambda v: v in names, f"one of {names}"), "(linear, knn)"),
         # Which depths and inputs exist is checked against the encoder and the task.
-        "layers": sequence(text("a depth name"), "(stage4,)"),
+        "layers": sequence(text("a depth name"), "(pre_logits,)"),
         "features": text("an input the pretrained task offers, e.g. 'image'"),
         "random_init_baseline": flag(),
         **owner_rules(config, EVALUATORS, __name__),

@@ -7,11 +7,14 @@ Examples that are several patches ([P, h, w, C] each) get the mean of their patc
 as Revisiting-SSL evaluates patch-based models (`combine_patches=avg_pool`).
 
 Features come from any depth of the encoder (Revisiting-SSL probes every depth, since which one
-represents best differs by task and architecture): `stage1`..`stage3` are the output maps of
-those stages, max-pooled as Revisiting-SSL's linear evaluation pools them (`revisiting_pool`) to
-about `TARGET_FEATURES` values each and flattened; `stage4` is the encoder's own output, its last
-map averaged over positions: the pre-logits (Revisiting's `pre_logits` tap). Every depth asked
-for comes out of one forward pass over the data.
+represents best differs by task and architecture): a ResNet's `stage1`..`stage3` are the output
+maps of those stages, max-pooled as Revisiting-SSL's linear evaluation pools them
+(`revisiting_pool`) to about `TARGET_FEATURES` values each and flattened; a ViT's `block1`..
+`block11` the class token of each block's output after the final norm (DINO's
+`get_intermediate_layers`), and `patch_mean` the mean of its last block's patch tokens;
+`pre_logits` is the encoder's own output (Revisiting's `pre_logits` tap): a ResNet's last map
+averaged over positions, a ViT's class token. Every depth asked for comes out of one forward
+pass over the data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from flax import nnx
@@ -31,9 +35,9 @@ from selfsup import parallel
 from selfsup.config import ConfigError
 from selfsup.data import pipeline
 from selfsup.evaluate import PRE_LOGITS
+from selfsup.models.encoders import probe_layers
 from selfsup.progress import Progress
 
-LAYERS = ("stage1", "stage2", "stage3", "stage4")
 # Batches dispatched but not yet gathered to the host: enough to keep the devices busy; a host
 # running ahead without limit holds every batch's inputs and outputs until the end.
 MAX_IN_FLIGHT = 2
@@ -42,26 +46,30 @@ ALL_STAGES = "all_stages"
 TARGET_FEATURES = 9000
 
 
-def resolve_layers(layers: tuple[str, ...]) -> tuple[str, ...]:
-    """`config.layers` as depths in `LAYERS`, shallow to deep (`all_stages`: every stage); a
-    ConfigError names what is wrong."""
-    unknown = [name for name in layers if name not in (*LAYERS, ALL_STAGES)]
+def resolve_layers(layers: tuple[str, ...], model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`config.layers` as the features of the encoder `model` describes, shallow to deep
+    (`all_stages`: every depth, ending at `pre_logits`); a ConfigError names what is wrong."""
+    depths, others = probe_layers(model)
+    names = (*depths, *others)
+    unknown = [name for name in layers if name not in (*names, ALL_STAGES)]
     if unknown or not layers:
         raise ConfigError(
-            f"config.layers={tuple(layers)!r}: use depths from {list(LAYERS)} (stage4 is the "
-            f"pre-logits) or '{ALL_STAGES}', e.g. --config.layers=all_stages."
+            f"config.layers={tuple(layers)!r}: use features of this encoder from {list(names)} "
+            f"({PRE_LOGITS}: its output) or '{ALL_STAGES}', e.g. --config.layers=all_stages."
         )
-    return LAYERS if ALL_STAGES in layers else tuple(n for n in LAYERS if n in layers)
+    chosen = set(layers) | (set(depths) if ALL_STAGES in layers else set())
+    return tuple(name for name in names if name in chosen)
 
 
 def pooled_layers(encoder: nnx.Module, images: jax.Array, layers: tuple[str, ...]) -> dict:
-    """{layer: [N, D] float32}: `stage4` averaged over its positions, computed as the encoder
-    pools it (so it is `encoder(images)` exactly); a shallower stage `revisiting_pool`ed and
-    flattened in (row, column, channel) order."""
+    """{layer: [N, D] float32}: `pre_logits` the encoder's output (`encoder(images)` exactly),
+    a feature vector as the encoder gives it, a feature map `revisiting_pool`ed and flattened
+    in (row, column, channel) order."""
     maps = encoder.features(images, train=False)
+    maps[PRE_LOGITS] = maps["pooled"]
     return {
-        name: jnp.mean(maps[name], axis=(1, 2), dtype=jnp.float32)
-        if name == PRE_LOGITS
+        name: maps[name].astype(jnp.float32).reshape((images.shape[0], -1))
+        if maps[name].ndim == 2
         else revisiting_pool(maps[name].astype(jnp.float32)).reshape((images.shape[0], -1))
         for name in layers
     }

@@ -1,12 +1,15 @@
 """Fine-tuning a pretrained encoder plus a new linear head on a labelled target split.
 
-The bottom `frozen_stages` = n stages can be frozen: n = 0 trains everything, n = 1 freezes
-the stem and stage1, n = k the stem and stage1..stage<k>, n = 4 the whole encoder (only the
-head trains). Frozen stages run in inference mode, so their BatchNorm statistics stay as
+The bottom `frozen_stages` = n depths can be frozen (`encoder.depth_paths`: a ResNet's stem and
+stage1..4, a ViT's embeddings and blocks 1..12): n = 0 trains everything, n = k freezes depths
+0..k (a ResNet's stem and stage1..stage<k>), n = the last depth the whole encoder (only the head
+trains). Frozen stages run in inference mode, so their BatchNorm statistics stay as
 pretrained, pass no gradient back, and sit in an optimizer group with a learning-rate
 multiplier of 0 (`optax.set_to_zero`, no momentum state), so their weights stay bit-identical.
 Other groups get per-layer learning rates: explicit `(regex, multiplier)` rules, and/or a
-layer-wise decay `stage_lr_decay ** (5 - i)` for stage i (stem 0, stage1..4 = 1..4; head 1.0).
+layer-wise decay `stage_lr_decay ** (D - i)` for depth i of D - 1 (a ResNet's stem 0 and stage1..4
+= 1..4, D = 5; a ViT-B's embeddings 0 and blocks 1..12, D = 13, as MAE's `param_groups_lrd`;
+the head, and a ViT's final norm, 1.0).
 
 Recipe (google-research/simclr's fine-tuning preprocessing, `color_distort=False`): random
 resized crop (area in [min_crop_area, 1]) + left-right flip, no colour distortion; SGD with
@@ -39,7 +42,8 @@ from selfsup.data.sources import Source
 from selfsup.evaluate import Evaluator, Row, fraction_name, row
 from selfsup.evaluate.subsets import subset_source
 from selfsup.evaluate.target import Target
-from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, STAGE_NAMES
+from selfsup.models.encoders import depths, describe, with_drop_path
+from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM
 from selfsup.train import engine
 from selfsup.train.checkpoint import Checkpointer
 from selfsup.train.optim import (
@@ -53,10 +57,15 @@ from selfsup.train.state import TrainState, split_model
 # `config.finetune`'s rules (`selfsup.config.check_values`); `optim.`, `batch_size`,
 # `min_crop_area` and `log_every_steps` are shared ones.
 VALUE_RULES = {
-    "freeze_stages": sequence(integer(0, 4, " (0 trains all, 4 the head only)"), "(0, 4)"),
+    "freeze_stages": sequence(
+        integer(0, 4096, " (0 trains all, the encoder's last depth the head only)"), "(0, 4)"
+    ),
     "steps": STEPS,
     "warmup_steps": integer(0),
     "stage_lr_decay": number(0, 1, open_low=True),
+    "drop_path": number(
+        0, 1, " (a ViT's stochastic depth; MAE fine-tunes ViT-B at 0.1)", open_high=True
+    ),
     "lr_multipliers": sequence(
         Rule(
             lambda r: len(r) == 2 and REGEX.test(r[0]) and number(0, 1e6).test(r[1]),
@@ -69,14 +78,34 @@ VALUE_RULES = {
 }
 
 
+def check_encoder(config: ml_collections.ConfigDict, model: ml_collections.ConfigDict, run: str):
+    """Refuses before any work a `config.finetune` that the encoder `model` (of the pretraining
+    run `run`) cannot take: frozen depths it does not have, stochastic depth for a ResNet."""
+    last = depths(model) - 1
+    if any(n > last for n in config.freeze_stages):
+        raise ConfigError(
+            f"config.finetune.freeze_stages={tuple(config.freeze_stages)!r} is invalid: set "
+            f"--config.finetune.freeze_stages to depths of {run}'s {describe(model)}, each in "
+            f"[0, {last}] (0 trains all, {last} the head only), e.g. '(0, {last})'."
+        )
+    if config.drop_path and model.name == "resnet":
+        raise ConfigError(
+            f"config.finetune.drop_path={config.drop_path} is invalid: set "
+            f"--config.finetune.drop_path to 0 ({run}'s ResNet has no stochastic depth)."
+        )
+
+
 class Classifier(nnx.Module):
     """An encoder, then a parameter-free BatchNorm and a zero-initialised linear head on its
     pooled features. The BatchNorm (MAE's linear-probing head) standardises the features, so
     one learning rate suits every encoder: a random-init encoder's pooled features are far
-    smaller than a trained one's, and a plain head on them barely moves in a short run."""
+    smaller than a trained one's, and a plain head on them barely moves in a short run. A ViT's
+    blocks drop their residual branches up to `drop_path` (stochastic depth) in training."""
 
-    def __init__(self, encoder: nnx.Module, num_classes: int, *, rngs: nnx.Rngs):
-        self.encoder = encoder
+    def __init__(
+        self, encoder: nnx.Module, num_classes: int, *, drop_path: float = 0.0, rngs: nnx.Rngs
+    ):
+        self.encoder = with_drop_path(encoder, drop_path)
         self.norm = nnx.BatchNorm(
             encoder.feature_dim,
             use_bias=False,
@@ -89,8 +118,17 @@ class Classifier(nnx.Module):
             encoder.feature_dim, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs
         )
 
-    def __call__(self, images: jax.Array, *, train: bool, frozen_stages: int = 0) -> jax.Array:
-        features = self.encoder(images, train=train, frozen_stages=frozen_stages)
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        train: bool,
+        frozen_stages: int = 0,
+        drop_path_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """`drop_path_rng`: the key of a ViT's stochastic depth, in training when it has one."""
+        rng = {} if drop_path_rng is None else {"drop_path_rng": drop_path_rng}
+        features = self.encoder(images, train=train, frozen_stages=frozen_stages, **rng)
         return self.head(self.norm(features, use_running_average=not train))
 
 
@@ -109,28 +147,30 @@ class FinetuneResult:
 
 
 def stage_rules(
+    depth_paths: Sequence[str],
     *,
     frozen_stages: int,
     stage_lr_decay: float,
     extra_rules: Sequence[tuple[str, float]] = (),
 ) -> list[tuple[str, float]]:
     """(regex, lr multiplier) rules over `Classifier` parameter paths, first match wins:
-    frozen stages (0), then `extra_rules`, then the layer-wise decay of the other stages."""
-    if not 0 <= frozen_stages <= 4:
+    frozen depths (0), then `extra_rules`, then the layer-wise decay of the other depths, whose
+    parameter paths in the encoder `depth_paths` gives from the bottom up."""
+    last = len(depth_paths) - 1
+    if not 0 <= frozen_stages <= last:
         raise ConfigError(
-            f"freeze_stages must be in 0..4 (0 trains all, 4 freezes the encoder), got "
-            f"{frozen_stages}."
+            f"config.finetune.freeze_stages holds {frozen_stages}: this encoder's depths are "
+            f"0..{last} (0 trains all, {last} freezes the encoder)."
         )
     if not 0 < stage_lr_decay <= 1:
         raise ConfigError(f"stage_lr_decay must be in (0, 1], got {stage_lr_decay}.")
-    frozen = STAGE_NAMES[: frozen_stages + 1] if frozen_stages else ()
-    rules = [(f"^encoder/({'|'.join(frozen)})/", 0.0)] if frozen else []
+    frozen = depth_paths[: frozen_stages + 1] if frozen_stages else ()
+    rules = [(f"^encoder/({'|'.join(frozen)})", 0.0)] if frozen else []
     rules += [(regex, float(multiplier)) for regex, multiplier in extra_rules]
-    if stage_lr_decay != 1:
-        depth = len(STAGE_NAMES)  # The head is one past stage4.
+    if stage_lr_decay != 1:  # The head is one past the last depth.
         rules += [
-            (f"^encoder/{name}/", stage_lr_decay ** (depth - i))
-            for i, name in enumerate(STAGE_NAMES)
+            (f"^encoder/{path}", stage_lr_decay ** (len(depth_paths) - i))
+            for i, path in enumerate(depth_paths)
         ]
     return rules
 
@@ -154,12 +194,18 @@ def _train_example(config: ml_collections.ConfigDict, preprocess: Callable[[tf.T
     return example
 
 
-def finetune_loss(graphdef: nnx.GraphDef, *, frozen_stages: int) -> engine.LossFn:
-    """The classifier's cross-entropy, for `engine.make_train_step`."""
+def finetune_loss(graphdef: nnx.GraphDef, *, frozen_stages: int, drop_path: float) -> engine.LossFn:
+    """The classifier's cross-entropy, for `engine.make_train_step`; the step's key drives
+    stochastic depth at `drop_path` > 0."""
 
     def loss_fn(params, batch_stats, extra, batch, rng):
         model = nnx.merge(graphdef, params, batch_stats)
-        logits = model(batch["image"], train=True, frozen_stages=frozen_stages)
+        logits = model(
+            batch["image"],
+            train=True,
+            frozen_stages=frozen_stages,
+            drop_path_rng=rng if drop_path else None,
+        )
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, ({"loss": loss}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), extra)
 
@@ -239,7 +285,8 @@ def _programs(
         params, batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
         return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
-    step = engine.make_train_step(finetune_loss(graphdef, frozen_stages=frozen_stages), tx, seed=0)
+    loss = finetune_loss(graphdef, frozen_stages=frozen_stages, drop_path=config.drop_path)
+    step = engine.make_train_step(loss, tx, seed=0)
     return jax.jit(init, out_shardings=replicated), engine.jit_step(step, mesh)
 
 
@@ -279,9 +326,10 @@ def finetune(
     num_examples = source.num_examples(train_split)
     batch_size = fitting_batch_size(config.batch_size, num_examples, mesh, what=what)
     graphdef, params, batch_stats = split_model(
-        Classifier(encoder, source.num_classes, rngs=nnx.Rngs(seed))
+        Classifier(encoder, source.num_classes, drop_path=config.drop_path, rngs=nnx.Rngs(seed))
     )
     rules = stage_rules(
+        encoder.depth_paths,
         frozen_stages=frozen_stages,
         stage_lr_decay=config.stage_lr_decay,
         extra_rules=config.lr_multipliers,
@@ -430,8 +478,9 @@ def setting_rows(
 def settings(config: ml_collections.ConfigDict) -> str:
     ft = config.finetune
     return (
-        f"fine-tuning: random resized crop (area >= {ft.min_crop_area:g}) + flip, SGD momentum "
-        f"{ft.optim.momentum:g}, {ft.warmup_steps} warmup steps then cosine decay, {ft.steps} "
+        f"fine-tuning: random resized crop (area >= {ft.min_crop_area:g}) + flip, "
+        f"{ft.optim.name.upper()} (momentum / beta1 {ft.optim.momentum:g}), drop path "
+        f"{ft.drop_path:g}, {ft.warmup_steps} warmup steps then cosine decay, {ft.steps} "
         f"steps, weight decay {ft.optim.weight_decay:g}, stage lr decay {ft.stage_lr_decay:g}, "
         f"extra lr multipliers {list(ft.lr_multipliers)}"
     )

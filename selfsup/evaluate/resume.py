@@ -30,7 +30,7 @@ FOLDER = "resume"
 # What saved features and rows hold beyond the config: changed whenever the code computes them
 # differently for the same config and checkpoint, so that a re-run never mixes old and new work.
 DEFINITIONS = (
-    "features: stage1-3 Revisiting-SSL's adaptive max-pooling, stage4 the pre-logits",
+    "features: stage1-3 Revisiting-SSL's adaptive max-pooling, pre_logits the encoder's output",
     "linear: l2 path with warm starts, refit on train + minival at all labels",
     "knn: the bank at all labels is the whole training split",
 )

@@ -32,7 +32,7 @@ from selfsup import parallel, report
 from selfsup.config import VALUE_RULES, ConfigError, check_values, load_saved_config, save_config
 from selfsup.data import pipeline
 from selfsup.data.sources import open_source
-from selfsup.evaluate import Row, fraction_name, get_evaluator, value_rules
+from selfsup.evaluate import Row, finetune, fraction_name, get_evaluator, value_rules
 from selfsup.evaluate.features import resolve_layers
 from selfsup.evaluate.resume import SavedWork, fingerprint
 from selfsup.evaluate.subsets import make_label_splits, split_labels
@@ -64,8 +64,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "evaluate needs a pretrained encoder: pass --config.checkpoint=PRETRAIN_WORKDIR."
         )
     check_values(config, VALUE_RULES, value_rules(config))
-    resolve_layers(config.layers)
     pre_config = load_saved_config(config.checkpoint)
+    resolve_layers(config.layers, pre_config.model)
+    if "finetune" in config.evaluators:
+        finetune.check_encoder(config.finetune, pre_config.model, config.checkpoint)
     eval_views(get_task(pre_config), config)
     if config.init_from:
         init_weights(config.init_from, pre_config.model)
@@ -209,7 +211,7 @@ def open_target(config, pre_config, task, mesh, saved: SavedWork) -> tuple[Targe
         feature_input=views[config.features],
         image_input=views["image"],
         crop_input=task.eval_views(crop_proportion=1.0)["image"],
-        layers=resolve_layers(config.layers),
+        layers=resolve_layers(config.layers, pre_config.model),
         saved=saved,
     )
     return target, skipped

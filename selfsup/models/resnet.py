@@ -237,6 +237,7 @@ class ResNet(nnx.Module):
                 in_ch = stage_width * block.expansion
             setattr(self, STAGE_NAMES[i + 1], nnx.List(blocks))
         self.feature_dim = in_ch
+        self.depth_paths = tuple(f"{name}/" for name in STAGE_NAMES)
         self.classifier = (
             None if num_classes is None else nnx.Linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
         )
@@ -275,13 +276,8 @@ class ResNet(nnx.Module):
         return pooled if self.classifier is None else self.classifier(pooled)
 
 
-def encoder_from_config(model: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> ResNet:
-    """The encoder a pretext task's `config.model` (depth, stem, width, dtype, kernels)
-    describes."""
-    if model.dtype not in COMPUTE_DTYPES:
-        raise ConfigError(
-            f"unknown config.model.dtype={model.dtype!r}: use one of {sorted(COMPUTE_DTYPES)}."
-        )
+def from_config(model: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> ResNet:
+    """The ResNet `config.model` (depth, stem, width, dtype, kernels) describes."""
     if model.kernels not in KERNEL_NAMES:
         raise ConfigError(
             f"unknown config.model.kernels={model.kernels!r}: use one of {list(KERNEL_NAMES)}."

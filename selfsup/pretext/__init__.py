@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from selfsup.config import ConfigError, Rule, check_values, owner_rules
-from selfsup.models import resnet
+from selfsup.models import encoders
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -36,6 +36,7 @@ TASKS = {
     "simsiam": "simsiam:SimSiam",
     "barlow_twins": "barlow_twins:BarlowTwins",
     "vicreg": "vicreg:VICReg",
+    "mae": "mae:MAE",
 }
 
 
@@ -45,7 +46,7 @@ def value_rules(config: ml_collections.ConfigDict) -> dict[str, Rule]:
     names = tuple(TASKS)
     return {
         "task": Rule(lambda v: v in names, f"one of {sorted(names)}"),
-        **{f"model.{key}": rule for key, rule in resnet.VALUE_RULES.items()},
+        **{f"model.{key}": rule for key, rule in encoders.VALUE_RULES.items()},
         **owner_rules(config, TASKS, __name__),
     }
 

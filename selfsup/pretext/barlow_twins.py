@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 
 from selfsup.config import MAX_WIDTH, integer, number
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import ProjectionHead, online_probe_head
-from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext import byol
 
 if TYPE_CHECKING:

@@ -29,8 +29,9 @@ from flax import nnx
 from selfsup.config import MAX_WIDTH, choice, flag, probability, sequence
 from selfsup.data import augment_jax
 from selfsup.data.view_config import CROP_SAMPLERS
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import online_probe_head
-from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM, encoder_from_config
+from selfsup.models.resnet import BN_EPSILON, BN_MOMENTUM
 from selfsup.pretext import teacher
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from flax import nnx
 
 from selfsup.config import MAX_WIDTH, integer, number, probability
 from selfsup.data.view_config import VIEW_RULES, view_config
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import online_probe_head
-from selfsup.models.resnet import encoder_from_config
 
 if TYPE_CHECKING:
     import tensorflow as tf

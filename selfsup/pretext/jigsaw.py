@@ -43,8 +43,8 @@ import optax
 from flax import nnx
 
 from selfsup.config import Rule, choice, integer
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import PatchPairHead, online_probe_head
-from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext.relpatch import PATCH_RULES
 
 GRID = 3

@@ -47,8 +47,8 @@ from selfsup.config import (
     probability,
 )
 from selfsup.data.view_config import COLOR_STRENGTH, CROP_SAMPLERS
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import online_probe_head, torch_linear
-from selfsup.models.resnet import encoder_from_config
 from selfsup.pretext import teacher
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ import optax
 from flax import nnx
 
 from selfsup.config import MAX_WIDTH, Rule, choice, integer, number, probability
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import PatchPairHead, online_probe_head
-from selfsup.models.resnet import encoder_from_config
 
 GRID = 3
 CENTRE = GRID * GRID // 2

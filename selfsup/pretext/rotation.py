@@ -21,8 +21,8 @@ import optax
 from flax import nnx
 
 from selfsup.data.view_config import VIEW_RULES, view_config
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import online_probe_head
-from selfsup.models.resnet import encoder_from_config
 
 TURNS = 4
 

@@ -23,8 +23,8 @@ from flax import nnx
 from selfsup.config import MAX_WIDTH, TEMPERATURE, flag, integer, probability
 from selfsup.data import augment_jax
 from selfsup.data.view_config import COLOR_STRENGTH
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import ProjectionHead, online_probe_head
-from selfsup.models.resnet import encoder_from_config
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -25,8 +25,8 @@ from flax import nnx
 
 from selfsup.config import MAX_WIDTH, choice, flag
 from selfsup.data.view_config import COLOR_STRENGTH, CROP_SAMPLERS
+from selfsup.models.encoders import encoder_from_config
 from selfsup.models.heads import DenseBN, ProjectionHead, online_probe_head, torch_linear
-from selfsup.models.resnet import encoder_from_config
 
 if TYPE_CHECKING:
     import tensorflow as tf

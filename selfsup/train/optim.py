@@ -148,8 +148,18 @@ def _transform(config: ml_collections.ConfigDict, schedule: optax.Schedule):
             optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
             optax.sgd(schedule, momentum=config.momentum),
         )
+    elif config.name == "adamw":  # torch's AdamW: eps 1e-8, decay decoupled and scaled by lr.
+        tx = optax.adamw(
+            schedule,
+            b1=config.momentum,
+            b2=config.beta2,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
+        )
     else:
-        raise ConfigError(f"unknown config.optim.name={config.name!r}: use 'lars' or 'sgd'.")
+        raise ConfigError(
+            f"unknown config.optim.name={config.name!r}: use 'lars', 'sgd' or 'adamw'."
+        )
     return tx
 
 
