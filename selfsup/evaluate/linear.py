@@ -239,7 +239,9 @@ def _l2_path(x, y, minival_x, minival_y, l2_values, *, num_classes: int, progres
 
 def _standardised(fit_x: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """`fit_x` and `others` standardised with `fit_x`'s mean and std, as float32; a column
-    whose std is below `STD_EPSILON` is centred, not scaled."""
+    whose std is below `STD_EPSILON` is centred, not scaled. This is MAE's linear probe's
+    BatchNorm without affine parameters in front of the classifier, with its statistics those
+    of the whole training set rather than running averages of batches."""
     mean = fit_x.mean(axis=0, dtype=np.float64)
     std = fit_x.std(axis=0, dtype=np.float64)
     std = np.where(std > STD_EPSILON, std, 1.0)
