@@ -33,7 +33,7 @@ def test_export_writes_torchvision_weights_of_the_run(pretrained_run, tmp_path):
         "--config.head=True", cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "Exported the ResNet-18 (cifar stem)" in run.stdout
+    assert "Exported the ResNet-18 (cifar stem, width 1)" in run.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["export/step"] == 2 and summary["export/format"] == "torchvision"
     assert summary["export/files"] == ["encoder.safetensors", "projection.safetensors"]
@@ -93,7 +93,7 @@ SIMCLR = f"--config={ROOT / 'configs' / 'simclr_cifar10.py'}:runlocal"
          "--config.checkpoint=WORKDIR."),
         (["export", EXPORT, "--workdir=W", f"--config.checkpoint={RUN}", "--config.format=onnx"],
          "error: config.format='onnx' is invalid: set --config.format to one of ('torchvision', "
-         "'flax')."),
+         "'timm', 'flax')."),
         (["export", EXPORT, "--workdir=W", f"--config.checkpoint={RUN}", "--config.format=flax",
           "--config.head=True"], "error: config.head exports the projection head for PyTorch"),
         (["export", EXPORT, "--workdir=W", "--config.checkpoint=missing"],

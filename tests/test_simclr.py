@@ -64,7 +64,9 @@ def test_nt_xent_identical_views_low_loss_and_full_accuracy():
 
 def _tiny_config(dtype="float32"):
     config = ml_collections.ConfigDict()
-    config.model = dict(depth=18, stem="cifar", width=0.125, dtype=dtype, kernels="auto")
+    config.model = dict(
+        name="resnet", depth=18, stem="cifar", width=0.125, dtype=dtype, kernels="auto"
+    )
     config.simclr = dict(temperature=0.5, proj_hidden_dim=32, proj_out_dim=16, proj_layers=2)
     config.online_probe_classes = 0
     return config
