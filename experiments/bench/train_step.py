@@ -19,10 +19,11 @@ Every mode runs on the same single device: JAX's first device (a mesh of one) an
 model FLOPs per second over the peak of the row's precision: the model FLOPs are counted
 analytically (`flops.py`: convolutions and matmuls, 3x the forward pass), the same for every
 mode, with XLA's `cost_analysis()` count of the compiled JAX step printed beside them. fp32 rows
-run TF32 convolutions on an NVIDIA GPU (both frameworks' default) and count against the dense
-TF32 peak, bf16 rows against the dense bf16 peak, both from a table of data sheets; on a CPU the
-peaks are the best fp32 and bf16 matmul FLOP/s that any worker's framework measured after every
-repeat.
+run TF32 convolutions and matmuls on an NVIDIA GPU (both frameworks' default for convolutions,
+JAX's for matmuls, PyTorch's with `set_float32_matmul_precision("high")`, which its workers set
+on a GPU) and count against the dense TF32 peak, bf16 rows against the dense bf16 peak, both
+from a table of data sheets; on a CPU the peaks are the best fp32 and bf16 matmul FLOP/s that
+any worker's framework measured after every repeat.
 Peak memory is, on a CPU, how far one step raises the worker's peak resident memory above its
 resident memory before the step (Linux `clear_refs`), for both frameworks alike; on a GPU it is
 XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
@@ -213,6 +214,8 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
     import torch_reference
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # JAX's first device too.
+    if device != "cpu":  # fp32 matmuls in TF32 too, as JAX's and both frameworks' convolutions.
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(0)
     model = torch_reference.build(config).to(device)
     channels_last = name in ("torch_cl", "torch_cl_bf16")
@@ -385,7 +388,8 @@ def gpu_peaks(device_kind: str) -> tuple[dict[str, float], str]:
 
 
 def precision(mode: str, *, on_gpu: bool) -> str:
-    """The arithmetic a mode's convolutions run in: bf16, TF32 (fp32 on an NVIDIA GPU) or fp32."""
+    """The arithmetic a mode's convolutions and matmuls run in: bf16, TF32 (fp32 on an NVIDIA
+    GPU) or fp32."""
     if mode in BF16_MODES:
         return "bf16"
     return "tf32" if on_gpu else "fp32"
