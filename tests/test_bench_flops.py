@@ -74,17 +74,19 @@ def test_resnet_count_equals_the_traced_encoders_multiply_adds(depth, stem, widt
 
 
 @pytest.mark.parametrize(
-    "name",
+    "name, model",
     [
-        "simclr_cifar10.py",  # ResNet-18, CIFAR stem, 512-512-128 head.
-        "simclr_imagenet.py",  # ResNet-50, ImageNet stem, 2048-2048-128 head.
-        "relpatch_cifar10.py",  # ResNet-18 on 9 patches, 1000-d embedding, 4096-wide fusion.
+        ("simclr_cifar10.py", {}),  # ResNet-18, CIFAR stem, 512-512-128 head.
+        ("simclr_imagenet.py", {}),  # ResNet-50, ImageNet stem, 2048-2048-128 head.
+        ("relpatch_cifar10.py", {}),  # ResNet-18 on 9 patches, 1000-d embedding, 4096 fusion.
+        # ViT-Ti/4 at 32 px: 65 tokens, attention's two matmuls included.
+        ("simclr_cifar10.py", dict(name="vit_tiny", patch_size=4, image_size=32)),
     ],
 )
-def test_step_count_equals_three_times_the_traced_task_models_forward(name):
+def test_step_count_equals_three_times_the_traced_task_models_forward(name, model):
     config = load_config_file(ROOT / "configs" / name)
     config.update(dict(online_probe_classes=0, batch_size=2))  # As the benchmark runs it.
-    config.model.dtype = "float32"
+    config.model.update(dtype="float32", **model)
     if config.task == "simclr":
         batch = images(2, config.image_size, 2)
     else:

@@ -1,12 +1,17 @@
 """Analytic model FLOPs of a pretraining step, the numerator of the benchmark's MFU.
 
-Counted: every convolution and dense layer of the model as `selfsup` builds it (ResNet v1.5:
-the stride on the 3x3 conv, a 1x1 projection shortcut where a block changes shape; SimCLR's
-projection head, or relative patch's embedding and fusion head), at 2 FLOPs per multiply-add,
-every kernel tap at every output position (padding taps included, as cuDNN and oneDNN compute
-them). A training step is 3x the forward pass (forward, input gradient, weight gradient), the
-usual MFU convention, although nobody needs the stem's input gradient. Left out: BatchNorm,
-ReLU, pooling, the loss and the optimizer (elementwise work, well under 1% of a ResNet step).
+Counted: every convolution and matmul of the model as `selfsup` builds it, at 2 FLOPs per
+multiply-add. A ResNet (v1.5: the stride on the 3x3 conv, a 1x1 projection shortcut where a
+block changes shape): every kernel tap at every output position (padding taps included, as cuDNN
+and oneDNN compute them). A ViT: the patch embedding and, in every block over all its tokens
+(the class token too), qkv, the attention scores q @ k^T and the weighted values weights @ v
+(all heads), the output projection and the MLP's fc1 and fc2. The heads: SimCLR's projection
+head, or relative patch's embedding and fusion head. A training step is 3x the forward pass
+(forward, input gradient, weight gradient), the usual MFU convention, although nobody needs the
+first layer's input gradient. Left out: normalisation (BatchNorm, LayerNorm, the ViT's final
+norm), activations (ReLU, GELU), softmax, pooling, position embeddings, the loss and the
+optimizer (elementwise work: well under 1% of a ResNet step; XLA's count of a ViT step is 1.03x
+this one for ViT-S/16 at 224 px, 1.06x for ViT-Ti/4 at 32 px).
 XLA's cost analysis counts differently (it skips padding taps, adds elementwise ops and counts
 the matmul paths' padding products): the benchmark prints both.
 """
@@ -23,6 +28,9 @@ BLOCKS = {
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
 }
+# (width, blocks) of timm's ViTs, as selfsup.models.vit.SIZES; the MLP is 4x as wide.
+VIT_SIZES = {"vit_tiny": (192, 12), "vit_small": (384, 12), "vit_base": (768, 12)}
+VIT_MLP_RATIO = 4
 
 
 def resnet_macs(depth: int, stem: str, width: float, size: int) -> int:
@@ -53,7 +61,29 @@ def resnet_macs(depth: int, stem: str, width: float, size: int) -> int:
     return macs
 
 
+def vit_macs(size: str, patch: int, image: int) -> int:
+    """Forward multiply-adds of one `image` x `image` image through a ViT encoder of `size` with
+    `patch` x `patch` patches (no classifier): the patch embedding, then each block's qkv,
+    attention scores, weighted values, output projection and MLP over its 1 + patches tokens."""
+    width, blocks = VIT_SIZES[size]
+    patches = (image // patch) ** 2
+    tokens = 1 + patches
+    embedding = patches * 3 * patch**2 * width
+    dense = tokens * width * width * (3 + 1 + 2 * VIT_MLP_RATIO)  # qkv, proj, fc1 and fc2.
+    attention = 2 * tokens * tokens * width  # q @ k^T and weights @ v, summed over the heads.
+    return embedding + blocks * (dense + attention)
+
+
+def encoder_macs(model: ml_collections.ConfigDict, size: int) -> int:
+    """Forward multiply-adds of one `size` x `size` image through the encoder `model` names."""
+    if model.name == "resnet":
+        return resnet_macs(model.depth, model.stem, model.width, size)
+    return vit_macs(model.name, model.patch_size, size)
+
+
 def feature_dim(model: ml_collections.ConfigDict) -> int:
+    if model.name != "resnet":
+        return VIT_SIZES[model.name][0]  # The class token.
     expansion = 4 if BLOCKS[model.depth][0] == "bottleneck" else 1
     return expansion * max(1, round(STAGE_WIDTHS[-1] * model.width))
 
@@ -70,11 +100,11 @@ def forward_macs_per_image(config: ml_collections.ConfigDict) -> int:
     if config.task == "simclr":
         c = config.simclr
         head = dense_macs([features] + [c.proj_hidden_dim] * (c.proj_layers - 1) + [c.proj_out_dim])
-        encoder = resnet_macs(model.depth, model.stem, model.width, config.image_size)
+        encoder = encoder_macs(model, config.image_size)
         return 2 * (encoder + head)
     if config.task == "relpatch":
         c = config.relpatch
-        encoder = resnet_macs(model.depth, model.stem, model.width, c.patch_size)
+        encoder = encoder_macs(model, c.patch_size)
         pairs = 8 * dense_macs([2 * c.embed_dim, c.fusion_hidden_dim, 8])
         return 9 * (encoder + features * c.embed_dim) + pairs
     raise ValueError(f"no FLOP count for task {config.task!r}")

@@ -1,9 +1,10 @@
 """A plain PyTorch version of the measured networks and losses, NCHW, for the benchmark.
 
-The same architecture and loss as `selfsup` (ResNet v1.5 with the CIFAR or ImageNet stem;
-SimCLR's bias-free Dense+BatchNorm projection head and NT-Xent over both views; relpatch's
-embedding, patch-pair head and 8-way cross-entropy), written the way a PyTorch user would,
-so the comparison measures the frameworks, not two different models.
+The same architecture and loss as `selfsup` (ResNet v1.5 with the CIFAR or ImageNet stem, or
+timm's `VisionTransformer`, which `selfsup.models.vit` reproduces; SimCLR's bias-free
+Dense+BatchNorm projection head and NT-Xent over both views; relpatch's embedding, patch-pair
+head and 8-way cross-entropy), written the way a PyTorch user would, so the comparison measures
+the frameworks, not two different models.
 """
 
 from __future__ import annotations
@@ -73,18 +74,36 @@ class ResNet(nn.Module):
                 layers.append(Block(in_ch, w, 2 if i > 0 and j == 0 else 1, bottleneck=depth == 50))
                 in_ch = w * 4 if depth == 50 else w
         self.body = nn.Sequential(*layers)
-        self.feature_dim = in_ch
+        self.num_features = in_ch  # timm's name for it.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).mean(dim=(2, 3))
 
 
+def encoder(model: ml_collections.ConfigDict) -> nn.Module:
+    """The encoder `config.model` names: this file's ResNet, or timm's ViT (features: the class
+    token after the final norm, as `selfsup.models.vit`'s)."""
+    if model.name == "resnet":
+        return ResNet(model.depth, model.stem, model.width)
+    # Here, so only a ViT row needs timm (the `bench` extra installs torch alone). This file runs
+    # in the benchmark's PyTorch workers only: importing timm crashes a process that has
+    # imported TensorFlow.
+    import timm
+
+    return timm.create_model(
+        f"{model.name}_patch16_224",  # Width, depth and heads; patch and image size below.
+        num_classes=0,
+        patch_size=model.patch_size,
+        img_size=model.image_size,
+    )
+
+
 class SimCLR(nn.Module):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__()
-        m, c = config.model, config.simclr
-        self.encoder = ResNet(m.depth, m.stem, m.width)
-        dims = [self.encoder.feature_dim] + [c.proj_hidden_dim] * (c.proj_layers - 1)
+        c = config.simclr
+        self.encoder = encoder(config.model)
+        dims = [self.encoder.num_features] + [c.proj_hidden_dim] * (c.proj_layers - 1)
         layers = []
         for d_in, d_out in zip(dims, dims[1:]):
             layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU()]
@@ -111,8 +130,8 @@ class RelPatch(nn.Module):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__()
         m, c = config.model, config.relpatch
-        self.encoder = ResNet(m.depth, m.stem, m.width)
-        self.embed = nn.Linear(self.encoder.feature_dim, c.embed_dim)
+        self.encoder = encoder(m)
+        self.embed = nn.Linear(self.encoder.num_features, c.embed_dim)
         self.hidden = nn.Linear(2 * c.embed_dim, c.fusion_hidden_dim)
         self.bn = nn.BatchNorm1d(c.fusion_hidden_dim)
         self.dropout = nn.Dropout(c.dropout)

@@ -1,27 +1,29 @@
 """The pretraining step of this project next to a plain PyTorch reference, alternating.
 
 The JAX side is the project's own step: the task's model and loss from `selfsup.pretext`, the
-optimizer from `selfsup.train.optim`, jitted as pretraining runs it (`pretext_step.jit_train_step`:
-donated state, batch sharded over the mesh) in a process set up as `python -m selfsup` sets up
-its own (`parallel.reuse_step_memory`). The PyTorch side is the same network and loss written
-plainly (ResNet v1.5, projection head or patch-pair head, NT-Xent or 8-way cross-entropy, SGD
-with momentum), run eager in fp32, eager channels_last, under `torch.compile` and eager
-channels_last with bf16 autocast. Both sides use SGD with momentum 0.9 and weight decay 1e-4
-(the SimCLR recipe's LARS adds a per-tensor norm, well under 0.1% of the step's FLOPs). Each
-mode runs in its own worker process, as each framework runs alone in training, so no mode's
-threads, heap or allocator state reach another's; one invocation alternates them, one timed
-sample each per repeat (order reversed every other repeat) after warm-up, so a shared machine's
-load weighs on all alike. The table gives medians.
+optimizer from `selfsup.train.optim`, jitted as pretraining runs it
+(`pretext_step.jit_train_step`: donated state, batch sharded over the mesh) in a process set up
+as `python -m selfsup` sets up its own (`parallel.reuse_step_memory`). The PyTorch side is the
+same network and loss written plainly (ResNet v1.5 or timm's `VisionTransformer`, projection
+head or patch-pair head, NT-Xent or 8-way cross-entropy, SGD with momentum), run eager in fp32,
+eager channels_last, under `torch.compile` and eager channels_last with bf16 autocast. Both
+sides use SGD with momentum 0.9 and weight decay 1e-4 (the SimCLR recipe's LARS adds a
+per-tensor norm, well under 0.1% of the step's FLOPs). Each mode runs in its own worker process,
+as each framework runs alone in training, so no mode's threads, heap or allocator state reach
+another's; one invocation alternates them, one timed sample each per repeat (order reversed
+every other repeat) after warm-up, so a shared machine's load weighs on all alike. The table
+gives medians.
 
 Every mode runs on the same single device: JAX's first device (a mesh of one) and PyTorch's
-`cuda:0` on a GPU host (the same GPU under any CUDA_VISIBLE_DEVICES), the CPU on a CPU.
-MFU is model FLOPs per second over the peak of the row's precision: the model FLOPs are counted
-analytically (`flops.py`: convolutions and dense layers, 3x the forward pass), the same for
-every mode, with XLA's `cost_analysis()` count of the compiled JAX step printed beside them.
-fp32 rows run TF32 convolutions on an NVIDIA GPU (both frameworks' default) and count against
-the dense TF32 peak, bf16 rows against the dense bf16 peak, both from a table of data sheets;
-on a CPU the peaks are the best fp32 and bf16 matmul FLOP/s that any worker's framework
-measured after every repeat.
+`cuda:0` on a GPU host (the same GPU under any CUDA_VISIBLE_DEVICES), the CPU on a CPU. MFU is
+model FLOPs per second over the peak of the row's precision: the model FLOPs are counted
+analytically (`flops.py`: convolutions and matmuls, 3x the forward pass), the same for every
+mode, with XLA's `cost_analysis()` count of the compiled JAX step printed beside them. fp32 rows
+run TF32 convolutions and matmuls on an NVIDIA GPU (both frameworks' default for convolutions,
+JAX's for matmuls, PyTorch's with `set_float32_matmul_precision("high")`, which its workers set
+on a GPU) and count against the dense TF32 peak, bf16 rows against the dense bf16 peak, both
+from a table of data sheets; on a CPU the peaks are the best fp32 and bf16 matmul FLOP/s that
+any worker's framework measured after every repeat.
 Peak memory is, on a CPU, how far one step raises the worker's peak resident memory above its
 resident memory before the step (Linux `clear_refs`), for both frameworks alike; on a GPU it is
 XLA's buffer plan for JAX (exact there) and the allocator's peak above the step's start for
@@ -33,6 +35,7 @@ glibc's defaults, as PyTorch runs out of the box, or keep it too with `--torch_k
 (RESULTS.md).
 
   python experiments/bench/train_step.py --model=resnet18_cifar --batch=256 --repeats=3
+  python experiments/bench/train_step.py --model=vit_small_224 --batch=16 --repeats=3
 """
 
 from __future__ import annotations
@@ -102,6 +105,13 @@ GPU_PEAK_TFLOPS = (
 )
 
 
+# SimCLR with a ViT, as the ResNet rows: {--model: (config.model.name, patch size, image side,
+# projection head's hidden width)}. ViT-Ti/4 on CIFAR's 32 px (64 patches) with the CIFAR
+# recipe's 512-wide head; ViT-S/16 at 224 px (196 patches) with SimCLR's ImageNet head, 2048 wide.
+VITS = {"vit_tiny_cifar": ("vit_tiny", 4, 32, 512), "vit_small_224": ("vit_small", 16, 224, 2048)}
+MODELS = ("resnet18_cifar", "resnet50_224", "relpatch", *VITS)
+
+
 def project_config(model: str, batch: int, dtype: str) -> ml_collections.ConfigDict:
     """The config whose step is measured: the project's recipe for `model`, optimizer SGD."""
     if model == "relpatch":
@@ -113,6 +123,11 @@ def project_config(model: str, batch: int, dtype: str) -> ml_collections.ConfigD
         config.model.update(depth=50, stem="imagenet")
         config.image_size = 224
         config.simclr.proj_hidden_dim = 2048
+    if model in VITS:
+        name, patch_size, size, hidden = VITS[model]
+        config.model.update(name=name, patch_size=patch_size, image_size=size)
+        config.image_size = size
+        config.simclr.proj_hidden_dim = hidden
     config.model.dtype = dtype
     config.batch_size = batch
     config.online_probe_classes = 0  # The PyTorch reference has no online probe.
@@ -199,6 +214,8 @@ def torch_mode(name: str, config: ml_collections.ConfigDict, batch: dict) -> Mod
     import torch_reference
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # JAX's first device too.
+    if device != "cpu":  # fp32 matmuls in TF32 too, as JAX's and both frameworks' convolutions.
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(0)
     model = torch_reference.build(config).to(device)
     channels_last = name in ("torch_cl", "torch_cl_bf16")
@@ -371,7 +388,8 @@ def gpu_peaks(device_kind: str) -> tuple[dict[str, float], str]:
 
 
 def precision(mode: str, *, on_gpu: bool) -> str:
-    """The arithmetic a mode's convolutions run in: bf16, TF32 (fp32 on an NVIDIA GPU) or fp32."""
+    """The arithmetic a mode's convolutions and matmuls run in: bf16, TF32 (fp32 on an NVIDIA
+    GPU) or fp32."""
     if mode in BF16_MODES:
         return "bf16"
     return "tf32" if on_gpu else "fp32"
@@ -379,7 +397,7 @@ def precision(mode: str, *, on_gpu: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("resnet18_cifar", "resnet50_224", "relpatch"))
+    parser.add_argument("--model", choices=MODELS, required=True)
     parser.add_argument("--batch", type=int, default=256, help="images per step")
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per mode")
     parser.add_argument("--steps", type=int, default=1, help="steps per timed sample")
