@@ -36,7 +36,7 @@ from selfsup.train.pretext_step import jit_train_step
 from selfsup.train.state import abstract_train_state, create_train_state, model_graphdef
 
 # Synthetic batches of 8 examples, shaped as each task's host pipeline makes them (SimCLR,
-# BYOL and MoCo take two views of each image).
+# BYOL and MoCo take two views of each image, MAE one).
 def synthetic(config):
     rng = np.random.default_rng(0)
     s = config.get("image_size")
@@ -47,6 +47,8 @@ def synthetic(config):
         arrays = {"rotations": rng.uniform(size=(8, 4, s, s, 3))}
     elif config.task == "exemplar":
         arrays = {"copies": rng.normal(size=(8, config.exemplar.copies, s, s, 3))}
+    elif config.task == "mae":  # One view; the step draws the mask.
+        arrays = {"image": rng.uniform(size=(8, s, s, 3))}
     else:
         arrays = {"views": rng.uniform(size=(8, 2, s, s, 3))}
     arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
