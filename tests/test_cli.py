@@ -187,16 +187,24 @@ def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
         f"--config.data_dir={tmp_path / 'tfds'}",
         f"--workdir={tmp_path / 'demo'}",
         # The command's path at a fraction of runlocal's cost: two steps, probes on the 2,000
-        # test images (not 10,000 + 2,000; each encoder's features are most of the cost), and one
-        # strong L2, which L-BFGS solves in a few iterations.
+        # test images (not 10,000 + 2,000; each encoder's features are most of the cost) in
+        # batches of 1,000, and one strong L2, which L-BFGS solves in a few iterations. Smaller
+        # inputs: SimCLR's 16 px crops, and relative-patch's 8 px patches in a 36 px crop (not 16
+        # in 72), which its probe's features see whole (the 2,000 images at 72 px cost ~20 CPU-s).
         *(
             f"--config.tasks.{task}.{key}"
             for task in ("simclr", "relpatch")
             for key in (
                 "pretrain.total_steps=2",
                 "probe.train_split=test",
+                "probe.batch_size=1000",
                 "probe.linear.l2_grid=(1.0,)",
             )
+        ),
+        "--config.tasks.simclr.pretrain.image_size=16",
+        *(
+            f"--config.tasks.relpatch.pretrain.relpatch.{key}"
+            for key in ("resize_size=40", "crop_size=36", "patch_size=8", "eval_smaller_size=28")
         ),
         cwd=tmp_path,
     )

@@ -6,6 +6,7 @@ parameters and input alike."""
 
 import functools
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # conv, max pool) with bottleneck blocks at 32 px. Between them every conv arithmetic of the
 # rewrites runs, forward and backward: XLA's conv, strided, im2col, pixel-pair and 1x1 matmul
 # (at 32 px the ImageNet stem's maps shrink from 16 to 1; larger inputs only add larger maps on
-# XLA's conv). Other depths and sizes repeat these paths.
-ENCODERS = [(18, "cifar", 16), (50, "imagenet", 32)]
+# XLA's conv). Other depths and sizes repeat these paths. The bottleneck encoder is ResNet-50
+# with 1, 1, 2, 2 blocks per stage (not 3, 4, 6, 3): each stage's first block (stride 1, then 2,
+# with a projection shortcut), and an identity block in stage3 and stage4, whose 2 px and 1 px
+# maps are smaller than the 3x3 kernel (stage1 and stage2's identity blocks are XLA's conv, as
+# stage1's first block is). ResNet-50's other blocks only repeat these.
+ENCODERS = [(18, "cifar", 16, (2, 2, 2, 2)), (50, "imagenet", 32, (1, 1, 2, 2))]
 
 
 def test_auto_takes_the_rewrites_on_a_cpu_and_xla_ops_elsewhere(monkeypatch):
@@ -52,23 +57,24 @@ def test_the_compared_encoders_take_every_stem_and_block_of_the_configs():
             config = load_config_file(path, arg)
             runs = [t.pretrain for t in config.tasks.values()] if "tasks" in config else [config]
             found |= {(r.model.stem, BLOCKS[r.model.depth][0]) for r in runs if "model" in r}
-    compared = {(stem, BLOCKS[depth][0]) for depth, stem, _ in ENCODERS}
+    compared = {(stem, BLOCKS[depth][0]) for depth, stem, _, _ in ENCODERS}
     assert {stem for stem, _ in found} <= {stem for stem, _ in compared}
     assert {block for _, block in found} <= {block for _, block in compared}
     assert len(found) >= 2
 
 
 @functools.cache
-def encoder_outputs(depth: int, stem: str, size: int, dtype: str, kernels: str):
+def encoder_outputs(depth: int, stem: str, size: int, blocks: tuple, dtype: str, kernels: str):
     """Feature maps, running averages and gradients (params, input) of a training-mode encoder
-    with BatchNorm scales and biases drawn at random (so that no residual branch is zero) under
-    a random linear loss on every feature map, as float64 NumPy arrays; and the parameters."""
+    with `blocks` blocks per stage and BatchNorm scales and biases drawn at random (so that no
+    residual branch is zero) under a random linear loss on every feature map, as float64 NumPy
+    arrays; and the parameters."""
     model = ml_collections.ConfigDict(
         dict(depth=depth, stem=stem, width=0.125, dtype=dtype, kernels=kernels)
     )
-    graphdef, params, stats = split_model(
-        from_config(model, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
-    )
+    with mock.patch.dict(BLOCKS, {depth: (BLOCKS[depth][0], blocks)}):
+        encoder = from_config(model, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    graphdef, params, stats = split_model(encoder)
     init = params
     params = {**params}  # Zero-initialised BatchNorm scales would hide the residual branches.
     leaves, treedef = jax.tree.flatten(params)
@@ -115,22 +121,22 @@ def arrays_by_name(tree) -> dict:
     return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def encoder_id(encoder: tuple[int, str, int]) -> str:
-    depth, stem, size = encoder
-    return f"resnet{depth}-{stem}-{size}px"
+def encoder_id(encoder: tuple[int, str, int, tuple]) -> str:
+    depth, stem, size, blocks = encoder
+    return f"resnet{depth}-blocks{''.join(map(str, blocks))}-{stem}-{size}px"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("depth, stem, size", ENCODERS, ids=map(encoder_id, ENCODERS))
-def test_xla_ops_and_cpu_rewrites_compute_the_same_encoder(depth, stem, size):
+@pytest.mark.parametrize("depth, stem, size, blocks", ENCODERS, ids=map(encoder_id, ENCODERS))
+def test_xla_ops_and_cpu_rewrites_compute_the_same_encoder(depth, stem, size, blocks):
     """Same parameters (so checkpoints move between kernel sets), and the same outputs and
     gradients up to rounding: `check_float32` and `check_bfloat16`."""
-    xla, xla_init = encoder_outputs(depth, stem, size, "float32", "xla")
-    cpu, cpu_init = encoder_outputs(depth, stem, size, "float32", "cpu")
+    xla, xla_init = encoder_outputs(depth, stem, size, blocks, "float32", "xla")
+    cpu, cpu_init = encoder_outputs(depth, stem, size, blocks, "float32", "cpu")
     jax.tree.map(np.testing.assert_array_equal, cpu_init, xla_init)
     check_float32(xla, cpu)
-    xla_bf16, _ = encoder_outputs(depth, stem, size, "bfloat16", "xla")
-    cpu_bf16, _ = encoder_outputs(depth, stem, size, "bfloat16", "cpu")
+    xla_bf16, _ = encoder_outputs(depth, stem, size, blocks, "bfloat16", "xla")
+    cpu_bf16, _ = encoder_outputs(depth, stem, size, blocks, "bfloat16", "cpu")
     check_bfloat16(xla, xla_bf16, cpu_bf16)
 
 

@@ -1,7 +1,7 @@
 """Layer-wise probing end to end: `evaluate` with `layers=all_stages` probes every depth of a
 pretrained encoder (here a jigsaw encoder on its patch-average view) from one pass per split,
-reports a table and the accuracy-by-depth plot, and its stage4 rows are the pre-logits results
-a plain evaluation gives."""
+reports a table and the accuracy-by-depth plot, and its pre_logits rows are the results a plain
+evaluation gives."""
 
 import json
 from pathlib import Path
@@ -16,7 +16,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.slow  # A short pretraining and two evaluations.
-def test_all_stages_probes_every_depth_and_stage4_is_the_plain_evaluation(image_folder, tmp_path):
+def test_all_stages_probes_every_depth_and_pre_logits_is_the_plain_evaluation(
+    image_folder, tmp_path
+):
     pretrain = load_config_file(CONFIGS / "jigsaw_builtin.py", "runlocal")
     pretrain.update(data=image_folder, batch_size=16, total_steps=2, eval_every_steps=0)
     pretrain.online_probe_classes = 0
@@ -30,7 +32,7 @@ def test_all_stages_probes_every_depth_and_stage4_is_the_plain_evaluation(image_
 
     plain, _ = probe("plain")
     swept, rows = probe("swept", layers=("all_stages",))
-    assert swept["layers"] == ["stage1", "stage2", "stage3", "stage4"]
+    assert swept["layers"] == ["stage1", "stage2", "stage3", "pre_logits"]
     for method in ("linear", "knn/k5", "random_init/linear"):
         for layer in ("stage1", "stage2", "stage3"):
             # A count of the 40 test images (eval_split is the whole train split).

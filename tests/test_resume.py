@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_loop import tiny_config
 
 from selfsup.config import ConfigError, load_config_file
 from selfsup.evaluate import finetune, resume, target
 from selfsup.evaluate.resume import FOLDER, SavedWork, fingerprint
 from selfsup.evaluate.run import evaluate
+from selfsup.train import loop
 from selfsup.train.engine import PreemptedError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -25,20 +27,32 @@ def suite(checkpoint: Path, **overrides):
     config.update(random_init_baseline=False, **overrides)
     config.knn.ks = (3,)
     config.linear.l2_grid = (1e-2,)
-    config.finetune.update(freeze_stages=(0,), steps=4, batch_size=8)
+    # Cut at step 3 of 5: the last step's logged loss (a row's train_loss) follows step 4's
+    # update, which the restored optimizer state (momentum) takes part in.
+    config.finetune.update(freeze_stages=(0,), steps=5, batch_size=8)
     config.finetune.update(log_every_steps=1, checkpoint_every_steps=2)
     return config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(image_folder, tmp_path_factory) -> Path:
+    """test_loop's tiny run (the same programs: the session compiles them once), held out on its
+    training split: a ResNet-18 at width 1/8, whose fine-tuning steps cost little (at width 1,
+    as `pretrained_run`, each step costs ~6 CPU-s)."""
+    workdir = tmp_path_factory.mktemp("tiny") / "run"
+    loop.pretrain(tiny_config(image_folder, eval_split="train"), workdir)
+    return workdir
 
 
 def without_seconds(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
-@pytest.mark.slow  # Three small evaluations.
+@pytest.mark.slow  # A tiny pretraining and three small evaluations.
 def test_an_evaluation_stopped_in_fine_tuning_resumes_to_the_same_results(
-    pretrained_run, tmp_path, monkeypatch, capsys
+    tiny_run, tmp_path, monkeypatch, capsys
 ):
-    _, uninterrupted = evaluate(suite(pretrained_run), tmp_path / "whole")
+    _, uninterrupted = evaluate(suite(tiny_run), tmp_path / "whole")
 
     extractions = []
     extract = target.extract_features
@@ -53,25 +67,25 @@ def test_an_evaluation_stopped_in_fine_tuning_resumes_to_the_same_results(
         return log(self, step, metrics)
 
     monkeypatch.setattr(finetune.FinetuneHooks, "log", terminated_at_step_2)
-    with pytest.raises(PreemptedError, match=r"SIGTERM: saved a checkpoint at step 3/4"):
-        evaluate(suite(pretrained_run), tmp_path / "cut")
+    with pytest.raises(PreemptedError, match=r"SIGTERM: saved a checkpoint at step 3/5"):
+        evaluate(suite(tiny_run), tmp_path / "cut")
     assert len(extractions) == 2  # Train and test split, once.
 
     monkeypatch.setattr(finetune.FinetuneHooks, "log", log)
     capsys.readouterr()
-    summary, resumed = evaluate(suite(pretrained_run), tmp_path / "cut")
+    summary, resumed = evaluate(suite(tiny_run), tmp_path / "cut")
     out = capsys.readouterr().out
     assert len(extractions) == 2  # The features were kept, not extracted again.
     assert "linear pretrained: kept from an earlier run" in out
     assert "knn pretrained: kept from an earlier run" in out
-    assert "resuming from its checkpoint at step 3/4" in out
+    assert "resuming from its checkpoint at step 3/5" in out
     assert without_seconds(resumed) == without_seconds(uninterrupted)  # Bit for bit.
-    assert summary["finetune/freeze0/steps"] == 4
+    assert summary["finetune/freeze0/steps"] == 5
     # What only a resume needs is gone once the evaluation is done.
     assert sorted(p.name for p in (tmp_path / "cut" / FOLDER).iterdir()) == ["KEY", "rows"]
 
     with pytest.raises(ConfigError, match=r"holds a run of a different config \(seed: 0 -> 1\)"):
-        evaluate(suite(pretrained_run, seed=1), tmp_path / "cut")
+        evaluate(suite(tiny_run, seed=1), tmp_path / "cut")
 
 
 def test_saved_work_of_another_config_checkpoint_or_definition_is_not_reused(
