@@ -305,8 +305,7 @@ def load_encoder(path: str | Path, *, step: int | None = None) -> Encoder:
 
 def init_weights(spec: str, model: ml_collections.ConfigDict) -> EncoderWeights:
     """The weights `config.init_from` names (`torchvision:FILE`, `timm:FILE`, or a path
-    `load_encoder` takes), for an encoder of `model`, whose dtype, kernels and drop path they
-    take."""
+    `load_encoder` takes), for an encoder of `model`, whose dtype and kernels they take."""
     path = spec
     for prefix in STATE_DICT_PREFIXES:
         path = path.removeprefix(prefix)
