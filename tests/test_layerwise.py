@@ -27,6 +27,9 @@ def test_all_stages_probes_every_depth_and_pre_logits_is_the_plain_evaluation(
     def probe(workdir: str, **overrides):
         config = load_config_file(CONFIGS / "linear_probe.py", "runlocal")
         config.update(checkpoint=str(tmp_path / "jigsaw"), eval_split="train", features="patches")
+        # Strong L2 values, which L-BFGS solves in a few iterations on stage1-3's ~9,000 values
+        # per image (with runlocal's 1e-4 and 1e-2 they took most of the swept evaluation's time).
+        config.linear.l2_grid = (1.0, 10.0)
         config.update(overrides)
         return evaluate(config, tmp_path / workdir)
 
