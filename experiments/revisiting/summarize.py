@@ -21,13 +21,13 @@ TASKS = {
     "relpatch": "relative patch",
     "simclr": "SimCLR",
 }
-LAYERS = ("stage1", "stage2", "stage3", "stage4")
+LAYERS = ("stage1", "stage2", "stage3", "pre_logits")
 
 
 def linear_by_depth(probe: dict, encoder: str) -> dict[str, float]:
     prefix = "" if encoder == "pretrained" else f"{encoder}/"
     return {
-        layer: probe[f"{prefix}linear{'' if layer == 'stage4' else '/' + layer}/test_accuracy"]
+        layer: probe[f"{prefix}linear{'' if layer == 'pre_logits' else '/' + layer}/test_accuracy"]
         for layer in LAYERS
     }
 
@@ -83,7 +83,7 @@ def plot(lines: dict[str, tuple[dict[str, float], bool]], path: Path) -> None:
             color=f"C{i}" if trained else next(greys),
             label=label,
         )
-    ax.set_xticks(range(len(LAYERS)), ["stage1", "stage2", "stage3", "stage4\n(pre-logits)"])
+    ax.set_xticks(range(len(LAYERS)), ["stage1", "stage2", "stage3", "stage4\n(pre_logits)"])
     ax.set(
         xlabel="encoder depth probed (global average of the stage's output)",
         ylabel="linear probe accuracy on val (%)",
