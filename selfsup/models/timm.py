@@ -23,7 +23,12 @@ import re
 import numpy as np
 
 from selfsup.config import ConfigError
-from selfsup.models.torchvision import from_torch_layout, to_torch_layout, torch_shape
+from selfsup.models.torchvision import (
+    from_torch_layout,
+    mismatches,
+    to_torch_layout,
+    torch_shape,
+)
 from selfsup.models.vit import SIZES
 
 Flat = dict[str, np.ndarray]
@@ -61,17 +66,11 @@ def from_timm(state: Flat, shapes: dict[str, tuple[int, ...]], what: str) -> Fla
     missing, extra or of another shape."""
     names = {timm_name(name): name for name in shapes}
     keys = {key for key in state if not _NOT_ENCODER.search(key)}
-    problems = [f"missing {key}" for key in sorted(names.keys() - keys)]
-    problems += [f"unexpected {key}" for key in sorted(keys - names.keys())]
-    for key in sorted(names.keys() & keys):
-        want = _timm_shape(names[key], shapes[names[key]])
-        if tuple(state[key].shape) != want:
-            problems.append(f"{key} has shape {tuple(state[key].shape)}, not {want}")
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    wanted = {key: _timm_shape(name, shapes[name]) for key, name in names.items()}
+    if problems := mismatches({key: state[key].shape for key in keys}, wanted):
         raise ConfigError(
-            f"{what} does not fit the timm ViT it names ({'; '.join(problems[:3])}{more}): pass "
-            "the unchanged state_dict() of a timm vit_tiny/small/base_patch*."
+            f"{what} does not fit the timm ViT it names ({problems}): pass the unchanged "
+            "state_dict() of a timm vit_tiny/small/base_patch*."
         )
     return {name: _flax_layout(name, state[key]) for key, name in names.items()}
 

@@ -96,19 +96,27 @@ def from_torch(state: Flat, shapes: dict[str, tuple[int, ...]], what: str) -> Fl
     missing, extra or of another shape."""
     names = {torch_name(name): name for name in shapes}
     keys = {key for key in state if not _NOT_ENCODER.search(key)}
-    problems = [f"missing {key}" for key in sorted(names.keys() - keys)]
-    problems += [f"unexpected {key}" for key in sorted(keys - names.keys())]
-    for key in sorted(names.keys() & keys):
-        want = torch_shape(shapes[names[key]])
-        if state[key].shape != want:
-            problems.append(f"{key} has shape {tuple(state[key].shape)}, not {want}")
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    wanted = {key: torch_shape(shapes[name]) for key, name in names.items()}
+    if problems := mismatches({key: state[key].shape for key in keys}, wanted):
         raise ConfigError(
-            f"{what} does not fit the torchvision ResNet it names ({'; '.join(problems[:3])}"
-            f"{more}): pass the unchanged state_dict() of a torchvision resnet18/34/50."
+            f"{what} does not fit the torchvision ResNet it names ({problems}): pass the "
+            "unchanged state_dict() of a torchvision resnet18/34/50."
         )
     return {name: from_torch_layout(np.asarray(state[key])) for key, name in names.items()}
+
+
+def mismatches(found: dict[str, tuple], wanted: dict[str, tuple]) -> str:
+    """The first three of the keys missing from `found`, unexpected in it, or of another shape
+    than `wanted` says, and how many more; "" if none (a state dict's keys -> shapes)."""
+    problems = [f"missing {key}" for key in sorted(wanted.keys() - found.keys())]
+    problems += [f"unexpected {key}" for key in sorted(found.keys() - wanted.keys())]
+    problems += [
+        f"{key} has shape {tuple(found[key])}, not {tuple(wanted[key])}"
+        for key in sorted(wanted.keys() & found.keys())
+        if tuple(found[key]) != tuple(wanted[key])
+    ]
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more if problems else ""
 
 
 def torchvision_architecture(state: Flat, what: str) -> tuple[int, str]:
