@@ -79,6 +79,7 @@ def train(config, mesh, batches, *, total_steps: int = 10):
         seed=config.seed,
         mesh=mesh,
         total_steps=total_steps,
+        steps_per_epoch=1.0,
     )
     states, metrics = [jax.device_get(state)], []
     for batch in batches:

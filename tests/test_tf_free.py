@@ -69,7 +69,14 @@ for name in sorted(TASKS):
     # trains compiles its init.
     abstract_state = abstract_train_state(task, tx, mesh=mesh)
     step = jit_train_step(
-        task, model_graphdef(task.build_model), tx, schedule, seed=0, mesh=mesh, total_steps=3
+        task,
+        model_graphdef(task.build_model),
+        tx,
+        schedule,
+        seed=0,
+        mesh=mesh,
+        total_steps=3,
+        steps_per_epoch=3.0,
     )
     batch = parallel.to_global(synthetic(config), mesh)
     step.trace(abstract_state, batch)

@@ -135,7 +135,14 @@ def step_rate(config, *, batch: int, steps: int) -> float:
     )
     state = create_train_state(task, tx, seed=0, mesh=mesh)
     step = jit_train_step(
-        task, model_graphdef(task.build_model), tx, schedule, seed=0, mesh=mesh, total_steps=1000
+        task,
+        model_graphdef(task.build_model),
+        tx,
+        schedule,
+        seed=0,
+        mesh=mesh,
+        total_steps=1000,
+        steps_per_epoch=100.0,
     )
     rng = np.random.default_rng(0)
     size = config.image_size

@@ -180,7 +180,14 @@ def compile_jax_step(
     state = create_train_state(task, tx, seed=config.seed, mesh=mesh)
     graphdef = model_graphdef(task.build_model)
     step = jit_train_step(
-        task, graphdef, tx, schedule, seed=config.seed, mesh=mesh, total_steps=10_000
+        task,
+        graphdef,
+        tx,
+        schedule,
+        seed=config.seed,
+        mesh=mesh,
+        total_steps=10_000,
+        steps_per_epoch=100.0,
     )
     batch = jax.device_put(batch, parallel.batch_sharding(mesh))
     start = time.perf_counter()

@@ -111,10 +111,17 @@ class StatefulTask(PretextTask, Protocol):
         `extra` it reads passes no gradient: the engine differentiates the parameters only."""
 
     def update_extra(
-        self, extra: dict[str, Any], params: dict, step: jax.Array, *, total_steps: int
+        self,
+        extra: dict[str, Any],
+        params: dict,
+        step: jax.Array,
+        *,
+        total_steps: int,
+        steps_per_epoch: float,
     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-        """After the optimizer step that took `step` to `step + 1` (of `total_steps`), with its
-        new `params`: the next state, and metrics to log (e.g. the momentum used)."""
+        """After the optimizer step that took `step` to `step + 1` (of `total_steps`, at
+        `steps_per_epoch` steps an epoch), with its new `params`: the next state, and metrics to
+        log (e.g. the momentum used)."""
 
 
 class _Stateless:
@@ -131,7 +138,7 @@ class _Stateless:
     def loss(self, model, batch, rng, *, train, extra):
         return (*self.task.loss(model, batch, rng, train=train), extra)
 
-    def update_extra(self, extra, params, step, *, total_steps):
+    def update_extra(self, extra, params, step, *, total_steps, steps_per_epoch):
         return extra, {}
 
 

@@ -237,7 +237,13 @@ class BYOL:
         return byol_loss(predictions, projections), {}, features, {"target": target}
 
     def update_extra(
-        self, extra: dict[str, Any], params: dict, step: jax.Array, *, total_steps: int
+        self,
+        extra: dict[str, Any],
+        params: dict,
+        step: jax.Array,
+        *,
+        total_steps: int,
+        steps_per_epoch: float,
     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         tau = teacher.cosine_momentum(step, total_steps, self.config.byol.base_momentum)
         return {"target": teacher.moving_average(extra["target"], params, tau)}, {"momentum": tau}

@@ -269,7 +269,13 @@ class MoCo:
         return loss, metrics, features, extra
 
     def update_extra(
-        self, extra: dict[str, Any], params: dict, step: jax.Array, *, total_steps: int
+        self,
+        extra: dict[str, Any],
+        params: dict,
+        step: jax.Array,
+        *,
+        total_steps: int,
+        steps_per_epoch: float,
     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         momentum = self.config.moco.momentum
         key_encoder = teacher.moving_average(extra["key_encoder"], params, momentum)

@@ -275,7 +275,14 @@ def _train(
         f"steps of {config.batch_size} on {jax.device_count()} devices.",
     )
     step = jit_train_step(
-        task, graphdef, tx, schedule, seed=config.seed, mesh=mesh, total_steps=total_steps
+        task,
+        graphdef,
+        tx,
+        schedule,
+        seed=config.seed,
+        mesh=mesh,
+        total_steps=total_steps,
+        steps_per_epoch=num_examples / config.batch_size,
     )
     _, host_metrics = engine.run(
         restored.state,

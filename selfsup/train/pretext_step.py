@@ -37,16 +37,27 @@ def pretrain_loss(task: PretextTask, graphdef: nnx.GraphDef) -> engine.LossFn:
 
 
 def jit_train_step(
-    task, graphdef, tx, schedule, *, seed: int, mesh: jax.sharding.Mesh, total_steps: int
+    task,
+    graphdef,
+    tx,
+    schedule,
+    *,
+    seed: int,
+    mesh: jax.sharding.Mesh,
+    total_steps: int,
+    steps_per_epoch: float,
 ):
     """The pretraining step as the engine runs it (and experiments/bench measures it);
-    `total_steps` is the run's length, over which a task's extra state may follow a schedule."""
+    `total_steps` is the run's length and `steps_per_epoch` its epoch, over which a task's extra
+    state may follow a schedule."""
     step = engine.make_train_step(
         pretrain_loss(task, graphdef),
         tx,
         seed=seed,
         schedule=schedule,
-        update_extra=functools.partial(stateful(task).update_extra, total_steps=total_steps),
+        update_extra=functools.partial(
+            stateful(task).update_extra, total_steps=total_steps, steps_per_epoch=steps_per_epoch
+        ),
     )
     return engine.jit_step(step, mesh, state_sharding=_sharding(task, tx, mesh))
 
