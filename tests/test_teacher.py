@@ -49,12 +49,23 @@ def mesh_of(devices: int) -> jax.sharding.Mesh:
 
 
 def synthetic_batches(config, steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Random images as the task's examples hold them: two views each, or one image (MAE)."""
+    """Random images as the task's examples hold them: two views each, one image (MAE), or
+    multi-crop groups (DINO: two global crops and the block's local ones)."""
     rng = np.random.default_rng(seed)
     s, n = config.image_size, config.batch_size
-    key, shape = ("image", (n, s, s, 3)) if config.task == "mae" else ("views", (n, 2, s, s, 3))
+    shapes = {"views": (n, 2, s, s, 3)}
+    if config.task == "mae":
+        shapes = {"image": (n, s, s, 3)}
+    elif config.task == "dino":
+        c = config.dino
+        shapes = {"global": (n, 2, s, s, 3)}
+        if c.local_crops_number:
+            shapes["local"] = (n, c.local_crops_number, c.local_crops_size, c.local_crops_size, 3)
     return [
-        {key: rng.uniform(size=shape).astype(np.float32), "label": np.zeros(n, np.int32)}
+        {
+            **{key: rng.uniform(size=shape).astype(np.float32) for key, shape in shapes.items()},
+            "label": np.zeros(n, np.int32),
+        }
         for _ in range(steps)
     ]
 

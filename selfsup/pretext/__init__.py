@@ -37,6 +37,7 @@ TASKS = {
     "barlow_twins": "barlow_twins:BarlowTwins",
     "vicreg": "vicreg:VICReg",
     "mae": "mae:MAE",
+    "dino": "dino:DINO",
 }
 
 
