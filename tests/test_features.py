@@ -146,7 +146,8 @@ def test_layers_are_the_encoders_depths_or_all_stages():
     blocks = tuple(f"block{i}" for i in range(1, 12))
     assert resolve_layers(("all_stages",), vit) == (*blocks, "pre_logits")
     assert resolve_layers(("patch_mean", "block6"), vit) == ("block6", "patch_mean")
-    with pytest.raises(ConfigError, match=r"'block11', 'pre_logits', 'patch_mean'\]"):
+    assert resolve_layers(("cls_last4",), vit) == ("cls_last4",)
+    with pytest.raises(ConfigError, match=r"'pre_logits', 'patch_mean', 'cls_last4', 'cls_patch"):
         resolve_layers(("stage1",), vit)
 
 

@@ -196,6 +196,11 @@ def compare(model: ViT, root: Path, who: str, size: int) -> dict[str, float]:
         "blocks": max(
             np.abs(features[f"block{i + 1}"] - block).max() for i, block in enumerate(blocks)
         ),
+        # DINO's linear-probe inputs: the last 4 blocks' class tokens; class token + patch mean.
+        "cls_last4": np.abs(features["cls_last4"] - np.concatenate(blocks[-4:], -1)).max(),
+        "cls_patch_mean": np.abs(
+            features["cls_patch_mean"] - np.concatenate([tokens[:, 0], tokens[:, 1:].mean(1)], -1)
+        ).max(),
     }
     assert max(diffs.values()) <= TOLERANCE, diffs
     return diffs

@@ -11,7 +11,8 @@ represents best differs by task and architecture): a ResNet's `stage1`..`stage3`
 maps of those stages, max-pooled as Revisiting-SSL's linear evaluation pools them
 (`revisiting_pool`) to about `TARGET_FEATURES` values each and flattened; a ViT's `block1`..
 `block11` the class token of each block's output after the final norm (DINO's
-`get_intermediate_layers`), and `patch_mean` the mean of its last block's patch tokens;
+`get_intermediate_layers`), `patch_mean` the mean of its last block's patch tokens, and
+DINO's linear-probe features `cls_last4` (the last 4 blocks' class tokens) and `cls_patch_mean`;
 `pre_logits` is the encoder's own output (Revisiting's `pre_logits` tap): a ResNet's last map
 averaged over positions, a ViT's class token. Every depth asked for comes out of one forward
 pass over the data.

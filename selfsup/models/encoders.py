@@ -93,7 +93,7 @@ def probe_layers(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tup
     if model.name == "resnet":
         return ("stage1", "stage2", "stage3", "pre_logits"), ()
     blocks = (f"block{i}" for i in range(1, depths(model) - 1))
-    return (*blocks, "pre_logits"), ("patch_mean",)
+    return (*blocks, "pre_logits"), ("patch_mean", "cls_last4", "cls_patch_mean")
 
 
 def with_drop_path(encoder: Encoder, drop_path: float) -> Encoder:

@@ -256,8 +256,10 @@ class ViT(nnx.Module):
         """Float32 features of images `x` (as `embed` takes them), by name: "block1".."blockN",
         the class token of each block's output after the final norm (DINO's
         `get_intermediate_layers`); "cls" (= "blockN") and "pooled" (= "cls"), the default
-        feature; "patch_mean", the mean of the last block's normed patch tokens; "tokens", the
-        last block's normed output [B, 1 + P, width]. `frozen_stages` and `drop_path_rng` as in
+        feature; "patch_mean", the mean of the last block's normed patch tokens; "cls_last4",
+        the class tokens of the last 4 blocks concatenated, and "cls_patch_mean", "cls" and
+        "patch_mean" concatenated (DINO's linear probes of ViT-S and ViT-B); "tokens", the last
+        block's normed output [B, 1 + P, width]. `frozen_stages` and `drop_path_rng` as in
         `encode`."""
         outputs = self.encode(
             self.embed(x), train=train, frozen_stages=frozen_stages, drop_path_rng=drop_path_rng
@@ -266,6 +268,11 @@ class ViT(nnx.Module):
         tokens = outputs[-1].astype(jnp.float32)
         out.update(cls=tokens[:, 0], pooled=tokens[:, 0], tokens=tokens)
         out["patch_mean"] = jnp.mean(tokens[:, 1:], axis=1)
+        # The linear probes of DINO's `eval_linear.py`: ViT-S's `n_last_blocks=4`, ViT-B's
+        # `avgpool_patchtokens` (its features interleaved there, a permutation).
+        last4 = [out[f"block{i}"] for i in range(max(self.depth - 3, 1), self.depth + 1)]
+        out["cls_last4"] = jnp.concatenate(last4, axis=-1)
+        out["cls_patch_mean"] = jnp.concatenate([out["cls"], out["patch_mean"]], axis=-1)
         return out
 
     def __call__(
