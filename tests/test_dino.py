@@ -17,6 +17,7 @@ from test_noncontrastive import numerical_gradient
 from test_teacher import first_step, tiny_config
 
 from selfsup.data import multicrop
+from selfsup.models.encoders import with_drop_path
 from selfsup.pretext import dino, get_task
 from selfsup.pretext.teacher import cosine_momentum
 
@@ -173,3 +174,19 @@ def test_loss_gradients_centre_and_teacher_equal_on_1_and_8_devices():
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=atol)
     center = one["extra"]["center"]
     assert np.abs(center).max() > 0  # Moved from zeros by the teacher's batch mean.
+
+
+def test_fine_tuning_sets_its_own_stochastic_depth_on_a_dino_student():
+    """A DINO ViT student is built with drop path 0.1; its encoder, fine-tuned at
+    `finetune.drop_path=0`, drops nothing (training mode then equals inference mode)."""
+    config = tiny_config("dino")
+    config.model.update(name="vit_tiny", patch_size=8, image_size=16)
+    config.dino.drop_path = 0.1
+    student = get_task(config).build_model(nnx.Rngs(0)).encoder
+    assert student.drop_path == 0.1
+    plain = with_drop_path(student, 0.0)
+    assert plain.drop_path == 0.0 and student.drop_path == 0.1
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(plain(x, train=True), plain(x, train=False))
+    with pytest.raises(ValueError, match="drop_path_rng is required"):
+        student(x, train=True)

@@ -98,14 +98,17 @@ def probe_layers(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tup
 
 def with_drop_path(encoder: Encoder, drop_path: float) -> Encoder:
     """`encoder`, or a copy of it (the same arrays) whose blocks drop their residual branches up
-    to `drop_path` (stochastic depth: a ViT's); ConfigError for a ResNet at drop_path > 0."""
-    if drop_path == 0:
-        return encoder
+    to `drop_path` (stochastic depth: a ViT's, whatever rate it was built with, e.g. a DINO
+    student's); ConfigError for a ResNet at drop_path > 0."""
     if not isinstance(encoder, vit.ViT):
-        raise ConfigError(
-            f"finetune.drop_path={drop_path}: stochastic depth is a ViT's; selfsup's ResNets "
-            "have none: set it to 0."
-        )
+        if drop_path:
+            raise ConfigError(
+                f"finetune.drop_path={drop_path}: stochastic depth is a ViT's; selfsup's ResNets "
+                "have none: set it to 0."
+            )
+        return encoder
+    if encoder.drop_path == drop_path:
+        return encoder
     copy = nnx.merge(*nnx.split(encoder))
     copy.set_drop_path(drop_path)
     return copy
