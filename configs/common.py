@@ -7,6 +7,7 @@ is added here once. configs/ is no package; a config file loads this file by its
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 # Parameters that no weight decay (and no LARS adaptation) applies to: biases, BatchNorm scales.
 BIAS_AND_SCALE = r"(^|/)(bias|scale)$"
@@ -54,12 +55,22 @@ def optimizer(
     weight_decay_exclude: str = BIAS_AND_SCALE,
     decay_epochs: tuple[int, ...] = (),
     param_groups: tuple = (),
+    weight_decay_end: float | None = None,
+    min_learning_rate: float = 0.0,
+    clip_per_tensor: float = 0.0,
+    frozen_first: tuple = (),
+    normalize_after_step: str = "",
 ) -> ml_collections.ConfigDict:
-    """`name` "sgd", "lars" (trust coefficient 0.001) or "adamw", the learning rate scaled
-    linearly by batch / 256, momentum (AdamW's beta1) 0.9; `schedule` "cosine" (to 0) or
-    "piecewise" (x0.1 at each of `decay_epochs`), after `warmup_epochs` of linear warmup;
-    `param_groups` ((regex, multiplier, "scheduled" | "constant"), ...): groups of parameters
-    with their own learning rate (selfsup.train.optim.make_optimizer)."""
+    """`name` "sgd", "lars" (trust coefficient 0.001), "larc" (SwAV's: apex LARC around SGD) or
+    "adamw", the learning rate scaled linearly by batch / 256, momentum (AdamW's beta1) 0.9;
+    `schedule` "cosine" (to `min_learning_rate`), "cosine_linspace" (the same as DINO and SwAV
+    build it: the warmup reaches the peak one step sooner) or "piecewise" (x0.1 at each of
+    `decay_epochs`), after `warmup_epochs` of linear warmup; `param_groups` ((regex, multiplier,
+    "scheduled" | "constant"), ...): groups of parameters with their own learning rate;
+    `weight_decay_end`: the decay's cosine end (None: constant); `clip_per_tensor`: each gradient
+    tensor's L2 norm cap (0: off); `frozen_first` ((regex, epochs), ...): parameters held for
+    their first epochs; `normalize_after_step`: a regex of parameters L2-normalised along axis 0
+    after each step ("": none) (selfsup.train.optim.make_optimizer)."""
     return ml_collections.ConfigDict(
         dict(
             name=name,
@@ -69,12 +80,18 @@ def optimizer(
             beta2=0.999,  # AdamW only.
             weight_decay=weight_decay,
             weight_decay_exclude=weight_decay_exclude,
-            trust_coefficient=0.001,  # LARS only.
+            # None: weight_decay at every step. Typed, so that --config can set a float.
+            weight_decay_end=config_dict.FieldReference(weight_decay_end, field_type=float),
+            trust_coefficient=0.001,  # LARS and LARC only.
             warmup_epochs=warmup_epochs,
             schedule=schedule,
+            min_learning_rate=min_learning_rate,  # Cosine schedules only; not batch-scaled.
             decay_epochs=decay_epochs,  # Piecewise schedule only.
             decay_factor=0.1,
             param_groups=param_groups,  # () = one rate for all parameters.
+            clip_per_tensor=clip_per_tensor,
+            frozen_first=frozen_first,
+            normalize_after_step=normalize_after_step,
         )
     )
 

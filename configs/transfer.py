@@ -21,6 +21,7 @@ than the fraction has), and fine-tuning at 100% trains on the rest without miniv
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from selfsup.config import parse_runlocal
 
@@ -97,7 +98,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 weight_decay_exclude=r"(^|/)(bias|scale)$",
                 trust_coefficient=0.001,
                 param_groups=(),  # Fine-tuning's groups are lr_multipliers above.
-                schedule="cosine",  # Linear warmup, then cosine decay to zero.
+                schedule="cosine",  # Linear warmup, then cosine decay to min_learning_rate.
+                min_learning_rate=0.0,
+                weight_decay_end=config_dict.placeholder(float),  # None: constant decay.
+                clip_per_tensor=0.0,  # Each gradient tensor's L2 norm cap; 0: off.
+                frozen_first=(),  # Pretraining only, as is normalize_after_step.
+                normalize_after_step="",
             ),
         )
     )

@@ -138,6 +138,7 @@ STEPS = integer(1)
 # Rules that several owners' keys share.
 REGEX = Rule(_is_regex, "a Python regular expression, e.g. '(^|/)bias$'")
 MAX_WIDTH = integer(1, 16384, " (4 times the widest published head's 4096)")
+WEIGHT_DECAY = number(0, 1, open_high=True)
 TEMPERATURE = number(
     0.01, 10, " (contrastive recipes: 0.07-0.5; below 0.01 the logits, cosines / T, pass 100)"
 )
@@ -165,17 +166,49 @@ VALUE_RULES: dict[str, Rule] = {
     "checkpoint_every_steps": STEPS,
     "keep_checkpoints": integer(1, 1000, " (each is a full copy of the training state)"),
     "online_probe_classes": integer(-1, 1_000_000, " (-1: the data's class count, 0: none)"),
-    "optim.name": choice("lars", "sgd", "adamw"),
+    "optim.name": choice("lars", "larc", "sgd", "adamw"),
     # 0 keeps the weights (e.g. to evaluate init_from's weights as a run); a rate too large
     # diverges, which the NaN check stops in one line.
     "optim.learning_rate": number(0, math.inf, " (before batch-size scaling)", open_high=True),
     "optim.lr_scaling": choice("linear", "sqrt"),
     "optim.momentum": number(0, 1, open_high=True),
     "optim.beta2": number(0, 1, " (AdamW's; MAE: 0.95)", open_high=True),
-    "optim.weight_decay": number(0, 1, open_high=True),
+    "optim.weight_decay": WEIGHT_DECAY,
+    "optim.weight_decay_end": Rule(
+        lambda v: v is None or WEIGHT_DECAY.test(v),
+        "a number in [0, 1) (weight_decay's cosine end; DINO: 0.4), or unset for a constant decay",
+    ),
     "optim.trust_coefficient": number(0, 1, open_low=True),
     "optim.warmup_epochs": number(0, 100_000, " (epochs)"),
-    "optim.schedule": choice("cosine", "piecewise"),
+    "optim.schedule": choice("cosine", "cosine_linspace", "piecewise"),
+    "optim.min_learning_rate": Rule(
+        number(0, math.inf, open_high=True).test,
+        "a number in [0, inf) (the cosine's end, not scaled by the batch; DINO: 1e-6)",
+        lambda v, block, _: (
+            "0 (a piecewise schedule has no end value)"
+            if v and block.schedule == "piecewise"
+            else None
+        ),
+    ),
+    "optim.clip_per_tensor": number(
+        0, math.inf, " (each gradient tensor's L2 norm cap, 0: off; DINO: 3)", open_high=True
+    ),
+    "optim.frozen_first": sequence(
+        Rule(
+            lambda f: (
+                isinstance(f, tuple | list)
+                and len(f) == 2
+                and _is_regex(f[0])
+                and number(0, 100_000).test(f[1])
+            ),
+            "(regex, epochs without updates)",
+        ),
+        "(('(^|/)last_layer/', 1.0),)",
+        min_len=0,
+    ),
+    "optim.normalize_after_step": Rule(
+        _is_regex, "a Python regular expression, e.g. '^prototypes/kernel$', or '' for none"
+    ),
     "optim.decay_epochs": sequence(number(0, 100_000), "(120, 160)", min_len=0),
     "optim.decay_factor": number(0, 1, open_low=True),
     "optim.param_groups": sequence(
@@ -192,6 +225,11 @@ VALUE_RULES: dict[str, Rule] = {
         "(('^predictor/', 1.0, 'constant'),)",
         min_len=0,
     ),
+    # Fine-tuning counts no epochs, and scales each update by its lr multiplier.
+    "finetune.optim.frozen_first": Rule(
+        lambda v: v in ((), []), "() (pretraining only; finetune.lr_multipliers' 0 freezes)"
+    ),
+    "finetune.optim.normalize_after_step": Rule(lambda v: v == "", "'' (pretraining only)"),
     "weight_decay_exclude": REGEX,
     "min_crop_area": number(0, 1, " (a fraction of the image)", open_low=True),
     "crop_proportion": number(0, 1, " (a fraction of the shorter side)", open_low=True),
@@ -278,6 +316,16 @@ ADDED_KEYS = {
     "optim.param_groups": [],  # As JSON holds the empty tuple.
     "optim.beta2": 0.999,
     "finetune.optim.beta2": 0.999,
+    "optim.weight_decay_end": None,
+    "optim.min_learning_rate": 0.0,
+    "optim.clip_per_tensor": 0.0,
+    "optim.frozen_first": [],
+    "optim.normalize_after_step": "",
+    "finetune.optim.weight_decay_end": None,
+    "finetune.optim.min_learning_rate": 0.0,
+    "finetune.optim.clip_per_tensor": 0.0,
+    "finetune.optim.frozen_first": [],
+    "finetune.optim.normalize_after_step": "",
     "finetune.drop_path": 0.0,
 }
 

@@ -310,6 +310,9 @@ ACCEPTED = {
     "optim.weight_decay": {0},
     "optim.warmup_epochs": {0},
     "optim.decay_epochs": {(0,)},  # The piecewise schedule decays at once.
+    "optim.weight_decay_end": {None, 0},  # Constant decay; decay to none.
+    "optim.min_learning_rate": {0, 1e30},  # To zero; diverges, stopped in one line.
+    "optim.clip_per_tensor": {0, 1e30},  # Off; a cap no gradient reaches.
     "byol.base_momentum": {0},  # The target copies the online network each step.
     "moco.momentum": {0},  # Likewise the key encoder.
     **{f"{task}.color_strength": {0} for task in ("simclr", "moco", "simsiam")},  # No jitter.

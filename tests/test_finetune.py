@@ -46,6 +46,11 @@ SGD = dict(
     trust_coefficient=0.001,
     schedule="cosine",
     param_groups=(),
+    min_learning_rate=0.0,
+    weight_decay_end=None,
+    clip_per_tensor=0.0,
+    frozen_first=(),
+    normalize_after_step="",
 )
 
 
