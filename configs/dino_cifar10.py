@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.optim.update(
         name="lars",
+        schedule="cosine",
         learning_rate=0.3,
         trust_coefficient=0.02,
         weight_decay=1e-6,

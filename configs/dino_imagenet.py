@@ -44,15 +44,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=1024,
         num_epochs=300.0,
         model=common["encoder"]("vit_small", patch_size=16, image_size=224),
-        optim=common["optimizer"]("adamw", 5e-4, schedule="cosine", warmup_epochs=10.0),
+        optim=common["optimizer"](
+            "adamw",
+            5e-4,
+            schedule="cosine_linspace",  # main_dino.py's `cosine_scheduler`.
+            warmup_epochs=10.0,
+            weight_decay=0.04,
+            weight_decay_end=0.4,
+            min_learning_rate=1e-6,
+            clip_per_tensor=3.0,
+            frozen_first=FROZEN_LAST_LAYER,
+        ),
         local=dict(batch_size=32, image_size=32),
-    )
-    config.optim.update(
-        weight_decay=0.04,
-        weight_decay_end=0.4,
-        min_learning_rate=1e-6,
-        clip_per_tensor=3.0,
-        frozen_first=FROZEN_LAST_LAYER,
     )
     if runlocal:
         config.dino.update(out_dim=1024, hidden_dim=256, bottleneck_dim=64)

@@ -315,6 +315,11 @@ ACCEPTED = {
     "optim.clip_per_tensor": {0, 1e30},  # Off; a cap no gradient reaches.
     "byol.base_momentum": {0},  # The target copies the online network each step.
     "moco.momentum": {0},  # Likewise the key encoder.
+    "dino.momentum_teacher": {0},  # Likewise DINO's teacher.
+    "dino.center_momentum": {0},  # The centre is the last batch's mean.
+    "dino.warmup_teacher_temp_epochs": {0},  # teacher_temp from the start.
+    "dino.drop_path": {0},  # No stochastic depth.
+    "dino.local_crops_number": {0},  # The two global crops only.
     **{f"{task}.color_strength": {0} for task in ("simclr", "moco", "simsiam")},  # No jitter.
     "barlow_twins.lambd": {0},  # No off-diagonal term.
     **{f"vicreg.{term}_coeff": {0} for term in ("sim", "std", "cov")},  # Without that term.

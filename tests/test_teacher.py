@@ -135,7 +135,9 @@ def initial_state(name: str, **options):
     initialisation compiles for each mesh: 6 CPU-s a ResNet)."""
     config = tiny_config(name)
     config[name].update(options)
-    tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
+    tx, _ = make_optimizer(
+        config.optim, batch_size=16, total_steps=10, warmup_steps=0, steps_per_epoch=5.0
+    )
     return config, tx, create_train_state(get_task(config), tx, seed=0, mesh=mesh_of(8))
 
 

@@ -78,7 +78,9 @@ def _no_resnet_drop_path(drop_path, block, run) -> str | None:
     return None
 
 
-TEMPERATURE = number(0, 10, " (DINO: 0.04-0.07 for the teacher, 0.1 for the student)")
+TEMPERATURE = number(
+    0, 10, " (DINO: 0.04-0.07 for the teacher, 0.1 for the student)", open_low=True
+)
 # `config.dino`'s rules (`selfsup.config.check_values`).
 VALUE_RULES = {
     "out_dim": integer(2, 1 << 20, " (DINO: 65536)"),
