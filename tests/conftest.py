@@ -67,8 +67,9 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def pretrained_run(tmp_path_factory):
     """A pretraining workdir that export and load_encoder read: SimCLR on 16 random 16 px
-    images, a width-1 ResNet-18 with the CIFAR stem (torchvision's width), 2 steps, one
-    checkpoint (so its BatchNorm statistics have moved)."""
+    images cropped to 8 px (a width-1 step costs its size squared), a width-1 ResNet-18 with
+    the CIFAR stem (torchvision's width), 2 steps, one checkpoint (so its BatchNorm statistics
+    have moved)."""
     import numpy as np
     import tensorflow as tf
 
@@ -85,7 +86,7 @@ def pretrained_run(tmp_path_factory):
         os.path.join(os.path.dirname(__file__), "..", "configs", "simclr_cifar10.py"), "runlocal"
     )
     config.update(
-        dict(data=f"folder:{root / 'images'}", eval_split="train", image_size=16, batch_size=8)
+        dict(data=f"folder:{root / 'images'}", eval_split="train", image_size=8, batch_size=8)
     )
     config.update(dict(total_steps=2, checkpoint_every_steps=2, eval_every_steps=0))
     config.online_probe_classes = 0
