@@ -194,7 +194,7 @@ def initial_state():
     1-vs-8-device test runs them), and compiling them would double this file's cost."""
     config = tiny_config()
     task = get_task(config)
-    task.views = lambda batch, rng: [to_float(batch["global"]), to_float(batch["local"])]
+    task.colored = lambda batch, rng: [to_float(batch["global"]), to_float(batch["local"])]
     tx, _ = make_optimizer(config.optim, batch_size=16, total_steps=10, warmup_steps=0)
     state = jax.device_get(create_train_state(task, tx, seed=0, mesh=mesh_of(8)))
     rng = np.random.default_rng(3)
@@ -244,7 +244,7 @@ def test_first_step_is_main_swavs_and_the_same_on_1_and_8_devices():
     @jax.jit
     def embeddings(params, batch_stats, batch):  # The step's forward pass, apart from its loss.
         model = nnx.merge(graphdef, params, batch_stats)
-        return model(task.views(batch, jax.random.key(0)), train=True)[0]
+        return model(task.colored(batch, jax.random.key(0)), train=True)[0]
 
     z = embeddings(state.params, state.batch_stats, batch)
     z = np.asarray(z, np.float64)  # [4 crops, 16, 8].
@@ -263,6 +263,10 @@ def test_first_step_is_main_swavs_and_the_same_on_1_and_8_devices():
         numerical_gradient(reference, kernel),
         rtol=2e-3,
         atol=1e-5,
+    )
+    # The prototypes stay unit vectors (`optim.normalize_after_step`), as main_swav keeps them.
+    np.testing.assert_allclose(
+        np.linalg.norm(one["params"]["prototypes"]["kernel"], axis=0), 1, 1e-6
     )
     new_queue = one["extra"]["queue"]
     np.testing.assert_allclose(new_queue[:16], np.swapaxes(z[:2], 0, 1), atol=1e-5)

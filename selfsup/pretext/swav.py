@@ -260,14 +260,15 @@ class SwAV:
             return {}
         return {"queue": jnp.zeros((c.queue_length, multicrop.GLOBAL_CROPS, c.feat_dim))}
 
-    def views(self, batch: dict[str, jax.Array], rng: jax.Array) -> list[jax.Array]:
-        """The batch's resolution groups coloured in the step, every crop with its own key
-        (`augment_jax.color_augment_views`: SwAV's jitter of strength 1 and blur with p=0.5)."""
-        groups = [batch[name] for name in ("global", "local") if name in batch]
-        keys = jax.random.split(rng, len(groups))
+    def colored(self, batch: dict[str, jax.Array], rng: jax.Array) -> list[jax.Array]:
+        """The crop groups coloured in the step, every crop from its own key
+        (`augment_jax.color_augment_views`: SwAV's jitter of strength 1, then blur with p=0.5)."""
+        groups = [batch["global"]] + ([batch["local"]] if "local" in batch else [])
         return [
-            augment_jax.color_augment_views(g, key, strength=1.0, blur=True)
-            for g, key in zip(groups, keys)
+            augment_jax.color_augment_views(
+                views, jax.random.fold_in(rng, g), strength=1.0, blur=True
+            )
+            for g, views in enumerate(groups)
         ]
 
     def loss(
@@ -280,7 +281,7 @@ class SwAV:
         extra: dict[str, Any],
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, dict[str, Any]]:
         c = self.config.swav
-        z, scores, features = model(self.views(batch, rng), train=train)
+        z, scores, features = model(self.colored(batch, rng), train=train)
         queue = extra.get("queue")
         prototypes = jax.lax.stop_gradient(model.prototypes.kernel[...])
         q = crop_assignments(
