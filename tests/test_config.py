@@ -320,6 +320,9 @@ ACCEPTED = {
     "dino.warmup_teacher_temp_epochs": {0},  # teacher_temp from the start.
     "dino.drop_path": {0},  # No stochastic depth.
     "dino.local_crops_number": {0},  # The two global crops only.
+    "swav.local_crops_number": {0},  # Likewise.
+    "swav.queue_length": {0},  # No queue.
+    "swav.epoch_queue_starts": {0},  # The queue from the first step.
     **{f"{task}.color_strength": {0} for task in ("simclr", "moco", "simsiam")},  # No jitter.
     "barlow_twins.lambd": {0},  # No off-diagonal term.
     **{f"vicreg.{term}_coeff": {0} for term in ("sim", "std", "cov")},  # Without that term.

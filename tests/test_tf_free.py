@@ -36,7 +36,7 @@ from selfsup.train.pretext_step import jit_train_step
 from selfsup.train.state import abstract_train_state, create_train_state, model_graphdef
 
 # Synthetic batches of 8 examples, shaped as each task's host pipeline makes them (SimCLR,
-# BYOL and MoCo take two views of each image, MAE one).
+# BYOL and MoCo take two views of each image, MAE one, multi-crop tasks two groups of crops).
 def synthetic(config):
     rng = np.random.default_rng(0)
     s = config.get("image_size")
@@ -49,6 +49,10 @@ def synthetic(config):
         arrays = {"copies": rng.normal(size=(8, config.exemplar.copies, s, s, 3))}
     elif config.task == "mae":
         arrays = {"image": rng.uniform(size=(8, s, s, 3))}
+    elif "local_crops_number" in config[config.task]:  # Multi-crop: a global and a local group.
+        c = config[config.task]
+        local = (8, c.local_crops_number, c.local_crops_size, c.local_crops_size, 3)
+        arrays = {"global": rng.uniform(size=(8, 2, s, s, 3)), "local": rng.uniform(size=local)}
     else:
         arrays = {"views": rng.uniform(size=(8, 2, s, s, 3))}
     arrays = {k: v.astype(np.float32) for k, v in arrays.items()}

@@ -38,6 +38,7 @@ TASKS = {
     "vicreg": "vicreg:VICReg",
     "mae": "mae:MAE",
     "dino": "dino:DINO",
+    "swav": "swav:SwAV",
 }
 
 
