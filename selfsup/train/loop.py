@@ -274,16 +274,8 @@ def _train(
         f"Pretraining {config.task} on {config.data} ({num_examples} images) for {total_steps} "
         f"steps of {config.batch_size} on {jax.device_count()} devices.",
     )
-    step = jit_train_step(
-        task,
-        graphdef,
-        tx,
-        schedule,
-        seed=config.seed,
-        mesh=mesh,
-        total_steps=total_steps,
-        steps_per_epoch=num_examples / config.batch_size,
-    )
+    length = dict(total_steps=total_steps, steps_per_epoch=num_examples / config.batch_size)
+    step = jit_train_step(task, graphdef, tx, schedule, seed=config.seed, mesh=mesh, **length)
     _, host_metrics = engine.run(
         restored.state,
         step,
