@@ -81,6 +81,11 @@ def host_crops(
     return crops
 
 
+def groups(batch: dict) -> list:
+    """The batch's crop groups [N, V, h, w, 3] in crop order: global, then local if any."""
+    return [batch[name] for name in ("global", "local") if name in batch]
+
+
 def view_major(views: jax.Array) -> jax.Array:
     """[N, V, ...] -> [V * N, ...], view by view: the batch the encoder sees for one group
     (`torch.cat` of the per-crop batches, so BatchNorm normalises over the whole group)."""

@@ -226,11 +226,10 @@ class DINO:
         c = self.config.dino
         jitter = augment_jax.ColorJitter(0.4, 0.4, 0.2, 0.1, additive_brightness=False)
         crops = [dict(jitter=jitter, blur_p=b, solarize_p=s) for b, s in zip(c.blur, c.solarize)]
-        groups = [batch["global"]] + ([batch["local"]] if "local" in batch else [])
         per_view = [crops[:2], crops[2:] * c.local_crops_number]
         return [
             augment_jax.augment_colors_per_view(views, jax.random.fold_in(rng, g), per_view[g])
-            for g, views in enumerate(groups)
+            for g, views in enumerate(multicrop.groups(batch))
         ]
 
     def loss(

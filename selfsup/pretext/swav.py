@@ -263,12 +263,11 @@ class SwAV:
     def colored(self, batch: dict[str, jax.Array], rng: jax.Array) -> list[jax.Array]:
         """The crop groups coloured in the step, every crop from its own key
         (`augment_jax.color_augment_views`: SwAV's jitter of strength 1, then blur with p=0.5)."""
-        groups = [batch["global"]] + ([batch["local"]] if "local" in batch else [])
         return [
             augment_jax.color_augment_views(
                 views, jax.random.fold_in(rng, g), strength=1.0, blur=True
             )
-            for g, views in enumerate(groups)
+            for g, views in enumerate(multicrop.groups(batch))
         ]
 
     def loss(
