@@ -2,17 +2,23 @@
 compiles, one compile cache for the session, quiet TF, temp files kept out of the system temp
 dir, and a tiny image folder for trainer tests."""
 
+import importlib.metadata
 import os
 import tempfile
 
 # The tests' programs are small, so compiling them costs more than running them: LLVM without
 # its optimisations halves the CPU time of a compile-bound test (a BYOL 1-vs-8-device test: 146
-# CPU s -> 81) and leaves a step-bound one as it was. Command subprocesses get it too
-# (test_cli.cli_env), so their numbers are those of the session. The flags are added once: xdist
-# workers inherit the controller's, and JAX's cache key hashes XLA_FLAGS as written.
+# CPU s -> 81) and leaves a step-bound one as it was. jaxlib 0.10 still has XLA:CPU's older
+# fusion emitters, which compile in ~60% of the time of its new ones (SimSiam's first step on 8
+# and 1 devices and 6 training steps: 69 CPU-s -> 42); 0.11 removed them and its flag. Command
+# subprocesses get these flags too (test_cli.cli_env), so their numbers are those of the
+# session. The flags are added once: xdist workers inherit the controller's, and JAX's cache key
+# hashes XLA_FLAGS as written.
 QUICK_COMPILE = "--xla_backend_optimization_level=0"
+if importlib.metadata.version("jaxlib").startswith("0.10."):
+    QUICK_COMPILE += " --xla_cpu_use_fusion_emitters=false"
 _flags = os.environ.get("XLA_FLAGS", "").split()
-for _flag in (QUICK_COMPILE, "--xla_force_host_platform_device_count=8"):
+for _flag in (*QUICK_COMPILE.split(), "--xla_force_host_platform_device_count=8"):
     if _flag not in _flags:
         _flags.append(_flag)
 os.environ["XLA_FLAGS"] = " ".join(_flags)
