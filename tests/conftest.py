@@ -4,7 +4,9 @@ dir, and a tiny image folder for trainer tests."""
 
 import importlib.metadata
 import os
+import socket
 import tempfile
+from pathlib import Path
 
 # The tests' programs are small, so compiling them costs more than running them: LLVM without
 # its optimisations halves the CPU time of a compile-bound test (a BYOL 1-vs-8-device test: 146
@@ -68,6 +70,30 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group("pretrained_run"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # Stable.
+
+
+def prepare_builtin_offline(root: Path):
+    """Prepares `builtin:shapes` under `root/data` with every Python socket connection failing:
+    its TFDS builder."""
+    from selfsup.data import builtin
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access during builtin preparation")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(root))  # TFDS leaves empty tmp*tfds folders behind.
+        patch.setattr(tempfile, "tempdir", None)
+        patch.setattr(socket.socket, "connect", no_network)
+        return builtin.load_builtin("shapes", data_dir=str(root / "data"))
+
+
+@pytest.fixture(scope="session")
+def builtin_data_dir(tmp_path_factory) -> Path:
+    """A data_dir holding `builtin:shapes`, prepared offline once per session (its tests share
+    an xdist worker: xdist_group "builtin")."""
+    root = tmp_path_factory.mktemp("shapes_a")
+    prepare_builtin_offline(root)
+    return root / "data"
 
 
 @pytest.fixture(scope="session")

@@ -1,33 +1,19 @@
 """Tests for selfsup.data.builtin: offline preparation, splits, determinism, and that the
 `shapes` labels are carried by shape, not by colour."""
 
-import socket
-import tempfile
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import prepare_builtin_offline
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from selfsup.data import builtin
 
-# One xdist worker for the module, so the session prepares the dataset (~10 CPU-s) once.
+# One xdist worker for the module (and the demo's test), so the session prepares the dataset
+# (~10 CPU-s) once.
 pytestmark = pytest.mark.xdist_group("builtin")
-
-
-def _prepare_offline(root) -> tfds.core.DatasetBuilder:
-    """Prepares `shapes` under `root` with every Python socket connection failing."""
-
-    def no_network(*args, **kwargs):
-        raise OSError("network access during builtin preparation")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TMPDIR", str(root))  # TFDS leaves empty tmp*tfds folders behind.
-        patch.setattr(tempfile, "tempdir", None)
-        patch.setattr(socket.socket, "connect", no_network)
-        return builtin.load_builtin("shapes", data_dir=str(root / "data"))
 
 
 def _read(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
@@ -42,8 +28,8 @@ def _read(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory) -> tuple[tfds.core.DatasetBuilder, dict]:
-    builder = _prepare_offline(tmp_path_factory.mktemp("shapes_a"))
+def prepared(builtin_data_dir) -> tuple[tfds.core.DatasetBuilder, dict]:
+    builder = builtin.load_builtin("shapes", data_dir=str(builtin_data_dir))
     return builder, {split: _read(builder, split) for split in builtin.SPLIT_SIZES}
 
 
@@ -100,7 +86,7 @@ def test_splits_are_class_balanced(prepared):
 @pytest.mark.slow  # A second full preparation of the dataset.
 def test_preparing_twice_gives_identical_bytes(prepared, tmp_path_factory):
     _, first = prepared
-    second_builder = _prepare_offline(tmp_path_factory.mktemp("shapes_b"))
+    second_builder = prepare_builtin_offline(tmp_path_factory.mktemp("shapes_b"))
     for split in builtin.SPLIT_SIZES:
         second = tfds.as_numpy(
             second_builder.as_dataset(

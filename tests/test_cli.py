@@ -180,11 +180,12 @@ def test_evaluate_a_pretraining_run_on_a_folder(finished_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_in_its_runlocal_form(tmp_path):
+@pytest.mark.xdist_group("builtin")  # The worker that prepares builtin_data_dir for the session.
+def test_demo_runs_end_to_end_in_its_runlocal_form(builtin_data_dir, tmp_path):
     run = selfsup(
         "demo",
         f"--config={ROOT / 'configs' / 'demo.py'}:runlocal",
-        f"--config.data_dir={tmp_path / 'tfds'}",
+        f"--config.data_dir={builtin_data_dir}",
         f"--workdir={tmp_path / 'demo'}",
         # The command's path at a fraction of runlocal's cost: two steps, probes on the 2,000
         # test images (not 10,000 + 2,000; each encoder's features are most of the cost) in

@@ -435,6 +435,7 @@ def run_steps(config, params: dict, grads: dict, *, total: int, warmup: int, ste
 
 
 @pytest.mark.slow  # ~10 CPU-s for both: torch's process (~4.5, mostly its import), two jits.
+@pytest.mark.xdist_group("torch_side")  # One worker: the session runs torch's process once.
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_dinos_optimizer_steps_as_torch_steps_it(torch_side, name):

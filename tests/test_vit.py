@@ -28,6 +28,9 @@ from selfsup.train.state import split_model
 needs_timm = pytest.mark.skipif(
     importlib.util.find_spec("timm") is None, reason="needs torch and timm"
 )
+# One xdist worker for the module, so the session runs `timm_side`'s torch process (~14 CPU-s)
+# once, not once per worker.
+pytestmark = pytest.mark.xdist_group("timm_side")
 TOLERANCE = 1e-4  # Max abs difference of fp32 features.
 # A ViT-Ti with 8 px patches made for 32 px images (a 4x4 grid), run at its own size, larger
 # (6x6: the position embeddings upsampled) and smaller (2x2: downsampled).
