@@ -60,14 +60,25 @@ def image_folder(tmp_path_factory) -> str:
     return f"folder:{root}"
 
 
+# Fixtures that train a run, prepare a dataset or start another library's process, once per
+# module or session (10-35 CPU-s each): a test that reads one is slow, whatever its own cost.
+COSTLY_FIXTURES = {
+    "pretrained_run", "run4", "log2_run", "run6", "tiny_run", "finished_run", "builtin_data_dir",
+    "timm_side",
+}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
 def pytest_collection_modifyitems(items):
-    """The tests that read `pretrained_run` are slow (training it costs ~35 CPU-s) and share one
+    """The tests that read COSTLY_FIXTURES are slow; those that read `pretrained_run` share one
     xdist worker (pyproject's `--dist loadgroup`), so the session trains that run once, not once
-    per worker. Slow tests go first, so that the workers do not end on one long test while the
-    other idles."""
+    per worker (the other fixtures' modules name their groups). Slow tests go first, so that the
+    workers do not end on one long test while the other idles."""
     for item in items:
-        if "pretrained_run" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & COSTLY_FIXTURES:
             item.add_marker(pytest.mark.slow)
+        if "pretrained_run" in fixtures:
             item.add_marker(pytest.mark.xdist_group("pretrained_run"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # Stable.
 

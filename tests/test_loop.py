@@ -16,6 +16,10 @@ from selfsup.train.checkpoint import Checkpointer, load_pretrained_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+# One xdist worker for the module, so the session trains `run4` and `log2_run` once, not once per
+# worker.
+pytestmark = pytest.mark.xdist_group("test_loop")
+
 
 def tiny_config(data: str, **overrides):
     config = load_config_file(CONFIGS / "simclr_cifar10.py", "runlocal")
